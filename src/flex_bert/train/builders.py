@@ -1,0 +1,176 @@
+"""``build_<thing>(cfg)`` factories: each makes one component from the validated config and checks it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from composer.core import DataSpec, Evaluator
+from composer.utils import dist
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat
+from flex_bert.data.masking import MaskingSpec
+from flex_bert.model import FlexBertConfig
+from flex_bert.train.composer_model import FlexBertComposer
+
+
+def build_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as e:
+        raise ValueError(
+            f"cannot load tokenizer {name!r}: give a local folder, or download it first with "
+            f"`huggingface-cli download {name}` (runs never reach the hub on their own)"
+        ) from e
+
+
+def build_model_config(cfg: DictConfig, tokenizer) -> FlexBertConfig:
+    settings = OmegaConf.to_container(cfg.model.model_config, resolve=True)
+    for key in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+        token_id = getattr(tokenizer, key, None)
+        if key not in settings and token_id is not None:
+            settings[key] = int(token_id)
+    config = FlexBertConfig.from_dict(settings)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but model_config.vocab_size is {config.vocab_size}"
+        )
+    return config
+
+
+def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
+    config = build_model_config(cfg, tokenizer)
+    model = FlexBertComposer(config, disable_train_metrics=cfg.model.disable_train_metrics)
+    if cfg.model.pretrained_checkpoint:
+        from flex_bert.hf import load_composer_model_state
+
+        state = load_composer_model_state(cfg.model.pretrained_checkpoint, trust=cfg.trust_checkpoint)
+        model.model.load_state_dict(state, strict=True)
+    if config.compile_model:
+        model.model.compile_layers()
+    return model
+
+
+def _documents(dataset_cfg: DictConfig, *, shuffle: bool):
+    from streaming import StreamingDataset
+
+    from flex_bert.data.mixture import build_streams
+
+    common = dict(shuffle=shuffle, shuffle_seed=dataset_cfg.shuffle_seed, batch_size=1)
+    if dataset_cfg.streams:
+        specs = [dict(v, name=k) for k, v in OmegaConf.to_container(dataset_cfg.streams).items()]
+        return StreamingDataset(streams=build_streams(specs), **common)
+    local = dataset_cfg.local
+    split_dir = os.path.join(local, dataset_cfg.split or "")
+    if not dataset_cfg.streaming and not os.path.exists(os.path.join(split_dir, "index.json")):
+        raise ValueError(
+            f"no MDS index at {split_dir}/index.json: convert the data with data/convert_dataset_to_mds.py and "
+            f"merge it with data/merge_index.py {split_dir}"
+        )
+    return StreamingDataset(local=local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common)
+
+
+def rows_per_device_batch(cfg: DictConfig) -> int:
+    world = dist.get_world_size()
+    slots = cfg.global_train_batch_size // world
+    if cfg.global_train_batch_size % world or slots % cfg.device_train_microbatch_size:
+        raise ValueError(
+            f"global_train_batch_size ({cfg.global_train_batch_size}) must divide into {world} GPU(s) x "
+            f"device_train_microbatch_size ({cfg.device_train_microbatch_size})"
+        )
+    return slots // cfg.device_train_microbatch_size
+
+
+def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
+    loader = cfg.train_loader
+    ds_cfg = loader.dataset
+    if not loader.sequence_packing:
+        raise ValueError("train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains")
+    whole_word = ds_cfg.whole_word_mask
+    dataset = PackedMLMDataset(
+        _documents(ds_cfg, shuffle=ds_cfg.shuffle),
+        rows_per_batch=rows_per_device_batch(cfg),
+        row_len=cfg.device_train_microbatch_size * ds_cfg.max_seq_len,
+        max_seq_len=ds_cfg.max_seq_len,
+        pad_id=tokenizer.pad_token_id,
+        masking=MaskingSpec.from_tokenizer(tokenizer, whole_word=whole_word),
+        mlm_probability=ds_cfg.mlm_probability,
+        whole_word_mask=whole_word,
+        seed=cfg.seed,
+        buffer_docs=loader.packing_buffer_docs,
+        drop_last=loader.drop_last,
+    )
+    dataloader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory and torch.cuda.is_available(),
+        prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+        persistent_workers=loader.persistent_workers and loader.num_workers > 0,
+    )
+    slots_per_row = cfg.device_train_microbatch_size
+    count_padding = cfg.count_padding_tokens
+    return DataSpec(
+        dataloader,
+        split_batch=split_rows,
+        get_num_samples_in_batch=lambda b: b["input_ids"].shape[0] * slots_per_row,
+        get_num_tokens_in_batch=lambda b: b["input_ids"].numel() if count_padding else int(b["num_tokens"]),
+    )
+
+
+def split_rows(batch: dict, microbatch_size: int | float) -> list[dict]:
+    """Micro-batches of whole packed rows (composer's micro-batch size counts rows here)."""
+    n = int(microbatch_size)
+    rows = batch["input_ids"].shape[0]
+    out = []
+    for start in range(0, rows, n):
+        sl = slice(start, start + n)
+        doc_lengths = batch["doc_lengths"][sl]
+        out.append(
+            {
+                "input_ids": batch["input_ids"][sl],
+                "labels": batch["labels"][sl],
+                "cu_seqlens": batch["cu_seqlens"][sl],
+                "max_seqlen": batch["max_seqlen"][sl],
+                "num_tokens": sum(sum(d) for d in doc_lengths),
+                "doc_lengths": doc_lengths,
+            }
+        )
+    return out
+
+
+def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
+    if cfg.eval_loader is None:
+        return None
+    loader, ds_cfg = cfg.eval_loader, cfg.eval_loader.dataset
+    dataset = MaskedDocuments(
+        _documents(ds_cfg, shuffle=False),
+        max_seq_len=ds_cfg.max_seq_len,
+        masking=MaskingSpec.from_tokenizer(tokenizer),
+        mlm_probability=ds_cfg.mlm_probability,
+        seed=ds_cfg.eval_seed,
+    )
+    dataloader = DataLoader(
+        dataset,
+        batch_size=cfg.device_eval_batch_size,
+        sampler=dist.get_sampler(dataset, shuffle=False, drop_last=loader.drop_last),
+        collate_fn=collate_flat,
+        num_workers=loader.num_workers,
+        drop_last=loader.drop_last,
+    )
+    spec = DataSpec(
+        dataloader,
+        split_batch=lambda b, n: [b],
+        get_num_samples_in_batch=lambda b: len(b["doc_lengths"][0]),
+        get_num_tokens_in_batch=lambda b: int(b["num_tokens"]),
+    )
+    return Evaluator(
+        label="eval",
+        dataloader=spec,
+        metric_names=["LanguageCrossEntropy", "MaskedAccuracy"],
+        subset_num_batches=cfg.eval_subset_num_batches,
+    )

@@ -1,0 +1,163 @@
+"""Callbacks the seed YAML names that composer lacks, the JSONL metrics file, and their builders."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from typing import Any
+
+import torch
+from composer.core import Callback, Event, State
+from composer.loggers import Logger, LoggerDestination
+
+from flex_bert.train import registry
+
+
+class ScheduledGc(Callback):
+    """Python's cyclic garbage collector off, run every ``batch_interval`` batches on all ranks at once.
+
+    Uncoordinated collections stall one rank and so all of them; upstream does the same.
+    """
+
+    def __init__(self, batch_interval: int = 1000):
+        self.batch_interval = batch_interval
+        self._was_enabled = gc.isenabled()
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        gc.disable()
+        gc.collect(1)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.batch) % self.batch_interval == 0:
+            gc.collect(1)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+
+class LogGradNorm(Callback):
+    """The global L2 norm of the gradients (after all micro-batches, before the optimizer step clears them)."""
+
+    def __init__(self, batch_log_interval: int = 10):
+        self.batch_log_interval = batch_log_interval
+
+    def run_event(self, event: Event, state: State, logger: Logger) -> None:
+        if event != Event.AFTER_TRAIN_BATCH or int(state.timestamp.batch) % self.batch_log_interval:
+            return
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            logger.log_metrics({"train/grad_norm": float(norm)})
+
+
+class PackingEfficiency(Callback):
+    """Share of packed-row slots holding real tokens (the rest is padding), averaged over the interval."""
+
+    def __init__(self, log_interval: int = 10):
+        self.log_interval = log_interval
+        self._real = self._slots = 0
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        batch = state.batch
+        self._real += int(batch["num_tokens"])
+        self._slots += int(batch["input_ids"].numel())
+        if int(state.timestamp.batch) % self.log_interval == 0 and self._slots:
+            logger.log_metrics({"train/packing_efficiency": self._real / self._slots})
+            self._real = self._slots = 0
+
+
+class EpochSetter(Callback):
+    """Tells the packed dataset which epoch starts, so masks differ between epochs and repeat across runs."""
+
+    def epoch_start(self, state: State, logger: Logger) -> None:
+        dataset = getattr(state.dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(state.timestamp.epoch))
+
+
+class JsonlLogger(LoggerDestination):
+    """``{save_folder}/metrics.jsonl``: one JSON object per batch with batch, tokens, loss, lr and the rest."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._pending: dict[str, Any] = {}
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if int(os.environ.get("RANK", "0")) == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for k, v in metrics.items():
+            self._pending[k] = float(v) if torch.is_tensor(v) or isinstance(v, (int, float)) else v
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        self._flush(state, "train")
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        self._flush(state, "eval")
+
+    def _flush(self, state: State, kind: str) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            self._pending.clear()
+            return
+        record = {"kind": kind, "batch": int(state.timestamp.batch), "tokens": int(state.timestamp.token)}
+        if "loss/train/total" in self._pending:
+            record["loss"] = self._pending.pop("loss/train/total")
+        if state.schedulers:
+            record["lr"] = state.optimizers[0].param_groups[-1]["lr"]
+        record.update(self._pending)
+        self._pending.clear()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def build_callbacks(cfg) -> list[Callback]:
+    from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+
+    out: list[Callback] = [EpochSetter()]
+    names = dict(cfg.callbacks)
+    if cfg.optimizer.log_grad_norm and "log_grad_norm" not in names:
+        names["log_grad_norm"] = {"batch_log_interval": 1}
+    for name, settings in names.items():
+        s = registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
+        if name == "speed_monitor":
+            out.append(SpeedMonitor(window_size=s.window_size, gpu_flops_available=_peak_flops(cfg.precision)))
+        elif name == "lr_monitor":
+            out.append(LRMonitor())
+        elif name == "memory_monitor":
+            out.append(MemoryMonitor())
+        elif name == "scheduled_gc":
+            out.append(ScheduledGc(s.batch_interval))
+        elif name == "log_grad_norm":
+            out.append(LogGradNorm(s.batch_log_interval))
+        elif name == "packing_efficiency":
+            out.append(PackingEfficiency(s.log_interval))
+    return out
+
+
+def _peak_flops(precision: str) -> float | None:
+    """Dense bf16/fp16 peak of the H100/H200 (989 TFLOP/s); composer's own table for other GPUs."""
+    if torch.cuda.is_available() and precision != "fp32":
+        name = torch.cuda.get_device_name()
+        if "H100" in name or "H200" in name:
+            return 989e12
+    return None
+
+
+def build_loggers(cfg) -> list[LoggerDestination]:
+    out: list[LoggerDestination] = []
+    if cfg.save_folder:
+        out.append(JsonlLogger(os.path.join(cfg.save_folder.format(run_name=cfg.run_name), "metrics.jsonl")))
+    for name, settings in cfg.loggers.items():
+        s = registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
+        if name == "wandb":
+            from composer.loggers import WandBLogger
+
+            out.append(WandBLogger(project=s.project, entity=s.entity, name=s.name, tags=s.tags or None))
+        elif name == "tensorboard":
+            from composer.loggers import TensorboardLogger
+
+            out.append(TensorboardLogger(log_dir=s.log_dir))
+    return out

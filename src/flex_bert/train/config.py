@@ -1,0 +1,195 @@
+"""Typed training configuration: the seed guide's YAML, key for key, plus this project's additions.
+
+Every default is declared once, here. ``load_config`` merges YAML files and ``key=value`` overrides onto these
+dataclasses with OmegaConf, so an unknown or misspelled key, a wrong type or a missing value fails before any
+work, naming the key. Sections that choose an implementation (scheduler, callbacks, loggers) are checked
+against their registry in ``flex_bert.train.registry``. Cross-field rules are in ``validate``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class StreamConfig:
+    """One dataset folder of a mixture (mosaicml-streaming ``Stream``)."""
+
+    local: str = MISSING
+    remote: str | None = None
+    split: str | None = None
+    proportion: float | None = None  # share of each epoch's samples
+    repeat: float | None = None  # or: how many times this folder is seen per epoch
+
+
+@dataclass
+class DatasetConfig:
+    local: str | None = None
+    remote: str | None = None
+    split: str | None = None
+    tokenizer_name: str = MISSING
+    max_seq_len: int = MISSING
+    shuffle: bool = True
+    mlm_probability: float = 0.3
+    streaming: bool = False  # false: data must be local (upstream's NoStreamingDataset); true: remote allowed
+    shuffle_seed: int = 9176
+    whole_word_mask: bool = False  # TAPT option: mask whole words (all [MASK]), as HF's whole-word collator
+    streams: dict[str, StreamConfig] | None = None  # weighted dataset folders instead of local/split
+    eval_seed: int = 0  # evaluation masks are seeded per document: the same masks at every evaluation
+
+
+@dataclass
+class LoaderConfig:
+    name: str = "text"  # the only loader; the name is kept for the seed YAML
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    drop_last: bool = True
+    num_workers: int = 0
+    sequence_packing: bool = False
+    packing_buffer_docs: int | None = None  # documents the best-fit packer chooses from (default: a few rows' worth)
+    prefetch_factor: int = 2
+    persistent_workers: bool = False
+    pin_memory: bool = True
+
+
+@dataclass
+class ModelSection:
+    name: str = "flex_bert"
+    pretrained_model_name: str | None = None  # upstream leftover; has no effect
+    tokenizer_name: str = MISSING
+    disable_train_metrics: bool = True
+    pretrained_checkpoint: str | None = None  # weights only, e.g. from scripts/convert_from_hf.py
+    model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "decoupled_stableadamw"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    weight_decay: float = 1e-5
+    filter_bias_norm_wd: bool = True  # norms and biases get no weight decay
+    log_grad_norm: bool = False  # log the global gradient norm every batch (the callback sets an interval)
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = MISSING
+    # Shared values the sections interpolate (${data_local}, ${max_seq_len}, ...).
+    data_local: str | None = None
+    data_remote: str | None = None
+    max_seq_len: int = 8192
+    tokenizer_name: str = "answerdotai/ModernBERT-base"
+    mlm_probability: float = 0.3
+    count_padding_tokens: bool = False
+
+    model: ModelSection = field(default_factory=ModelSection)
+    train_loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval_loader: LoaderConfig | None = None
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "constant_with_warmup", "t_warmup": "0ba"})
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    max_duration: str = MISSING
+    eval_interval: str = "1ep"
+    eval_subset_num_batches: int = -1
+    global_train_batch_size: int = MISSING  # in max_seq_len slots, not documents (packing)
+    global_eval_batch_size: int | None = None
+    device_eval_batch_size: int = 32
+    device_train_microbatch_size: int = MISSING  # slots per micro-batch = one packed row
+    seed: int = 17
+    precision: str = "amp_bf16"
+    device: str = "auto"  # auto | gpu | cpu
+
+    progress_bar: bool = False
+    log_to_console: bool = True
+    console_log_interval: str = "1ba"
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    loggers: dict[str, Any] = field(default_factory=dict)
+
+    save_folder: str | None = None
+    save_interval: str = "1000ba"
+    save_num_checkpoints_to_keep: int = -1
+    save_overwrite: bool = False
+    load_path: str | None = None
+    load_weights_only: bool = False
+    trust_checkpoint: bool = False  # allow full unpickling of load_path (only for files you trust)
+    autoresume: bool = False
+    reset_time: bool = False
+    restart_override: bool = False
+    restart_override_max_lr: bool = False  # upstream keeps the checkpoint's max_lr; true sets it to optimizer.lr
+
+    fsdp_config: dict[str, Any] | None = None
+    dist_timeout: float = 600.0
+
+
+def _suggest(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {sorted(valid)}"
+
+
+def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> DictConfig:
+    """YAML files, then ``key=value`` overrides, onto the typed schema; resolved and validated."""
+    schema = OmegaConf.structured(TrainConfig)
+    parts = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides or []))]
+    for part in parts:
+        for key in part:
+            if key not in schema.keys():
+                raise ValueError(f"unknown config key {key!r}{_suggest(str(key), schema.keys())}")
+    cfg = OmegaConf.merge(schema, *parts)
+    OmegaConf.resolve(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"missing required config values: {', '.join(missing)}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field rules, each naming the key to change."""
+    from flex_bert.train import registry
+
+    registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
+    for name, settings in cfg.callbacks.items():
+        registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
+    for name, settings in cfg.loggers.items():
+        registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
+    if cfg.optimizer.name not in registry.OPTIMIZERS:
+        raise ValueError(f"optimizer.name {cfg.optimizer.name!r} is not supported{_suggest(cfg.optimizer.name, registry.OPTIMIZERS)}")
+    if cfg.model.name != "flex_bert":
+        raise ValueError(f"model.name must be 'flex_bert', got {cfg.model.name!r}")
+    for section in ("train_loader", "eval_loader"):
+        loader = cfg[section]
+        if loader is None:
+            continue
+        if loader.name != "text":
+            raise ValueError(f"{section}.name must be 'text' (the seed YAML's name), got {loader.name!r}")
+        ds = loader.dataset
+        if ds.streams is None and ds.local is None:
+            raise ValueError(f"{section}.dataset needs `local` (with `split`) or `streams`")
+        if ds.remote and not ds.streaming:
+            raise ValueError(f"{section}.dataset.remote is set but streaming is false: set streaming: true")
+        if not 0.0 < ds.mlm_probability < 1.0:
+            raise ValueError(f"{section}.dataset.mlm_probability must be in (0, 1), got {ds.mlm_probability}")
+        if ds.max_seq_len > cfg.max_seq_len and section == "train_loader":
+            raise ValueError(f"{section}.dataset.max_seq_len ({ds.max_seq_len}) exceeds max_seq_len ({cfg.max_seq_len})")
+    if cfg.eval_loader is not None and cfg.eval_loader.sequence_packing:
+        raise ValueError("eval_loader.sequence_packing must be false: evaluation runs whole, unpacked documents")
+    if cfg.global_train_batch_size % cfg.device_train_microbatch_size:
+        raise ValueError(
+            f"global_train_batch_size ({cfg.global_train_batch_size}) must be a multiple of "
+            f"device_train_microbatch_size ({cfg.device_train_microbatch_size}) x the number of GPUs"
+        )
+    if cfg.reset_time and not cfg.load_path:
+        raise ValueError("reset_time: true needs load_path (there is nothing to reset)")
+    if cfg.restart_override and not cfg.load_path:
+        raise ValueError("restart_override: true needs load_path")
+    if cfg.precision not in ("amp_bf16", "amp_fp16", "fp32"):
+        raise ValueError(f"precision must be amp_bf16, amp_fp16 or fp32, got {cfg.precision!r}")
+    if cfg.model.pretrained_model_name not in (None, "bert-base-uncased"):
+        import warnings
+
+        warnings.warn("model.pretrained_model_name has no effect (an upstream leftover); use load_path", stacklevel=2)

@@ -1,0 +1,169 @@
+"""Name -> implementation tables for the config sections that choose one (plain dicts; errors list names).
+
+Each entry is ``(settings dataclass, builder)``: the dataclass validates the YAML section (unknown keys are
+errors with a suggestion), the builder makes the object from the validated settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from flex_bert.train.config import _suggest
+
+
+# ---- schedulers -------------------------------------------------------------------------------------------
+@dataclass
+class ConstantWithWarmup:
+    t_warmup: str = "0ba"
+    t_max: str = "1dur"
+    alpha: float = 1.0
+
+
+@dataclass
+class WarmupStableDecay:
+    t_warmup: str = "0ba"
+    t_decay: str = "0.1dur"
+    t_max: str = "1dur"
+    alpha_f: float = 0.0
+
+
+@dataclass
+class OneMinusSqrt:
+    t_decay: str = "1dur"
+    t_max: str = "1dur"
+    alpha_f: float = 0.0
+    t_warmup: str = "0ba"
+
+
+@dataclass
+class CosineWithWarmup:
+    t_warmup: str = "0ba"
+    t_max: str = "1dur"
+    alpha_f: float = 0.0
+
+
+@dataclass
+class LinearDecayWithWarmup:
+    t_warmup: str = "0ba"
+    t_max: str = "1dur"
+    alpha_i: float = 1.0
+    alpha_f: float = 0.0
+
+
+def _composer_sched(cls_name: str):
+    def build(s):
+        import composer.optim.scheduler as cs
+
+        return getattr(cs, cls_name)(**asdict(s))
+
+    return build
+
+
+def _own_sched(cls_name: str):
+    def build(s):
+        from flex_bert.train import schedulers
+
+        return getattr(schedulers, cls_name)(**asdict(s))
+
+    return build
+
+
+SCHEDULERS = {
+    "constant_with_warmup": (ConstantWithWarmup, _composer_sched("ConstantWithWarmupScheduler")),
+    "warmup_stable_decay": (WarmupStableDecay, _own_sched("WarmupStableDecayScheduler")),
+    "one_minus_sqrt": (OneMinusSqrt, _own_sched("OneMinusSqrtScheduler")),
+    "cosine_with_warmup": (CosineWithWarmup, _composer_sched("CosineAnnealingWithWarmupScheduler")),
+    "linear_decay_with_warmup": (LinearDecayWithWarmup, _composer_sched("LinearWithWarmupScheduler")),
+}
+
+OPTIMIZERS = {"decoupled_stableadamw"}
+
+
+# ---- callbacks --------------------------------------------------------------------------------------------
+@dataclass
+class SpeedMonitorSettings:
+    window_size: int = 100
+
+
+@dataclass
+class Empty:
+    pass
+
+
+@dataclass
+class ScheduledGcSettings:
+    batch_interval: int = 1000  # run Python's garbage collector every N batches (automatic gc off meanwhile)
+
+
+@dataclass
+class LogGradNormSettings:
+    batch_log_interval: int = 10
+
+
+@dataclass
+class PackingEfficiencySettings:
+    log_interval: int = 10
+
+
+@dataclass
+class NanGuardSettings:
+    action: str = "stop"  # stop | skip
+
+
+CALLBACKS: dict[str, tuple[type, Any]] = {
+    "speed_monitor": (SpeedMonitorSettings, None),
+    "lr_monitor": (Empty, None),
+    "scheduled_gc": (ScheduledGcSettings, None),
+    "log_grad_norm": (LogGradNormSettings, None),
+    "packing_efficiency": (PackingEfficiencySettings, None),
+    "memory_monitor": (Empty, None),
+}
+
+
+# ---- loggers ----------------------------------------------------------------------------------------------
+@dataclass
+class WandbSettings:
+    project: str | None = None
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TensorboardSettings:
+    log_dir: str | None = None
+
+
+LOGGERS: dict[str, tuple[type, Any]] = {"wandb": (WandbSettings, None), "tensorboard": (TensorboardSettings, None)}
+
+
+def _validated(where: str, settings_cls: type, settings) -> Any:
+    schema = OmegaConf.structured(settings_cls)
+    data = OmegaConf.create(settings) if not OmegaConf.is_config(settings) else settings
+    for key in data:
+        if key not in schema.keys():
+            raise ValueError(f"unknown key {where}.{key}{_suggest(str(key), schema.keys())}")
+    return OmegaConf.to_object(OmegaConf.merge(schema, data))
+
+
+def check_named(section: str, name: str, settings, table: dict) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {section} entry {name!r}{_suggest(name, table)}")
+    return _validated(f"{section}.{name}", table[name][0], settings)
+
+
+def check_section(section: str, cfg, table: dict) -> Any:
+    """A ``name`` + settings section (the scheduler)."""
+    data = dict(OmegaConf.to_container(cfg)) if OmegaConf.is_config(cfg) else dict(cfg)
+    name = data.pop("name", None)
+    if name not in table:
+        raise ValueError(f"{section}.name {name!r} is not supported{_suggest(str(name), table)}")
+    return _validated(f"{section}", table[name][0], data)
+
+
+def build_scheduler(cfg) -> Any:
+    settings = check_section("scheduler", cfg, SCHEDULERS)
+    return SCHEDULERS[cfg["name"]][1](settings)

@@ -1,0 +1,126 @@
+"""The training run: config -> model, data, optimizer, schedule, callbacks, loggers -> composer Trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+from composer import Trainer
+from composer.core import Time, TimeUnit
+from composer.utils import dist, reproducibility
+from omegaconf import DictConfig, OmegaConf
+
+from flex_bert.train import builders
+from flex_bert.train.callbacks import build_callbacks, build_loggers
+from flex_bert.train.config import load_config
+from flex_bert.train.optim import build_optimizer
+from flex_bert.train.registry import build_scheduler
+from flex_bert.train.restart import apply_restart_override, own_checkpoint
+
+
+def _device(cfg: DictConfig) -> str:
+    if cfg.device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return cfg.device
+
+
+def _precision(cfg: DictConfig, device: str) -> str:
+    return cfg.precision if device == "gpu" else "fp32"  # autocast bf16 on CPU is slow and not the GPU's numerics
+
+
+def build_trainer(cfg: DictConfig) -> Trainer:
+    reproducibility.seed_all(cfg.seed)
+    device = _device(cfg)
+    if not dist.is_initialized() and dist.get_world_size() > 1:
+        dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    tokenizer = builders.build_tokenizer(cfg.tokenizer_name)
+    model = builders.build_model(cfg, tokenizer)
+    save_folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+    resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
+    optimizer = build_optimizer(model, cfg.optimizer)
+    trainer = Trainer(
+        run_name=cfg.run_name,
+        model=model,
+        train_dataloader=builders.build_train_dataspec(cfg, tokenizer),
+        eval_dataloader=builders.build_evaluator(cfg, tokenizer),
+        eval_interval=cfg.eval_interval,
+        max_duration=cfg.max_duration,
+        optimizers=optimizer,
+        schedulers=build_scheduler(cfg.scheduler),
+        device=device,
+        precision=_precision(cfg, device),
+        device_train_microbatch_size=1,  # one packed row of device_train_microbatch_size x max_seq_len
+        seed=cfg.seed,
+        callbacks=build_callbacks(cfg),
+        loggers=build_loggers(cfg),
+        progress_bar=cfg.progress_bar,
+        log_to_console=cfg.log_to_console,
+        console_log_interval=cfg.console_log_interval,
+        save_folder=save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        load_path=None if resuming else cfg.load_path,
+        load_weights_only=cfg.load_weights_only,
+        autoresume=cfg.autoresume,
+        parallelism_config={"fsdp": OmegaConf.to_container(cfg.fsdp_config)} if cfg.fsdp_config else None,
+        dist_timeout=cfg.dist_timeout,
+    )
+    trainer.flexbert_resuming = resuming
+    return trainer
+
+
+def train(yamls: list[str], overrides: list[str]) -> Trainer:
+    cfg = load_config(yamls, overrides)
+    trainer = build_trainer(cfg)
+    fresh_phase = cfg.load_path and not trainer.flexbert_resuming
+    if fresh_phase and cfg.restart_override:
+        apply_restart_override(trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr)
+    _save_resolved_config(cfg)
+    trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
+    return trainer
+
+
+def _save_resolved_config(cfg: DictConfig) -> None:
+    if cfg.save_folder and dist.get_global_rank() == 0:
+        folder = cfg.save_folder.format(run_name=cfg.run_name)
+        os.makedirs(folder, exist_ok=True)
+        OmegaConf.save(cfg, os.path.join(folder, "config.yaml"), resolve=True)
+
+
+def plan(cfg: DictConfig) -> dict:
+    """Parameter count, tokens per optimizer step and the number of steps, without touching a GPU."""
+    from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+
+    try:
+        config = builders.build_model_config(cfg, builders.build_tokenizer(cfg.tokenizer_name))
+    except ValueError as e:  # no tokenizer here yet: count with the config's own special-token ids
+        print(f"note: {e}")
+        config = FlexBertConfig.from_dict(OmegaConf.to_container(cfg.model.model_config, resolve=True))
+    with torch.device("meta"):
+        n_params = FlexBertForMaskedLM(config).num_parameters()
+    slots = cfg.global_train_batch_size * cfg.train_loader.dataset.max_seq_len
+    duration = Time.from_timestring(str(cfg.max_duration))
+    if duration.unit == TimeUnit.BATCH:
+        steps, how = duration.value, "exact"
+    elif duration.unit == TimeUnit.TOKEN:
+        steps, how = math.ceil(duration.value / slots), "at 100% packing efficiency (real tokens per step <= slots)"
+    else:
+        steps, how = None, f"depends on the dataset size ({duration.unit.value})"
+    return {
+        "parameters": n_params,
+        "tokens_per_optimizer_step": slots,
+        "rows_per_step": cfg.global_train_batch_size // cfg.device_train_microbatch_size,
+        "planned_steps": steps,
+        "planned_steps_note": how,
+    }
+
+
+def dry_run(yamls: list[str], overrides: list[str]) -> dict:
+    cfg = load_config(yamls, overrides)
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    info = plan(cfg)
+    print(json.dumps(info, indent=2))
+    return info
