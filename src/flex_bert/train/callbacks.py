@@ -161,3 +161,20 @@ def build_loggers(cfg) -> list[LoggerDestination]:
 
             out.append(TensorboardLogger(log_dir=s.log_dir))
     return out
+
+
+class RunInfo(Callback):
+    """Saved with every checkpoint: the model config, the resolved run config and the tokenizer's files.
+
+    ``scripts/convert_to_hf.py`` and ``scripts/evaluate_mlm.py`` read it, so a checkpoint of this project is
+    self-describing (upstream's need ``--config``).
+    """
+
+    def __init__(self, model_config: dict, run_config: dict, tokenizer_files: dict):
+        self.info = {"flex_bert_config": model_config, "run_config": run_config, "tokenizer": tokenizer_files}
+
+    def state_dict(self) -> dict:
+        return dict(self.info)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # this run's own config describes it; the loaded one described the previous phase

@@ -13,7 +13,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from flex_bert.train import builders
-from flex_bert.train.callbacks import build_callbacks, build_loggers
+from flex_bert.train.callbacks import RunInfo, build_callbacks, build_loggers
 from flex_bert.train.config import load_config
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
@@ -40,6 +40,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     save_folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
     resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
     optimizer = build_optimizer(model, cfg.optimizer)
+    run_info = RunInfo(model.config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer))
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
@@ -53,7 +54,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         precision=_precision(cfg, device),
         device_train_microbatch_size=1,  # one packed row of device_train_microbatch_size x max_seq_len
         seed=cfg.seed,
-        callbacks=build_callbacks(cfg),
+        callbacks=[run_info, *build_callbacks(cfg)],
         loggers=build_loggers(cfg),
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
@@ -70,6 +71,16 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     )
     trainer.flexbert_resuming = resuming
     return trainer
+
+
+def _tokenizer_files(tokenizer) -> dict:
+    import tempfile
+
+    from flex_bert.hf import tokenizer_dir_to_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return tokenizer_dir_to_state(tmp)
 
 
 def train(yamls: list[str], overrides: list[str]) -> Trainer:

@@ -1,0 +1,144 @@
+"""The whole continued pre-training path, offline on a CPU, in a few minutes (`make demo`).
+
+corpus (bundled generator) -> tiny tokenizer -> CSV to MDS per dataset -> merge -> step 0: a tiny FlexBERT
+trained from scratch (stands in for ModernBERT's pre-decay checkpoint) -> phase 1 (load_path, reset_time,
+restart_override, constant lr, 30% masking) -> phase 2 (1-sqrt decay, 15% masking) -> Hugging Face export ->
+evaluation of every stage on the same masked eval documents -> fill-mask -> loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "demo_out"
+CKPT = ROOT / "checkpoints" / "demo"
+STAGES = [("step 0 (pre-decay stand-in)", "pretrain"), ("+ phase 1", "phase1"), ("+ phase 2", "phase2")]
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def prepare_data() -> None:
+    from flex_bert.data.convert import ConvertConfig, convert_dataset, summary_line
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.merge import merge_datasets
+
+    banner("1. corpus and tokenizer (generated; no hub)")
+    files = write_demo_corpus(OUT / "corpus", seed=0)
+    build_tiny_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
+    banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
+    tokenized = OUT / "tokenized"
+    for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
+        cfg = ConvertConfig(dataset=str(files[name]), out_dir=str(tokenized / split), tokenizer=str(OUT / "tokenizer"),
+                            max_seq_len=256, num_workers=1, overwrite=True, progress=False,
+                            out_token_counts=str(tokenized / split / "token_counts.txt"))
+        stats = convert_dataset(cfg)
+        print(summary_line(stats["train"], tokenized / split / name))
+    banner("3. merge-index the splits (data/merge_index.py)")
+    for split in ("train", "eval"):
+        print(json.dumps(merge_datasets(tokenized / split)))
+
+
+def run_stage(stage: str) -> float:
+    banner(f"training: composer main.py yamls/demo/{stage}.yml")
+    start = time.time()
+    cmd = [sys.executable, str(ROOT / "main.py"), f"yamls/demo/{stage}.yml"]
+    log = OUT / f"{stage}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    lines = [ln for ln in log.read_text().splitlines() if "restart_override" in ln or "Eval metrics" in ln]
+    print("\n".join(lines[-4:]))
+    if proc.returncode:
+        print(log.read_text()[-4000:])
+        raise SystemExit(f"{stage} failed (exit {proc.returncode}); full log: {log}")
+    return time.time() - start
+
+
+def export_and_evaluate() -> list[dict]:
+    from flex_bert.evaluate import evaluate, load_model_for_eval, masked_documents
+    from flex_bert.hf import export_to_hf
+
+    banner("export to Hugging Face (scripts/convert_to_hf.py)")
+    hf_dir = CKPT / "hf"
+    export_to_hf(CKPT / "demo_phase2" / "latest-rank0.pt", hf_dir)
+    print(f"wrote {hf_dir}")
+    banner("evaluation on the same masked eval documents (scripts/evaluate_mlm.py)")
+    rows = []
+    models = [(label, {"checkpoint": str(CKPT / f"demo_{stage}" / "latest-rank0.pt")}) for label, stage in STAGES]
+    models.append(("+ phase 2, exported to HF", {"hf_model": str(hf_dir)}))
+    for label, source in models:
+        model, kind, tokenizer = load_model_for_eval(**source)
+        data = masked_documents(str(OUT / "tokenized"), "eval", tokenizer, 0.15, 0, 256)
+        score = evaluate(model, kind, data, batch_size=16)
+        rows.append({"model": label, **score.as_dict()})
+    print(f"\n| model | MLM loss | accuracy | perplexity |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['loss']:.4f} | {r['accuracy']:.4f} | {r['perplexity']:.2f} |")
+    return rows
+
+
+def fill_mask() -> None:
+    from transformers import pipeline
+
+    banner("fill-mask with the exported model (transformers.pipeline)")
+    fill = pipeline("fill-mask", model=str(CKPT / "hf"), device="cpu")
+    text = f"The patient was admitted with {fill.tokenizer.mask_token} pain and shortness of breath."
+    print(text)
+    for guess in fill(text, top_k=3):
+        print(f"  {guess['score']:.3f}  {guess['token_str']!r}")
+
+
+def plot() -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    offset = 0
+    for label, stage in STAGES:
+        recs = [json.loads(x) for x in (CKPT / f"demo_{stage}" / "metrics.jsonl").read_text().splitlines()]
+        train = [(r["batch"], r["loss"]) for r in recs if r["kind"] == "train" and "loss" in r]
+        ax.plot([offset + b for b, _ in train], [v for _, v in train], label=f"{label}: train loss")
+        evals = [(r["batch"], r["metrics/eval/LanguageCrossEntropy"]) for r in recs if r["kind"] == "eval"]
+        ax.plot([offset + b for b, _ in evals], [v for _, v in evals], "o", label=f"{label}: eval loss")
+        offset += max(b for b, _ in train)
+    ax.set_xlabel("optimizer step (stages laid end to end)")
+    ax.set_ylabel("masked-LM loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = OUT / "loss_curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main() -> None:
+    start = time.time()
+    os.chdir(ROOT)
+    for path in (OUT, CKPT):
+        shutil.rmtree(path, ignore_errors=True)
+    prepare_data()
+    for _, stage in STAGES:
+        run_stage(stage)
+    export_and_evaluate()
+    fill_mask()
+    png = plot()
+    banner(f"done in {time.time() - start:.0f} s. Artefacts:")
+    print(f"  corpus, tokenizer, MDS:   {OUT}/corpus, {OUT}/tokenizer, {OUT}/tokenized/{{train,eval}}")
+    print(f"  checkpoints + metrics:    {CKPT}/demo_{{pretrain,phase1,phase2}}/ (metrics.jsonl, config.yaml)")
+    print(f"  Hugging Face export:      {CKPT}/hf")
+    print(f"  loss curves:              {png}")
+    print(f"  training logs:            {OUT}/*.log")
+
+
+if __name__ == "__main__":
+    main()

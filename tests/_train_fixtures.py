@@ -1,0 +1,49 @@
+"""A tiny tokenized corpus (train + eval splits, merged) and a tiny-model YAML for the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flex_bert.data.convert import ConvertConfig, convert_dataset
+from flex_bert.data.merge import merge_datasets
+
+DEMO_YAML = Path(__file__).resolve().parents[1] / "yamls" / "demo" / "pretrain.yml"
+
+
+@pytest.fixture(scope="session")
+def tiny_mds(tmp_path_factory) -> dict[str, Path]:
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+
+    root = tmp_path_factory.mktemp("train_data")
+    files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=80, eval_docs=12)
+    tok = root / "tokenizer"
+    build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=512)
+    for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
+        convert_dataset(ConvertConfig(dataset=str(files[name]), out_dir=str(root / "mds" / split), tokenizer=str(tok),
+                                      max_seq_len=128, num_workers=1, progress=False))
+    for split in ("train", "eval"):
+        merge_datasets(root / "mds" / split)
+    return {"root": root, "data": root / "mds", "tokenizer": tok}
+
+
+def tiny_yaml(tiny_mds, tmp_path: Path, name: str = "run", **changes) -> Path:
+    """The demo's step-0 YAML shrunk for tests (vocab 512, 2 rows of 2 x 128 tokens per step)."""
+    cfg = yaml.safe_load(DEMO_YAML.read_text())
+    cfg.update(data_local=str(tiny_mds["data"]), tokenizer_name=str(tiny_mds["tokenizer"]), max_seq_len=128,
+               run_name=name, save_folder=str(tmp_path / "{run_name}"), global_train_batch_size=4,
+               device_train_microbatch_size=2, max_duration="12ba", eval_interval="12ba", save_interval="6ba",
+               console_log_interval="100ba", device_eval_batch_size=8)
+    cfg["model"]["model_config"].update(vocab_size=512, num_hidden_layers=3, sliding_window=16)
+    cfg["callbacks"] = {"lr_monitor": {}, "packing_efficiency": {"log_interval": 1}}
+    for key, value in changes.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    out = tmp_path / f"{name}.yml"
+    out.write_text(yaml.safe_dump(cfg))
+    return out
