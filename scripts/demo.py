@@ -54,8 +54,9 @@ def run_stage(stage: str) -> float:
     log = OUT / f"{stage}.log"
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    lines = [ln for ln in log.read_text().splitlines() if "restart_override" in ln or "Eval metrics" in ln]
-    print("\n".join(lines[-4:]))
+    lines = log.read_text().splitlines()
+    print("\n".join(dict.fromkeys(ln for ln in lines if ln.startswith("restart_override"))))
+    print("\n".join([ln for ln in lines if "Eval metrics" in ln][-2:]))
     if proc.returncode:
         print(log.read_text()[-4000:])
         raise SystemExit(f"{stage} failed (exit {proc.returncode}); full log: {log}")
@@ -90,10 +91,12 @@ def fill_mask() -> None:
 
     banner("fill-mask with the exported model (transformers.pipeline)")
     fill = pipeline("fill-mask", model=str(CKPT / "hf"), device="cpu")
-    text = f"The patient was admitted with {fill.tokenizer.mask_token} pain and shortness of breath."
-    print(text)
-    for guess in fill(text, top_k=3):
-        print(f"  {guess['score']:.3f}  {guess['token_str']!r}")
+    mask = fill.tokenizer.mask_token
+    for text in (f"Started metoprolol 25 mg twice{mask}.", f"The patient is a 54-year-old woman presenting with chest"
+                 f" pain for two{mask}."):
+        print(text)
+        for guess in fill(text, top_k=3):
+            print(f"  {guess['score']:.3f}  {guess['token_str']!r}")
 
 
 def plot() -> Path:

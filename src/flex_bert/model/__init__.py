@@ -1,0 +1,19 @@
+"""FlexBERT = ModernBERT in plain PyTorch: packed (unpadded) tokens, global/local attention, rotary.
+
+No composer, omegaconf, hub or transformers imports here; see docs/CONTRACTS.md for the interface.
+"""
+
+from .attention import BACKENDS, Attention, get_backend
+from .config import FlexBertConfig
+from .mlm import FlexBertForMaskedLM, FlexBertModel, MaskedLMOutput, init_weights
+
+__all__ = [
+    "BACKENDS",
+    "Attention",
+    "FlexBertConfig",
+    "FlexBertForMaskedLM",
+    "FlexBertModel",
+    "MaskedLMOutput",
+    "get_backend",
+    "init_weights",
+]

@@ -1,0 +1,263 @@
+"""FlexBertConfig: every key of the upstream `model_config` YAML block, typed and validated.
+
+Defaults are ModernBERT-base. `from_dict` is the door for YAML: it rejects unknown keys (with a close-match
+suggestion), coerces YAML's stringly numbers (`eps: 1e-5` is a *string* to a YAML 1.1 parser), and refuses
+values that would change the computation in a way this implementation does not reproduce. Keys that upstream
+accepts but that change nothing here are listed in `IGNORED_UPSTREAM_KEYS` and warn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Attention backends by name (the functions live in attention.py; names are checked here so that a typo fails
+# at config load, before any work).
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "sdpa")
+
+# Keys upstream's FlexBertConfig knows that have no effect on this implementation's computation: flash-attn
+# switches (we choose kernels with `attention_backend`), compile switches, and the classification head (this
+# package only builds the MLM model). They are accepted with a warning so upstream YAMLs still load.
+IGNORED_UPSTREAM_KEYS = frozenset(
+    {
+        "use_fa2",
+        "use_fa",
+        "deterministic_fa2",
+        "fa2_local_attn",
+        "use_sdpa_attn_mask",
+        "rope_microbatch_size",
+        "partial_compile",
+        "full_model_compile",
+        "pad_logits",
+        "head_class_act",
+        "head_class_bias",
+        "head_class_dropout",
+        "head_class_norm",
+        "pooling_type",
+        "encoder_layer",
+    }
+)
+
+# key -> allowed values, for keys where upstream has several options and we implement a subset.
+_ALLOWED: dict[str, tuple] = {
+    "attention_layer": ("rope",),
+    "bert_layer": ("prenorm",),
+    "mlp_layer": ("glu",),
+    "normalization": ("layernorm",),
+    "padding": ("unpadded",),
+    "embedding_layer": ("sans_pos",),
+    "loss_function": ("cross_entropy", "fa_cross_entropy"),  # same math: mean CE, ignore_index -100
+    "init_method": ("full_megatron", "default"),
+    "hidden_act": ("gelu",),
+    "head_pred_act": ("gelu",),
+    "activation_function": ("gelu",),
+    "attention_backend": ATTENTION_BACKENDS,
+    "rotary_emb_interleaved": (False,),
+    "rotary_emb_scale_base": (None,),
+    "attention_probs_dropout_prob": (0.0,),  # varlen/flash kernels here run without attention dropout
+    "embed_norm": (True,),
+    "final_norm": (True,),
+    "head_pred_norm": (True,),
+    "decoder_bias": (True,),
+}
+
+
+@dataclass
+class FlexBertConfig:
+    # --- keys of upstream's model_config (defaults: ModernBERT-base, as in the BioClinical YAML) ---
+    vocab_size: int = 50368
+    init_method: str = "full_megatron"
+    num_hidden_layers: int = 22
+    hidden_size: int = 768
+    intermediate_size: int = 1152
+    num_attention_heads: int = 12
+    attention_layer: str = "rope"
+    attention_probs_dropout_prob: float = 0.0
+    attn_out_bias: bool = False
+    attn_out_dropout_prob: float = 0.1
+    attn_qkv_bias: bool = False
+    bert_layer: str = "prenorm"
+    embed_dropout_prob: float = 0.0
+    embed_norm: bool = True
+    final_norm: bool = True
+    skip_first_prenorm: bool = True
+    embedding_layer: str = "sans_pos"
+    loss_function: str = "fa_cross_entropy"
+    loss_kwargs: dict[str, Any] = field(default_factory=lambda: {"reduction": "mean"})
+    mlp_dropout_prob: float = 0.0
+    mlp_in_bias: bool = False
+    mlp_layer: str = "glu"
+    mlp_out_bias: bool = False
+    normalization: str = "layernorm"
+    norm_kwargs: dict[str, Any] = field(default_factory=lambda: {"eps": 1e-5, "bias": False})
+    hidden_act: str = "gelu"
+    head_pred_act: str = "gelu"
+    activation_function: str = "gelu"
+    padding: str = "unpadded"
+    rotary_emb_dim: int | None = None
+    rotary_emb_base: float = 160000.0
+    rotary_emb_scale_base: float | None = None
+    rotary_emb_interleaved: bool = False
+    local_attn_rotary_emb_base: float | None = 10000.0  # -1 or None: use rotary_emb_base
+    local_attn_rotary_emb_dim: int | None = None
+    allow_embedding_resizing: bool = True  # used by the training code when loading checkpoints
+    sliding_window: int | None = 128  # total local window (64 each side + self); -1 or None: all global
+    global_attn_every_n_layers: int = 3  # layer i is global iff i % n == 0; -1: all global
+    unpad_embeddings: bool = True  # we always unpad before the embedding; same math either way
+    compile_model: bool = True  # read by the training code (FlexBertForMaskedLM.compile_layers)
+    masked_prediction: bool = True
+    # --- upstream keys outside the seed YAML ---
+    head_pred_bias: bool = False
+    head_pred_norm: bool = True
+    decoder_bias: bool = True
+    init_std: float = 0.02
+    init_cutoff_factor: float = 2.0
+    # --- this implementation ---
+    attention_backend: str = "auto"
+    max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
+    gradient_checkpointing: bool = False
+    pad_token_id: int = 50283
+    cls_token_id: int = 50281
+    sep_token_id: int = 50282
+    mask_token_id: int = 50284
+
+    def __post_init__(self) -> None:
+        self._coerce_types()
+        self._validate()
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FlexBertConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs = {}
+        for key, value in dict(d).items():
+            if key in IGNORED_UPSTREAM_KEYS:
+                warnings.warn(
+                    f"model_config key {key!r} has no effect in this implementation; ignored", stacklevel=2
+                )
+                continue
+            if key not in names:
+                close = difflib.get_close_matches(key, names + sorted(IGNORED_UPSTREAM_KEYS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown model_config key {key!r}{hint}")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def base(cls, **overrides: Any) -> FlexBertConfig:
+        """ModernBERT-base: 22 layers, hidden 768, 149,655,232 parameters."""
+        return cls.from_dict(overrides)
+
+    @classmethod
+    def large(cls, **overrides: Any) -> FlexBertConfig:
+        """ModernBERT-large: 28 layers, hidden 1024, 395,881,664 parameters."""
+        d = dict(num_hidden_layers=28, hidden_size=1024, intermediate_size=2624, num_attention_heads=16)
+        return cls.from_dict({**d, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def norm_eps(self) -> float:
+        return float(self.norm_kwargs.get("eps", 1e-5))
+
+    @property
+    def norm_bias(self) -> bool:
+        return bool(self.norm_kwargs.get("bias", False))
+
+    @property
+    def local_rope_theta(self) -> float:
+        """Rotary base of local layers: `local_attn_rotary_emb_base`, or `rotary_emb_base` where unset."""
+        base = self.local_attn_rotary_emb_base
+        return float(self.rotary_emb_base if base is None or base == -1 else base)
+
+    def is_local_layer(self, layer_id: int) -> bool:
+        """Sliding-window layer? Global layers are those with `layer_id % global_attn_every_n_layers == 0`."""
+        n = self.global_attn_every_n_layers
+        return self.sliding_window not in (None, -1) and n > 0 and layer_id % n != 0
+
+    # ------------------------------------------------------------------ checks
+    def _coerce_types(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+            allowed = typing.get_args(hint) if union else (hint,)
+            if value is None and type(None) in allowed:
+                continue
+            base = [typing.get_origin(a) or a for a in allowed if a is not type(None)][0]
+            if base is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, float(value))
+                    continue
+                except ValueError:
+                    pass
+            if base is dict and isinstance(value, Mapping):
+                setattr(self, f.name, dict(value))
+                continue
+            if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+                raise ValueError(f"model_config key {f.name!r} must be {hint}, got {value!r}")
+        if isinstance(self.norm_kwargs.get("eps"), str):
+            self.norm_kwargs = {**self.norm_kwargs, "eps": float(self.norm_kwargs["eps"])}
+
+    def _validate(self) -> None:
+        for key, allowed in _ALLOWED.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(
+                    f"model_config {key}={getattr(self, key)!r} is not supported; allowed: {list(allowed)}"
+                )
+        unknown_norm = set(self.norm_kwargs) - {"eps", "bias"}
+        if unknown_norm:
+            raise ValueError(
+                f"norm_kwargs {sorted(unknown_norm)} not supported; allowed keys: ['eps', 'bias']"
+            )
+        loss = dict(self.loss_kwargs)
+        if loss.pop("reduction", "mean") != "mean" or any(loss.pop(k, False) for k in ("return_z_loss",)):
+            raise ValueError("loss_kwargs: only reduction='mean' (no z-loss) is supported")
+        loss.pop("inplace_backward", None)
+        loss.pop("lse_square_scale", None)
+        if loss:
+            raise ValueError(f"loss_kwargs {sorted(loss)} not supported; allowed keys: ['reduction']")
+        self._validate_shapes()
+
+    def _validate_shapes(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head dim hidden_size/num_attention_heads = {self.head_dim} must be even (rotary)"
+            )
+        for key in ("rotary_emb_dim", "local_attn_rotary_emb_dim"):
+            if getattr(self, key) not in (None, self.head_dim):
+                raise ValueError(
+                    f"model_config {key}={getattr(self, key)} is not supported; allowed: [None, {self.head_dim}] "
+                    "(rotary over the full head dim)"
+                )
+        sw = self.sliding_window
+        if sw not in (None, -1) and (sw <= 0 or sw % 2):
+            raise ValueError(f"sliding_window={sw} must be a positive even number (or -1 to disable)")
+        n = self.global_attn_every_n_layers
+        if n == 0 or n < -1:
+            raise ValueError(f"global_attn_every_n_layers={n} must be positive (or -1: all layers global)")
+        for key in ("attn_out_dropout_prob", "embed_dropout_prob", "mlp_dropout_prob"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"model_config {key}={getattr(self, key)} must be in [0, 1)")
+        for key in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, key) < self.vocab_size:
+                raise ValueError(f"{key}={getattr(self, key)} must be < vocab_size={self.vocab_size}")
+        if min(self.vocab_size, self.num_hidden_layers, self.intermediate_size) <= 0:
+            raise ValueError("vocab_size, num_hidden_layers and intermediate_size must be positive")

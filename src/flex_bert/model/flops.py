@@ -1,0 +1,54 @@
+"""Training FLOPs per token of FlexBERT / ModernBERT (forward + backward = 3 x forward).
+
+With H = hidden, I = intermediate, V = vocab, L_layers layers, and documents of lengths L_d:
+
+  matrices   6 * L_layers * (4 H^2 + 3 H I)          Wqkv (3H^2) + Wo (H^2) + Wi (2HI) + mlp.Wo (HI),
+                                                      every token, 2 FLOPs per weight forward, x3 training
+  MLM head   6 * (H^2 + H V) * masked_fraction       head.dense + decoder, only on labelled tokens with
+                                                      masked prediction (pass masked_fraction=1.0 without)
+  attention  3 * 4 * L_d * K * H per document per layer, divided by the tokens: QK^T and PV are 2*L_d*K*H
+             FLOPs each forward, with K keys per query: K = L_d on global layers, K = min(L_d, window + 1)
+             on local layers (window 128 -> 129 keys: 64 each side plus the token itself; tokens near a
+             document's edge see fewer, which this ignores: a slight overestimate for short documents).
+
+Embedding lookups, norms, activations, softmax and the loss are not counted (as usual for MFU). For
+ModernBERT-base at 1024-token documents and 30% masking this gives about 0.83 GFLOP per token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import FlexBertConfig
+
+
+def matrix_flops_per_token(cfg: FlexBertConfig) -> float:
+    H, intermediate = cfg.hidden_size, cfg.intermediate_size
+    return 6.0 * cfg.num_hidden_layers * (4 * H * H + 3 * H * intermediate)
+
+
+def head_flops_per_token(cfg: FlexBertConfig, masked_fraction: float) -> float:
+    H = cfg.hidden_size
+    return 6.0 * (H * H + H * cfg.vocab_size) * masked_fraction
+
+
+def attention_flops(cfg: FlexBertConfig, doc_length: int) -> float:
+    """Training FLOPs of attention (scores and weighted sum) over all layers for one document."""
+    H, L = cfg.hidden_size, doc_length
+    total = 0.0
+    for i in range(cfg.num_hidden_layers):
+        keys = min(L, cfg.sliding_window + 1) if cfg.is_local_layer(i) else L
+        total += 3 * 4.0 * L * keys * H
+    return total
+
+
+def training_flops_per_token(
+    cfg: FlexBertConfig, doc_lengths: Iterable[int], masked_fraction: float
+) -> float:
+    """Average training FLOPs per (real) token over the given documents; see the module docstring."""
+    lengths = [int(n) for n in doc_lengths if n > 0]
+    if not lengths:
+        raise ValueError("doc_lengths must hold at least one positive length")
+    tokens = sum(lengths)
+    attention = sum(attention_flops(cfg, n) for n in lengths) / tokens
+    return matrix_flops_per_token(cfg) + head_flops_per_token(cfg, masked_fraction) + attention

@@ -1,0 +1,199 @@
+"""FlexBertModel (encoder), the MLM head, FlexBertForMaskedLM and its initialisation.
+
+Parameter names are upstream's (without the `model.` the Composer wrapper adds): `bert.embeddings.*`,
+`bert.encoder.layers.{i}.*`, `bert.final_norm.*`, `head.dense/norm.*`, `decoder.weight` (tied to the token
+embedding) and `decoder.bias`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import FlexBertConfig
+from .layers import Embeddings, EncoderLayer, layer_norm
+from .padding import cu_seqlens_from_lengths, repad, unpad
+from .rotary import positions_from_cu_seqlens, rotary_cos_sin
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MaskedLMOutput:
+    loss: torch.Tensor | None  # mean cross-entropy over labelled tokens (fp32), None without labels
+    logits: torch.Tensor  # (n_labelled, V) with masked prediction and labels; else input shape + (V,)
+    num_labelled: torch.Tensor | None  # int64 scalar tensor: tokens with label != -100
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
+
+
+class FlexBertModel(nn.Module):
+    """Embeddings -> pre-norm layers (global/local attention) -> final norm, on packed tokens."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.final_norm = layer_norm(config)
+        self.gradient_checkpointing = config.gradient_checkpointing
+
+    def forward(self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        cfg = self.config
+        x_TC = self.embeddings(input_ids_T)
+        positions_T = positions_from_cu_seqlens(cu_seqlens, input_ids_T.shape[0])
+        rope_global = rotary_cos_sin(positions_T, cfg.head_dim, cfg.rotary_emb_base)
+        rope_local = rotary_cos_sin(positions_T, cfg.head_dim, cfg.local_rope_theta)
+        for layer in self.encoder.layers:
+            rope = rope_local if layer.is_local else rope_global
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x_TC = checkpoint(layer, x_TC, rope, cu_seqlens, max_seqlen, use_reentrant=False)
+            else:
+                x_TC = layer(x_TC, rope, cu_seqlens, max_seqlen)
+        return self.final_norm(x_TC)
+
+
+class PredictionHead(nn.Module):
+    """dense (H -> H) -> GELU -> LayerNorm."""
+
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.head_pred_bias)
+        self.act = nn.GELU(approximate="none")
+        self.norm = layer_norm(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(x)))
+
+
+class FlexBertForMaskedLM(nn.Module):
+    def __init__(self, config: FlexBertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = FlexBertModel(config)
+        self.head = PredictionHead(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
+        self.tie_weights()
+        self._predict_compiled = None
+        self.reset_parameters()
+
+    def tie_weights(self) -> None:
+        """Decoder weight = token embedding. Call again after `to_empty()` (it unties parameters)."""
+        self.decoder.weight = self.bert.embeddings.tok_embeddings.weight
+
+    def reset_parameters(self) -> None:
+        init_weights(self, self.config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """Packed: `input_ids (T,)`, `cu_seqlens (n+1,)` int32, `max_seqlen` int. Padded: `(B, S)` + mask."""
+        if input_ids.dim() == 2:
+            return self._forward_padded(input_ids, attention_mask, labels)
+        if attention_mask is not None:
+            raise ValueError("packed input (1-D input_ids) takes cu_seqlens, not attention_mask")
+        if cu_seqlens is None:  # one document
+            cu_seqlens = cu_seqlens_from_lengths(torch.tensor([input_ids.shape[0]], device=input_ids.device))
+            max_seqlen = input_ids.shape[0]
+        if max_seqlen is None:  # one host sync; training passes it
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        hidden_TC = self.bert(input_ids, cu_seqlens, max_seqlen)
+        return self._predict_from_hidden(hidden_TC, labels)
+
+    def _forward_padded(self, input_ids_BS, attention_mask_BS, labels_BS) -> MaskedLMOutput:
+        B, S = input_ids_BS.shape
+        if attention_mask_BS is None:
+            attention_mask_BS = torch.ones_like(input_ids_BS)
+        ids_T, indices, cu_seqlens, max_seqlen = unpad(input_ids_BS, attention_mask_BS)
+        labels_T = None if labels_BS is None else labels_BS.flatten()[indices]
+        out = self._predict_from_hidden(self.bert(ids_T, cu_seqlens, max_seqlen), labels_T)
+        if labels_T is None or not self.config.masked_prediction:
+            out.logits = repad(out.logits, indices, B, S)
+        return out
+
+    def _predict_from_hidden(self, hidden_TC, labels_T) -> MaskedLMOutput:
+        predict = self._predict_compiled or self.predict
+        if labels_T is None:
+            return MaskedLMOutput(None, predict(hidden_TC)[0], None)
+        labelled_T = labels_T != IGNORE_INDEX
+        num_labelled = labelled_T.sum()
+        if self.config.masked_prediction:  # gather before the head: ~30% of tokens
+            hidden_TC, labels_T = hidden_TC[labelled_T], labels_T[labelled_T]
+        logits, loss = predict(hidden_TC, labels_T)
+        return MaskedLMOutput(loss, logits, num_labelled)
+
+    def predict(self, hidden_NC: torch.Tensor, labels_N: torch.Tensor | None = None):
+        """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100."""
+        logits = self.decoder(self.head(hidden_NC))
+        if labels_N is None:
+            return logits, None
+        loss = F.cross_entropy(logits.float(), labels_N, ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def compile_layers(self, **compile_kwargs) -> None:
+        """torch.compile the embeddings, each encoder layer and head+decoder+loss, in place.
+
+        In-place `Module.compile` keeps parameter names (no `_orig_mod.`), so checkpoints are unchanged. The
+        head, decoder and fp32 loss are compiled as one function so the fp32 upcast of the logits is fused
+        into the loss instead of materialised (N x V x 4 bytes). Used when `config.compile_model` is true.
+        """
+        self.bert.embeddings.compile(**compile_kwargs)
+        for layer in self.bert.encoder.layers:
+            layer.compile(**compile_kwargs)
+        self._predict_compiled = torch.compile(self.predict, **compile_kwargs)
+
+    def num_parameters(self) -> int:
+        """Unique parameters (the tied decoder weight counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- init
+def init_weights(model: FlexBertForMaskedLM, config: FlexBertConfig) -> None:
+    """`full_megatron` (upstream): truncated normal at +-cutoff*sigma; sigma = init_std for the embedding,
+    Wqkv, Wi and head.dense; init_std / sqrt(2 * layers) for attn.Wo and mlp.Wo. `default`: normal(init_std)
+    everywhere (Hugging Face BERT). Norms are ones (bias zeros); every linear bias is zero, the decoder bias
+    included (upstream leaves it at nn.Linear's default; it has no effect on continued pre-training).
+    """
+    std = config.init_std
+    out_std = std / math.sqrt(2.0 * config.num_hidden_layers)
+
+    def init(weight: torch.Tensor, sigma: float) -> None:
+        if weight.is_meta:
+            return
+        if config.init_method == "full_megatron":
+            cut = config.init_cutoff_factor * sigma
+            nn.init.trunc_normal_(weight, mean=0.0, std=sigma, a=-cut, b=cut)
+        else:
+            nn.init.normal_(weight, mean=0.0, std=std)
+
+    emb = model.bert.embeddings.tok_embeddings
+    init(emb.weight, std)
+    if config.init_method == "default" and not emb.weight.is_meta:
+        with torch.no_grad():
+            emb.weight[config.pad_token_id].zero_()
+    for layer in model.bert.encoder.layers:
+        init(layer.attn.Wqkv.weight, std)
+        init(layer.attn.Wo.weight, out_std)
+        init(layer.mlp.Wi.weight, std)
+        init(layer.mlp.Wo.weight, out_std)
+    init(model.head.dense.weight, std)
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear) and module.bias is not None and not module.bias.is_meta:
+            nn.init.zeros_(module.bias)
