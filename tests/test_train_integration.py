@@ -100,3 +100,33 @@ def test_upstream_layout_checkpoint_restores_like_ours(phases, tiny_mds, tmp_pat
         assert torch.equal(p, p_ours[name]), name
     opt = runs["upstream"][0].state.optimizers[0]
     assert all(g["setup"] for g in opt.param_groups) and int(opt.param_groups[1]["step"]) == 40 + 3
+
+
+class _Payload:
+    """Unpickling this would create a file: a checkpoint that runs code."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_load_path_never_runs_code_from_a_pickle(tiny_mds, tmp_path):  # noqa: F811
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state": {"model": {}, "x": _Payload(str(target))}}, evil)
+    y = tiny_yaml(tiny_mds, tmp_path, "evil", load_path=str(evil))
+    with pytest.raises(ValueError, match="trust_checkpoint"):
+        train([str(y)], [])
+    assert not target.exists()
+
+
+def test_truncated_checkpoint_is_an_error_naming_the_file(phases, tiny_mds, tmp_path):  # noqa: F811
+    tmp, _ = phases
+    data = (tmp / "step0" / "latest-rank0.pt").read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    y = tiny_yaml(tiny_mds, tmp_path, "broken", load_path=str(broken))
+    with pytest.raises(ValueError, match="broken.pt"):
+        train([str(y)], [])

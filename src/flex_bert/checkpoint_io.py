@@ -58,8 +58,14 @@ def safe_globals() -> list:
     ]
 
 
-def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
-    """`torch.load` on CPU that refuses arbitrary code; `trust=True` loads anything (weights_only=False)."""
+def safe_torch_load(path: str | Path, trust: bool = False, trust_hint: str = TRUST_FLAG) -> Any:
+    """`torch.load` on CPU that refuses arbitrary code; `trust=True` loads anything (weights_only=False).
+
+    ``trust_hint`` names the switch the user would flip (a CLI flag, or the ``trust_checkpoint`` config key).
+    A missing, truncated or corrupted file is a ValueError naming the file.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
@@ -68,11 +74,11 @@ def safe_torch_load(path: str | Path, trust: bool = False) -> Any:
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError wrapping it)
         message = str(e)
         if "weights_only" not in message and "Unsupported" not in message:
-            raise
+            raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupted?): {message[:300]}") from e
         found = re.search(r"GLOBAL ([\w.]+)", message)
         what = found.group(1) if found else message.splitlines()[0]
         raise ValueError(
             f"{path}: refused to unpickle type {what!r}, which is not on the safe list for checkpoints. "
-            f"If you trust this file, pass {TRUST_FLAG} (this loads it with weights_only=False, which can run "
+            f"If you trust this file, pass {trust_hint} (this loads it with weights_only=False, which can run "
             "arbitrary code)."
         ) from None

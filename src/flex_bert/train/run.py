@@ -39,6 +39,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     model = builders.build_model(cfg, tokenizer)
     save_folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
     resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
+    if cfg.load_path and not resuming:
+        check_loadable(cfg.load_path, cfg.trust_checkpoint)
     optimizer = build_optimizer(model, cfg.optimizer)
     run_info = RunInfo(model.config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer))
     trainer = Trainer(
@@ -81,6 +83,17 @@ def _tokenizer_files(tokenizer) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         return tokenizer_dir_to_state(tmp)
+
+
+def check_loadable(path: str, trust: bool) -> None:
+    """Composer unpickles ``load_path`` fully; first prove the file holds only safe types (no code runs)."""
+    if "://" in path:
+        print(f"note: {path} is remote; it is loaded without the safe-type check", flush=True)
+        return
+    if not trust:
+        from flex_bert.checkpoint_io import safe_torch_load
+
+        safe_torch_load(path, trust_hint="`trust_checkpoint: true` (or trust_checkpoint=true on the command line)")
 
 
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
