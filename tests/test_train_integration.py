@@ -130,3 +130,30 @@ def test_truncated_checkpoint_is_an_error_naming_the_file(phases, tiny_mds, tmp_
     y = tiny_yaml(tiny_mds, tmp_path, "broken", load_path=str(broken))
     with pytest.raises(ValueError, match="broken.pt"):
         train([str(y)], [])
+
+
+def test_training_refuses_data_of_another_tokenizer_or_longer_samples(tiny_mds, tmp_path):  # noqa: F811
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer
+
+    other = tmp_path / "other_tok"
+    build_tiny_tokenizer([tiny_mds["root"] / "corpus" / "finance.csv"], other, vocab_size=300)
+    y = tiny_yaml(tiny_mds, tmp_path, "other", tokenizer_name=str(other))
+    with pytest.raises(ValueError, match="not with the training tokenizer"):
+        train([str(y)], [])
+    y = tiny_yaml(tiny_mds, tmp_path, "short", max_seq_len=64)
+    with pytest.raises(ValueError, match="--max_seq_len 64"):
+        train([str(y)], [])
+
+
+def test_weighted_mixture_from_the_yaml(tiny_mds, tmp_path):  # noqa: F811
+    train_dir = tiny_mds["data"] / "train"
+    streams = {"clinical": {"local": str(train_dir / "clinical"), "proportion": 0.8},
+               "finance": {"local": str(train_dir / "finance"), "proportion": 0.2}}
+    y = tiny_yaml(tiny_mds, tmp_path, "mix", max_duration="4ba", eval_interval="4ba", save_interval="4ba",
+                  **{"train_loader.dataset.streams": streams})
+    train([str(y)], [])
+    assert len(_records(tmp_path / "mix")) == 4
+    y = tiny_yaml(tiny_mds, tmp_path, "mix_bad", **{"train_loader.dataset.streams": {
+        "clinical": {"local": str(train_dir / "clinical"), "proportoin": 0.8}}})
+    with pytest.raises(Exception, match="proportion"):
+        train([str(y)], [])

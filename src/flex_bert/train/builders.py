@@ -55,23 +55,50 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
     return model
 
 
-def _documents(dataset_cfg: DictConfig, *, shuffle: bool):
+def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool):
+    """The documents of a split (or a weighted mixture), after checking they were converted for this run."""
     from streaming import StreamingDataset
 
     from flex_bert.data.mixture import build_streams
+    from flex_bert.data.tokenize import tokenizer_fingerprint
 
+    fingerprint = tokenizer_fingerprint(tokenizer)
     common = dict(shuffle=shuffle, shuffle_seed=dataset_cfg.shuffle_seed, batch_size=1)
     if dataset_cfg.streams:
-        specs = [dict(v, name=k) for k, v in OmegaConf.to_container(dataset_cfg.streams).items()]
-        return StreamingDataset(streams=build_streams(specs), **common)
-    local = dataset_cfg.local
-    split_dir = os.path.join(local, dataset_cfg.split or "")
-    if not dataset_cfg.streaming and not os.path.exists(os.path.join(split_dir, "index.json")):
-        raise ValueError(
-            f"no MDS index at {split_dir}/index.json: convert the data with data/convert_dataset_to_mds.py and "
-            f"merge it with data/merge_index.py {split_dir}"
-        )
-    return StreamingDataset(local=local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common)
+        specs = []
+        for name, spec in OmegaConf.to_container(dataset_cfg.streams).items():
+            if spec.get("remote") or spec.get("split"):
+                raise ValueError(f"streams.{name}: give the dataset folder as `local` (remote/split unsupported)")
+            specs.append({"name": name, **{k: v for k, v in spec.items() if v is not None and k != "split"}})
+        streams = build_streams(specs, max_seq_len=dataset_cfg.max_seq_len, tokenizer_fingerprint=fingerprint)
+        return StreamingDataset(streams=streams, **common)
+    split_dir = os.path.join(dataset_cfg.local, dataset_cfg.split or "")
+    if not dataset_cfg.streaming:
+        if not os.path.exists(os.path.join(split_dir, "index.json")):
+            raise ValueError(
+                f"no MDS index at {split_dir}/index.json: convert the data with data/convert_dataset_to_mds.py "
+                f"and merge it with data/merge_index.py {split_dir}"
+            )
+        _check_converted_for(split_dir, dataset_cfg.max_seq_len, fingerprint)
+    return StreamingDataset(local=dataset_cfg.local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common)
+
+
+def _check_converted_for(split_dir: str, max_seq_len: int, fingerprint: str) -> None:
+    """Refuse data tokenized with another tokenizer or a longer max_seq_len (conversion.json beside each
+    dataset folder). MDS folders written by other tools carry no stats: warned, and over-long samples still
+    fail when read."""
+    import warnings
+    from pathlib import Path
+
+    from flex_bert.data.merge import check_compatible, dataset_folders, stats_path
+
+    folders = dataset_folders(split_dir) if any(Path(split_dir).glob("*/index.json")) else []
+    described = [f for f in folders if stats_path(f).exists()]
+    if described:
+        check_compatible(folders, max_seq_len=max_seq_len, tokenizer_fingerprint=fingerprint)
+    else:
+        warnings.warn(f"{split_dir}: no conversion stats (made by another tool?); cannot check its tokenizer",
+                      stacklevel=2)
 
 
 def rows_per_device_batch(cfg: DictConfig) -> int:
@@ -92,7 +119,7 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         raise ValueError("train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains")
     whole_word = ds_cfg.whole_word_mask
     dataset = PackedMLMDataset(
-        _documents(ds_cfg, shuffle=ds_cfg.shuffle),
+        _documents(ds_cfg, tokenizer, shuffle=ds_cfg.shuffle),
         rows_per_batch=rows_per_device_batch(cfg),
         row_len=cfg.device_train_microbatch_size * ds_cfg.max_seq_len,
         max_seq_len=ds_cfg.max_seq_len,
@@ -148,7 +175,7 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
         return None
     loader, ds_cfg = cfg.eval_loader, cfg.eval_loader.dataset
     dataset = MaskedDocuments(
-        _documents(ds_cfg, shuffle=False),
+        _documents(ds_cfg, tokenizer, shuffle=False),
         max_seq_len=ds_cfg.max_seq_len,
         masking=MaskingSpec.from_tokenizer(tokenizer),
         mlm_probability=ds_cfg.mlm_probability,

@@ -1,0 +1,11 @@
+"""Data: read documents, tokenize them into `[CLS] ... [SEP]` samples, write/merge MDS, mix folders.
+
+Kept import-light on purpose (no streaming, transformers or torch here): import what you need from
+    flex_bert.data.convert   ConvertConfig, convert_dataset        (data/convert_dataset_to_mds.py)
+    flex_bert.data.merge     read_conversion_stats, check_compatible, merge_datasets  (data/merge_index.py)
+    flex_bert.data.mixture   StreamSpec, build_streams             (weighted mixtures for training)
+    flex_bert.data.tokenize  tokenizer_fingerprint, load_tokenizer, DocumentProcessor
+    flex_bert.data.sources   DataError, iter_rows, resolve_dataset_files
+    flex_bert.data.demo_corpus  write_demo_corpus, build_tiny_tokenizer   (tests, offline demo)
+packing and masking (training side) live in flex_bert.data.packing and flex_bert.data.masking.
+"""
