@@ -1,6 +1,6 @@
 """Graph breaks in FlexBERT's compiled pieces (torch._dynamo.explain), on the GPU: expect none.
 
-    python scripts/check_compile.py [--size base|large] [--seq 8192] [--docs 12]
+python scripts/check_compile.py [--size base|large] [--seq 8192] [--docs 12]
 """
 
 from __future__ import annotations
@@ -29,15 +29,20 @@ def main() -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.autocast(device, dtype=dtype):
         x = model.bert.embeddings(ids)
-        positions = torch.arange(T, device=device) - cu[torch.searchsorted(cu, torch.arange(T, device=device, dtype=torch.int32), right=True) - 1]
+        positions = (
+            torch.arange(T, device=device)
+            - cu[torch.searchsorted(cu, torch.arange(T, device=device, dtype=torch.int32), right=True) - 1]
+        )
         from flex_bert.model.rotary import rotary_cos_sin
 
         rope = rotary_cos_sin(positions, cfg.head_dim, cfg.local_rope_theta)
         for i in (0, 1):  # a global and a local layer
             layer = model.bert.encoder.layers[i]
             report = torch._dynamo.explain(layer)(x, rope, cu, max_seqlen)
-            print(f"layer {i} ({'local' if layer.is_local else 'global'}): graphs {report.graph_count}, "
-                  f"graph breaks {report.graph_break_count}")
+            print(
+                f"layer {i} ({'local' if layer.is_local else 'global'}): graphs {report.graph_count}, "
+                f"graph breaks {report.graph_break_count}"
+            )
             for reason in report.break_reasons:
                 print("   break:", reason.reason)
         labelled = labels != -100

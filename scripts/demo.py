@@ -37,9 +37,16 @@ def prepare_data() -> None:
     banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
     tokenized = OUT / "tokenized"
     for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
-        cfg = ConvertConfig(dataset=str(files[name]), out_dir=str(tokenized / split), tokenizer=str(OUT / "tokenizer"),
-                            max_seq_len=256, num_workers=1, overwrite=True, progress=False,
-                            out_token_counts=str(tokenized / split / "token_counts.txt"))
+        cfg = ConvertConfig(
+            dataset=str(files[name]),
+            out_dir=str(tokenized / split),
+            tokenizer=str(OUT / "tokenizer"),
+            max_seq_len=256,
+            num_workers=1,
+            overwrite=True,
+            progress=False,
+            out_token_counts=str(tokenized / split / "token_counts.txt"),
+        )
         stats = convert_dataset(cfg)
         print(summary_line(stats["train"], tokenized / split / name))
     banner("3. merge-index the splits (data/merge_index.py)")
@@ -73,14 +80,16 @@ def export_and_evaluate() -> list[dict]:
     print(f"wrote {hf_dir}")
     banner("evaluation on the same masked eval documents (scripts/evaluate_mlm.py)")
     rows = []
-    models = [(label, {"checkpoint": str(CKPT / f"demo_{stage}" / "latest-rank0.pt")}) for label, stage in STAGES]
+    models = [
+        (label, {"checkpoint": str(CKPT / f"demo_{stage}" / "latest-rank0.pt")}) for label, stage in STAGES
+    ]
     models.append(("+ phase 2, exported to HF", {"hf_model": str(hf_dir)}))
     for label, source in models:
         model, kind, tokenizer = load_model_for_eval(**source)
         data = masked_documents(str(OUT / "tokenized"), "eval", tokenizer, 0.15, 0, 256)
         score = evaluate(model, kind, data, batch_size=16)
         rows.append({"model": label, **score.as_dict()})
-    print(f"\n| model | MLM loss | accuracy | perplexity |\n|---|---|---|---|")
+    print("\n| model | MLM loss | accuracy | perplexity |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['loss']:.4f} | {r['accuracy']:.4f} | {r['perplexity']:.2f} |")
     return rows
@@ -92,8 +101,10 @@ def fill_mask() -> None:
     banner("fill-mask with the exported model (transformers.pipeline)")
     fill = pipeline("fill-mask", model=str(CKPT / "hf"), device="cpu")
     mask = fill.tokenizer.mask_token
-    for text in (f"Started metoprolol 25 mg twice{mask}.", f"The patient is a 54-year-old woman presenting with chest"
-                 f" pain for two{mask}."):
+    for text in (
+        f"Started metoprolol 25 mg twice{mask}.",
+        f"The patient is a 54-year-old woman presenting with chest pain for two{mask}.",
+    ):
         print(text)
         for guess in fill(text, top_k=3):
             print(f"  {guess['score']:.3f}  {guess['token_str']!r}")

@@ -16,7 +16,9 @@ import sys
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a Composer checkpoint of this project (or upstream's, with --config)")
+    src.add_argument(
+        "--checkpoint", help="a Composer checkpoint of this project (or upstream's, with --config)"
+    )
     src.add_argument("--hf_model", help="a Hugging Face model folder (ModernBertForMaskedLM)")
     p.add_argument("--data", required=True, help="MDS root (holding the split folder) or a dataset folder")
     p.add_argument("--split", default="eval", help="split folder under --data; '' for --data itself")
@@ -26,8 +28,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=16, help="documents per batch")
     p.add_argument("--max_seq_len", type=int, default=8192)
     p.add_argument("--config", help="model config for checkpoints that hold none: base, large or a YAML")
-    p.add_argument("--tokenizer", help="tokenizer folder or hub name (default: the one stored with the model)")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow full unpickling (trusted files only)")
+    p.add_argument(
+        "--tokenizer", help="tokenizer folder or hub name (default: the one stored with the model)"
+    )
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow full unpickling (trusted files only)"
+    )
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -35,11 +41,15 @@ def main(argv=None) -> int:
 
     try:
         model, kind, tokenizer = load_model_for_eval(
-            checkpoint=args.checkpoint, hf_model=args.hf_model, config=args.config, tokenizer=args.tokenizer,
+            checkpoint=args.checkpoint,
+            hf_model=args.hf_model,
+            config=args.config,
+            tokenizer=args.tokenizer,
             trust=args.trust_checkpoint,
         )
-        data = masked_documents(args.data, args.split or None, tokenizer, args.mlm_probability, args.seed,
-                                args.max_seq_len)
+        data = masked_documents(
+            args.data, args.split or None, tokenizer, args.mlm_probability, args.seed, args.max_seq_len
+        )
         score = evaluate(model, kind, data, args.batch_size, args.max_batches, args.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -48,8 +58,10 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']}: loss {score.loss:.4f}  accuracy {score.accuracy:.4f}  "
-              f"perplexity {score.perplexity:.3f}  ({score.masked_tokens} masked tokens, {score.documents} documents)")
+        print(
+            f"{result['model']}: loss {score.loss:.4f}  accuracy {score.accuracy:.4f}  "
+            f"perplexity {score.perplexity:.3f}  ({score.masked_tokens} masked tokens, {score.documents} documents)"
+        )
     return 0
 
 

@@ -22,8 +22,16 @@ def tiny_mds(tmp_path_factory) -> dict[str, Path]:
     tok = root / "tokenizer"
     build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=512)
     for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
-        convert_dataset(ConvertConfig(dataset=str(files[name]), out_dir=str(root / "mds" / split), tokenizer=str(tok),
-                                      max_seq_len=128, num_workers=1, progress=False))
+        convert_dataset(
+            ConvertConfig(
+                dataset=str(files[name]),
+                out_dir=str(root / "mds" / split),
+                tokenizer=str(tok),
+                max_seq_len=128,
+                num_workers=1,
+                progress=False,
+            )
+        )
     for split in ("train", "eval"):
         merge_datasets(root / "mds" / split)
     return {"root": root, "data": root / "mds", "tokenizer": tok}
@@ -32,10 +40,20 @@ def tiny_mds(tmp_path_factory) -> dict[str, Path]:
 def tiny_yaml(tiny_mds, tmp_path: Path, name: str = "run", **changes) -> Path:
     """The demo's step-0 YAML shrunk for tests (vocab 512, 2 rows of 2 x 128 tokens per step)."""
     cfg = yaml.safe_load(DEMO_YAML.read_text())
-    cfg.update(data_local=str(tiny_mds["data"]), tokenizer_name=str(tiny_mds["tokenizer"]), max_seq_len=128,
-               run_name=name, save_folder=str(tmp_path / "{run_name}"), global_train_batch_size=4,
-               device_train_microbatch_size=2, max_duration="12ba", eval_interval="12ba", save_interval="6ba",
-               console_log_interval="100ba", device_eval_batch_size=8)
+    cfg.update(
+        data_local=str(tiny_mds["data"]),
+        tokenizer_name=str(tiny_mds["tokenizer"]),
+        max_seq_len=128,
+        run_name=name,
+        save_folder=str(tmp_path / "{run_name}"),
+        global_train_batch_size=4,
+        device_train_microbatch_size=2,
+        max_duration="12ba",
+        eval_interval="12ba",
+        save_interval="6ba",
+        console_log_interval="100ba",
+        device_eval_batch_size=8,
+    )
     cfg["model"]["model_config"].update(vocab_size=512, num_hidden_layers=3, sliding_window=16)
     cfg["callbacks"] = {"lr_monitor": {}, "packing_efficiency": {"log_interval": 1}}
     for key, value in changes.items():

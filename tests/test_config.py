@@ -1,5 +1,7 @@
 """The typed config: the seed guide's YAML accepted key for key; mistakes fail early, naming the key."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,7 +13,7 @@ SEED = "tests/data/seed_phase1.yml"
 
 def test_seed_yaml_is_accepted_key_for_key():
     cfg = load_config([SEED])
-    raw = yaml.safe_load(open(SEED))
+    raw = yaml.safe_load(Path(SEED).read_text())
     for key in raw:  # nothing the user wrote is dropped
         assert key in cfg, key
     assert cfg.max_duration == "160_453_000_000tok"
@@ -70,7 +72,7 @@ def test_unknown_model_config_key_is_an_error():
 
 
 def test_missing_required_value_is_named(tmp_path):
-    raw = yaml.safe_load(open(SEED))
+    raw = yaml.safe_load(Path(SEED).read_text())
     del raw["max_duration"]
     raw["scheduler"]["t_max"] = "1000ba"
     (tmp_path / "c.yml").write_text(yaml.safe_dump(raw))

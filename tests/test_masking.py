@@ -36,7 +36,6 @@ def test_selection_and_80_10_10(p):
 
 
 def test_special_tokens_never_selected():
-    rng = np.random.default_rng(0)
     ids = np.array([1] + [7] * 50 + [2] + [3] * 20)  # doc then padding
     for seed in range(50):
         _, labels = mask_tokens(ids, 0.9, SPEC, np.random.default_rng(seed))
@@ -56,7 +55,9 @@ def test_whole_word_masks_every_piece_of_a_word():
     word_start[10:20] = True
     spec = MaskingSpec(mask_token_id=4, vocab_size=1000, special_ids=(0, 1, 2, 3, 4), word_start=word_start)
     rng = np.random.default_rng(0)
-    words = [[int(rng.integers(10, 20))] + list(rng.integers(20, 30, rng.integers(0, 4))) for _ in range(20000)]
+    words = [
+        [int(rng.integers(10, 20))] + list(rng.integers(20, 30, rng.integers(0, 4))) for _ in range(20000)
+    ]
     ids = np.array([1] + [t for w in words for t in w] + [2])
     out, labels = mask_tokens(ids, 0.3, spec, np.random.default_rng(1), whole_word=True)
     pos = 1

@@ -12,7 +12,11 @@ from flex_bert.train.registry import build_scheduler
 
 def _state(max_duration: str) -> State:
     return State(
-        model=torch.nn.Linear(1, 1), rank_zero_seed=0, run_name="t", device=DeviceCPU(), max_duration=max_duration
+        model=torch.nn.Linear(1, 1),
+        rank_zero_seed=0,
+        run_name="t",
+        device=DeviceCPU(),
+        max_duration=max_duration,
     )
 
 
@@ -23,7 +27,9 @@ def _at(state: State, **time) -> State:
 
 def test_one_minus_sqrt_bioclinical_phase2():
     state = _state("1000ba")
-    sched = build_scheduler({"name": "one_minus_sqrt", "t_decay": "1000ba", "t_max": "1000ba", "alpha_f": 0.001})
+    sched = build_scheduler(
+        {"name": "one_minus_sqrt", "t_decay": "1000ba", "t_max": "1000ba", "alpha_f": 0.001}
+    )
     for b in (0, 1, 10, 250, 500, 999, 1000):
         expected = 0.001 + 0.999 * (1 - math.sqrt(b / 1000))
         assert sched(_at(state, batch=b)) == pytest.approx(expected, abs=1e-12)
@@ -40,7 +46,9 @@ def test_one_minus_sqrt_decays_only_over_the_last_t_decay_in_tokens():
 
 def test_warmup_stable_decay():
     state = _state("100ba")
-    sched = build_scheduler({"name": "warmup_stable_decay", "t_warmup": "10ba", "t_decay": "20ba", "alpha_f": 0.1})
+    sched = build_scheduler(
+        {"name": "warmup_stable_decay", "t_warmup": "10ba", "t_decay": "20ba", "alpha_f": 0.1}
+    )
     assert sched(_at(state, batch=0)) == 0.0
     assert sched(_at(state, batch=5)) == pytest.approx(0.5)
     assert sched(_at(state, batch=10)) == 1.0

@@ -14,23 +14,45 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _records(folder, kind="train"):
-    return [r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+    return [
+        r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind
+    ]
 
 
 @pytest.fixture(scope="module")
 def phases(tiny_mds, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("phases")
-    step0 = tiny_yaml(tiny_mds, tmp, "step0", max_duration="40ba", save_interval="20ba",
-                      **{"optimizer.lr": 3e-3, "scheduler.t_warmup": "5ba"})
+    step0 = tiny_yaml(
+        tiny_mds,
+        tmp,
+        "step0",
+        max_duration="40ba",
+        save_interval="20ba",
+        **{"optimizer.lr": 3e-3, "scheduler.t_warmup": "5ba"},
+    )
     train([str(step0)], [])
-    phase1 = tiny_yaml(tiny_mds, tmp, "phase1", load_path=str(tmp / "step0" / "latest-rank0.pt"), reset_time=True,
-                       restart_override=True, **{"optimizer.lr": 1e-3, "optimizer.weight_decay": 1e-4,
-                                                 "scheduler.t_warmup": "0ba"})
+    phase1 = tiny_yaml(
+        tiny_mds,
+        tmp,
+        "phase1",
+        load_path=str(tmp / "step0" / "latest-rank0.pt"),
+        reset_time=True,
+        restart_override=True,
+        **{"optimizer.lr": 1e-3, "optimizer.weight_decay": 1e-4, "scheduler.t_warmup": "0ba"},
+    )
     trainer1 = train([str(phase1)], [])
-    phase2 = tiny_yaml(tiny_mds, tmp, "phase2", load_path=str(tmp / "phase1" / "latest-rank0.pt"), reset_time=True,
-                       restart_override=True, mlm_probability=0.15, max_duration="10ba",
-                       scheduler={"name": "one_minus_sqrt", "t_decay": "10ba", "t_max": "10ba", "alpha_f": 0.001},
-                       **{"optimizer.lr": 1e-3})
+    phase2 = tiny_yaml(
+        tiny_mds,
+        tmp,
+        "phase2",
+        load_path=str(tmp / "phase1" / "latest-rank0.pt"),
+        reset_time=True,
+        restart_override=True,
+        mlm_probability=0.15,
+        max_duration="10ba",
+        scheduler={"name": "one_minus_sqrt", "t_decay": "10ba", "t_max": "10ba", "alpha_f": 0.001},
+        **{"optimizer.lr": 1e-3},
+    )
     train([str(phase2)], [])
     return tmp, trainer1
 
@@ -75,8 +97,13 @@ def _upstream_layout(ckpt: dict) -> dict:
     for group in state["optimizers"]["StableAdamW"]["param_groups"]:
         for key in ("triton", "setup", "gradient_release"):
             group.pop(key, None)
-    state["callbacks"] = {"SpeedMonitor": {}, "LRMonitor": {}, "OptimizerMonitor": {}, "DataloaderSpeedMonitor": {},
-                          "ScheduledGarbageCollector": {}}
+    state["callbacks"] = {
+        "SpeedMonitor": {},
+        "LRMonitor": {},
+        "OptimizerMonitor": {},
+        "DataloaderSpeedMonitor": {},
+        "ScheduledGarbageCollector": {},
+    }
     state["dataset_state"] = {"train": {"epoch": 3, "sample_in_epoch": 1234}}
     state["algorithms"] = []
     return ckpt
@@ -90,8 +117,17 @@ def test_upstream_layout_checkpoint_restores_like_ours(phases, tiny_mds, tmp_pat
     torch.save(_upstream_layout(ckpt), theirs)
     runs = {}
     for label, path in (("ours", ours), ("upstream", theirs)):
-        y = tiny_yaml(tiny_mds, tmp_path, f"from_{label}", load_path=str(path), reset_time=True, restart_override=True,
-                      max_duration="3ba", eval_interval="3ba", save_interval="3ba")
+        y = tiny_yaml(
+            tiny_mds,
+            tmp_path,
+            f"from_{label}",
+            load_path=str(path),
+            reset_time=True,
+            restart_override=True,
+            max_duration="3ba",
+            eval_interval="3ba",
+            save_interval="3ba",
+        )
         trainer = train([str(y)], [])
         runs[label] = (trainer, [r["loss"] for r in _records(tmp_path / f"from_{label}")])
     assert runs["ours"][1] == runs["upstream"][1], "same losses from either layout"
@@ -147,13 +183,30 @@ def test_training_refuses_data_of_another_tokenizer_or_longer_samples(tiny_mds, 
 
 def test_weighted_mixture_from_the_yaml(tiny_mds, tmp_path):  # noqa: F811
     train_dir = tiny_mds["data"] / "train"
-    streams = {"clinical": {"local": str(train_dir / "clinical"), "proportion": 0.8},
-               "finance": {"local": str(train_dir / "finance"), "proportion": 0.2}}
-    y = tiny_yaml(tiny_mds, tmp_path, "mix", max_duration="4ba", eval_interval="4ba", save_interval="4ba",
-                  **{"train_loader.dataset.streams": streams})
+    streams = {
+        "clinical": {"local": str(train_dir / "clinical"), "proportion": 0.8},
+        "finance": {"local": str(train_dir / "finance"), "proportion": 0.2},
+    }
+    y = tiny_yaml(
+        tiny_mds,
+        tmp_path,
+        "mix",
+        max_duration="4ba",
+        eval_interval="4ba",
+        save_interval="4ba",
+        **{"train_loader.dataset.streams": streams},
+    )
     train([str(y)], [])
     assert len(_records(tmp_path / "mix")) == 4
-    y = tiny_yaml(tiny_mds, tmp_path, "mix_bad", **{"train_loader.dataset.streams": {
-        "clinical": {"local": str(train_dir / "clinical"), "proportoin": 0.8}}})
+    y = tiny_yaml(
+        tiny_mds,
+        tmp_path,
+        "mix_bad",
+        **{
+            "train_loader.dataset.streams": {
+                "clinical": {"local": str(train_dir / "clinical"), "proportoin": 0.8}
+            }
+        },
+    )
     with pytest.raises(Exception, match="proportion"):
         train([str(y)], [])

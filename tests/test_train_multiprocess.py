@@ -24,7 +24,11 @@ def test_composer_launcher_two_processes(tiny_mds, tmp_path):  # noqa: F811
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
         [str(composer), "-n", "2", "--master_port", str(_free_port()), str(ROOT / "main.py"), str(y)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     recs = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

@@ -74,7 +74,9 @@ def safe_torch_load(path: str | Path, trust: bool = False, trust_hint: str = TRU
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError wrapping it)
         message = str(e)
         if "weights_only" not in message and "Unsupported" not in message:
-            raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupted?): {message[:300]}") from e
+            raise ValueError(
+                f"{path}: not a readable checkpoint (truncated or corrupted?): {message[:300]}"
+            ) from e
         found = re.search(r"GLOBAL ([\w.]+)", message)
         what = found.group(1) if found else message.splitlines()[0]
         raise ValueError(

@@ -29,13 +29,18 @@ class MlmScore:
         return dict(self.__dict__)
 
 
-def masked_documents(data: str, split: str | None, tokenizer, mlm_probability: float, seed: int, max_seq_len: int):
+def masked_documents(
+    data: str, split: str | None, tokenizer, mlm_probability: float, seed: int, max_seq_len: int
+):
     from streaming import StreamingDataset
 
     docs = StreamingDataset(local=data, split=split, shuffle=False, batch_size=1)
     return MaskedDocuments(
-        docs, max_seq_len=max_seq_len, masking=MaskingSpec.from_tokenizer(tokenizer),
-        mlm_probability=mlm_probability, seed=seed,
+        docs,
+        max_seq_len=max_seq_len,
+        masking=MaskingSpec.from_tokenizer(tokenizer),
+        mlm_probability=mlm_probability,
+        seed=seed,
     )
 
 
@@ -48,14 +53,22 @@ def _batches(dataset: MaskedDocuments, batch_size: int, max_batches: int | None)
 
 
 @torch.no_grad()
-def evaluate(model, kind: str, dataset: MaskedDocuments, batch_size: int = 16, max_batches: int | None = None,
-             device: str = "cpu") -> MlmScore:
+def evaluate(
+    model,
+    kind: str,
+    dataset: MaskedDocuments,
+    batch_size: int = 16,
+    max_batches: int | None = None,
+    device: str = "cpu",
+) -> MlmScore:
     """``kind`` is ``"flexbert"`` (a FlexBertForMaskedLM) or ``"hf"`` (a transformers masked-LM model)."""
     model.eval().to(device)
     total_loss, correct, count, docs = 0.0, 0, 0, 0
     for batch in _batches(dataset, batch_size, max_batches):
         labels = batch["labels"][0].to(device)
-        logits = _flexbert_logits(model, batch, device) if kind == "flexbert" else _hf_logits(model, batch, device)
+        logits = (
+            _flexbert_logits(model, batch, device) if kind == "flexbert" else _hf_logits(model, batch, device)
+        )
         picked = labels != IGNORE_INDEX
         if logits.shape[0] != picked.sum():
             logits = logits[picked]
@@ -68,13 +81,17 @@ def evaluate(model, kind: str, dataset: MaskedDocuments, batch_size: int = 16, m
     if count == 0:
         raise ValueError("no masked tokens were evaluated (empty split?)")
     loss = total_loss / count
-    return MlmScore(loss=loss, accuracy=correct / count, perplexity=math.exp(loss), masked_tokens=count,
-                    documents=docs)
+    return MlmScore(
+        loss=loss, accuracy=correct / count, perplexity=math.exp(loss), masked_tokens=count, documents=docs
+    )
 
 
 def _flexbert_logits(model, batch: dict, device: str) -> torch.Tensor:
-    out = model(batch["input_ids"][0].to(device), cu_seqlens=batch["cu_seqlens"][0].to(device),
-                max_seqlen=batch["max_seqlen"][0])
+    out = model(
+        batch["input_ids"][0].to(device),
+        cu_seqlens=batch["cu_seqlens"][0].to(device),
+        max_seqlen=batch["max_seqlen"][0],
+    )
     return out.logits
 
 

@@ -111,7 +111,9 @@ class PackedMLMDataset(IterableDataset):
 class MaskedDocuments(Dataset):
     """Map-style evaluation documents, each masked with its own seed (same masks at every evaluation)."""
 
-    def __init__(self, documents, *, max_seq_len: int, masking: MaskingSpec, mlm_probability: float, seed: int):
+    def __init__(
+        self, documents, *, max_seq_len: int, masking: MaskingSpec, mlm_probability: float, seed: int
+    ):
         self.documents = documents
         self.max_seq_len = max_seq_len
         self.masking = masking

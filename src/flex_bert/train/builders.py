@@ -68,7 +68,9 @@ def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool):
         specs = []
         for name, spec in OmegaConf.to_container(dataset_cfg.streams).items():
             if spec.get("remote") or spec.get("split"):
-                raise ValueError(f"streams.{name}: give the dataset folder as `local` (remote/split unsupported)")
+                raise ValueError(
+                    f"streams.{name}: give the dataset folder as `local` (remote/split unsupported)"
+                )
             specs.append({"name": name, **{k: v for k, v in spec.items() if v is not None and k != "split"}})
         streams = build_streams(specs, max_seq_len=dataset_cfg.max_seq_len, tokenizer_fingerprint=fingerprint)
         return StreamingDataset(streams=streams, **common)
@@ -80,7 +82,9 @@ def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool):
                 f"and merge it with data/merge_index.py {split_dir}"
             )
         _check_converted_for(split_dir, dataset_cfg.max_seq_len, fingerprint)
-    return StreamingDataset(local=dataset_cfg.local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common)
+    return StreamingDataset(
+        local=dataset_cfg.local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common
+    )
 
 
 def _check_converted_for(split_dir: str, max_seq_len: int, fingerprint: str) -> None:
@@ -97,8 +101,10 @@ def _check_converted_for(split_dir: str, max_seq_len: int, fingerprint: str) -> 
     if described:
         check_compatible(folders, max_seq_len=max_seq_len, tokenizer_fingerprint=fingerprint)
     else:
-        warnings.warn(f"{split_dir}: no conversion stats (made by another tool?); cannot check its tokenizer",
-                      stacklevel=2)
+        warnings.warn(
+            f"{split_dir}: no conversion stats (made by another tool?); cannot check its tokenizer",
+            stacklevel=2,
+        )
 
 
 def rows_per_device_batch(cfg: DictConfig) -> int:
@@ -116,7 +122,9 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
     loader = cfg.train_loader
     ds_cfg = loader.dataset
     if not loader.sequence_packing:
-        raise ValueError("train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains")
+        raise ValueError(
+            "train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains"
+        )
     whole_word = ds_cfg.whole_word_mask
     dataset = PackedMLMDataset(
         _documents(ds_cfg, tokenizer, shuffle=ds_cfg.shuffle),

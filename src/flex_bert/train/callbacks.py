@@ -123,7 +123,9 @@ def build_callbacks(cfg) -> list[Callback]:
     for name, settings in names.items():
         s = registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
         if name == "speed_monitor":
-            out.append(SpeedMonitor(window_size=s.window_size, gpu_flops_available=_peak_flops(cfg.precision)))
+            out.append(
+                SpeedMonitor(window_size=s.window_size, gpu_flops_available=_peak_flops(cfg.precision))
+            )
         elif name == "lr_monitor":
             out.append(LRMonitor())
         elif name == "memory_monitor":

@@ -49,7 +49,9 @@ class LoaderConfig:
     drop_last: bool = True
     num_workers: int = 0
     sequence_packing: bool = False
-    packing_buffer_docs: int | None = None  # documents the best-fit packer chooses from (default: a few rows' worth)
+    packing_buffer_docs: int | None = (
+        None  # documents the best-fit packer chooses from (default: a few rows' worth)
+    )
     prefetch_factor: int = 2
     persistent_workers: bool = False
     pin_memory: bool = True
@@ -90,7 +92,9 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train_loader: LoaderConfig = field(default_factory=LoaderConfig)
     eval_loader: LoaderConfig | None = None
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"name": "constant_with_warmup", "t_warmup": "0ba"})
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {"name": "constant_with_warmup", "t_warmup": "0ba"}
+    )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     max_duration: str = MISSING
@@ -120,7 +124,9 @@ class TrainConfig:
     autoresume: bool = False
     reset_time: bool = False
     restart_override: bool = False
-    restart_override_max_lr: bool = False  # upstream keeps the checkpoint's max_lr; true sets it to optimizer.lr
+    restart_override_max_lr: bool = (
+        False  # upstream keeps the checkpoint's max_lr; true sets it to optimizer.lr
+    )
 
     fsdp_config: dict[str, Any] | None = None
     dist_timeout: float = 600.0
@@ -137,7 +143,7 @@ def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> Di
     parts = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides or []))]
     for part in parts:
         for key in part:
-            if key not in schema.keys():
+            if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
                 raise ValueError(f"unknown config key {key!r}{_suggest(str(key), schema.keys())}")
     cfg = OmegaConf.merge(schema, *parts)
     OmegaConf.resolve(cfg)
@@ -158,7 +164,9 @@ def validate(cfg: DictConfig) -> None:
     for name, settings in cfg.loggers.items():
         registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
     if cfg.optimizer.name not in registry.OPTIMIZERS:
-        raise ValueError(f"optimizer.name {cfg.optimizer.name!r} is not supported{_suggest(cfg.optimizer.name, registry.OPTIMIZERS)}")
+        raise ValueError(
+            f"optimizer.name {cfg.optimizer.name!r} is not supported{_suggest(cfg.optimizer.name, registry.OPTIMIZERS)}"
+        )
     if cfg.model.name != "flex_bert":
         raise ValueError(f"model.name must be 'flex_bert', got {cfg.model.name!r}")
     for section in ("train_loader", "eval_loader"):
@@ -175,9 +183,13 @@ def validate(cfg: DictConfig) -> None:
         if not 0.0 < ds.mlm_probability < 1.0:
             raise ValueError(f"{section}.dataset.mlm_probability must be in (0, 1), got {ds.mlm_probability}")
         if ds.max_seq_len > cfg.max_seq_len and section == "train_loader":
-            raise ValueError(f"{section}.dataset.max_seq_len ({ds.max_seq_len}) exceeds max_seq_len ({cfg.max_seq_len})")
+            raise ValueError(
+                f"{section}.dataset.max_seq_len ({ds.max_seq_len}) exceeds max_seq_len ({cfg.max_seq_len})"
+            )
     if cfg.eval_loader is not None and cfg.eval_loader.sequence_packing:
-        raise ValueError("eval_loader.sequence_packing must be false: evaluation runs whole, unpacked documents")
+        raise ValueError(
+            "eval_loader.sequence_packing must be false: evaluation runs whole, unpacked documents"
+        )
     if cfg.global_train_batch_size % cfg.device_train_microbatch_size:
         raise ValueError(
             f"global_train_batch_size ({cfg.global_train_batch_size}) must be a multiple of "
@@ -192,4 +204,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.pretrained_model_name not in (None, "bert-base-uncased"):
         import warnings
 
-        warnings.warn("model.pretrained_model_name has no effect (an upstream leftover); use load_path", stacklevel=2)
+        warnings.warn(
+            "model.pretrained_model_name has no effect (an upstream leftover); use load_path", stacklevel=2
+        )

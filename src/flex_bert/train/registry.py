@@ -137,14 +137,17 @@ class TensorboardSettings:
     log_dir: str | None = None
 
 
-LOGGERS: dict[str, tuple[type, Any]] = {"wandb": (WandbSettings, None), "tensorboard": (TensorboardSettings, None)}
+LOGGERS: dict[str, tuple[type, Any]] = {
+    "wandb": (WandbSettings, None),
+    "tensorboard": (TensorboardSettings, None),
+}
 
 
 def _validated(where: str, settings_cls: type, settings) -> Any:
     schema = OmegaConf.structured(settings_cls)
     data = OmegaConf.create(settings) if not OmegaConf.is_config(settings) else settings
     for key in data:
-        if key not in schema.keys():
+        if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
             raise ValueError(f"unknown key {where}.{key}{_suggest(str(key), schema.keys())}")
     return OmegaConf.to_object(OmegaConf.merge(schema, data))
 

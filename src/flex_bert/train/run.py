@@ -27,7 +27,9 @@ def _device(cfg: DictConfig) -> str:
 
 
 def _precision(cfg: DictConfig, device: str) -> str:
-    return cfg.precision if device == "gpu" else "fp32"  # autocast bf16 on CPU is slow and not the GPU's numerics
+    return (
+        cfg.precision if device == "gpu" else "fp32"
+    )  # autocast bf16 on CPU is slow and not the GPU's numerics
 
 
 def build_trainer(cfg: DictConfig) -> Trainer:
@@ -42,7 +44,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if cfg.load_path and not resuming:
         check_loadable(cfg.load_path, cfg.trust_checkpoint)
     optimizer = build_optimizer(model, cfg.optimizer)
-    run_info = RunInfo(model.config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer))
+    run_info = RunInfo(
+        model.config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer)
+    )
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
@@ -93,7 +97,9 @@ def check_loadable(path: str, trust: bool) -> None:
     if not trust:
         from flex_bert.checkpoint_io import safe_torch_load
 
-        safe_torch_load(path, trust_hint="`trust_checkpoint: true` (or trust_checkpoint=true on the command line)")
+        safe_torch_load(
+            path, trust_hint="`trust_checkpoint: true` (or trust_checkpoint=true on the command line)"
+        )
 
 
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
@@ -101,7 +107,9 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
     trainer = build_trainer(cfg)
     fresh_phase = cfg.load_path and not trainer.flexbert_resuming
     if fresh_phase and cfg.restart_override:
-        apply_restart_override(trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr)
+        apply_restart_override(
+            trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr
+        )
     _save_resolved_config(cfg)
     trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
     return trainer
@@ -130,7 +138,10 @@ def plan(cfg: DictConfig) -> dict:
     if duration.unit == TimeUnit.BATCH:
         steps, how = duration.value, "exact"
     elif duration.unit == TimeUnit.TOKEN:
-        steps, how = math.ceil(duration.value / slots), "at 100% packing efficiency (real tokens per step <= slots)"
+        steps, how = (
+            math.ceil(duration.value / slots),
+            "at 100% packing efficiency (real tokens per step <= slots)",
+        )
     else:
         steps, how = None, f"depends on the dataset size ({duration.unit.value})"
     return {

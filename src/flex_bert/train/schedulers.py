@@ -25,7 +25,9 @@ def _times(state: State, ssr: float, *durations) -> list[Time]:
     times = [_convert_time(t, state, ssr) for t in durations]
     units = {t.unit for t in times if t.value}  # a zero duration ("0ba", "0tok") fits any unit
     if len(units) > 1:
-        raise ValueError(f"scheduler durations must share one unit (or use 'dur'), got {[str(t) for t in times]}")
+        raise ValueError(
+            f"scheduler durations must share one unit (or use 'dur'), got {[str(t) for t in times]}"
+        )
     unit = units.pop() if units else times[-1].unit
     return [t if t.value else Time(0, unit) for t in times]
 
@@ -33,7 +35,9 @@ def _times(state: State, ssr: float, *durations) -> list[Time]:
 class WarmupStableDecayScheduler(ComposerScheduler):
     """Linear warmup to 1, constant, then linear decay to ``alpha_f`` over the last ``t_decay`` of ``t_max``."""
 
-    def __init__(self, t_warmup: str = "0ba", t_decay: str = "0.1dur", t_max: str = "1dur", alpha_f: float = 0.0):
+    def __init__(
+        self, t_warmup: str = "0ba", t_decay: str = "0.1dur", t_max: str = "1dur", alpha_f: float = 0.0
+    ):
         self.t_warmup, self.t_decay, self.t_max, self.alpha_f = t_warmup, t_decay, t_max, alpha_f
 
     def __call__(self, state: State, ssr: float = 1.0) -> float:
@@ -51,7 +55,9 @@ class OneMinusSqrtScheduler(ComposerScheduler):
     BioClinical's phase 2 uses ``t_decay = t_max = max_duration`` and ``alpha_f = 0.001``.
     """
 
-    def __init__(self, t_decay: str = "1dur", t_max: str = "1dur", alpha_f: float = 0.0, t_warmup: str = "0ba"):
+    def __init__(
+        self, t_decay: str = "1dur", t_max: str = "1dur", alpha_f: float = 0.0, t_warmup: str = "0ba"
+    ):
         self.t_decay, self.t_max, self.alpha_f, self.t_warmup = t_decay, t_max, alpha_f, t_warmup
 
     def __call__(self, state: State, ssr: float = 1.0) -> float:
