@@ -68,6 +68,60 @@ class PackingEfficiency(Callback):
             self._real = self._slots = 0
 
 
+class NanGuard(Callback):
+    """A NaN or inf training loss stops the run (naming the batch and the checkpoint to roll back to), or with
+    ``action: skip`` drops that batch's gradients so the optimizer leaves the weights alone, and counts it.
+
+    One host sync per batch, after the last micro-batch (composer syncs the loss for logging anyway).
+    """
+
+    def __init__(self, action: str = "stop", save_folder: str | None = None):
+        if action not in ("stop", "skip"):
+            raise ValueError(f"callbacks.nan_guard.action must be 'stop' or 'skip', got {action!r}")
+        self.action = action
+        self.save_folder = save_folder
+        self.skipped = 0
+        self._bad = None
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        losses = state.loss.values() if isinstance(state.loss, dict) else [state.loss]
+        bad = torch.stack([~torch.isfinite(torch.as_tensor(v).detach()).all() for v in losses]).any()
+        self._bad = bad if self._bad is None else self._bad | bad
+
+    def after_train_batch(self, state: State, logger: Logger) -> None:
+        bad, self._bad = self._bad, None
+        if bad is None or not bool(bad):
+            return
+        batch = int(state.timestamp.batch) + 1
+        if self.action == "skip":
+            for p in state.model.parameters():
+                p.grad = None  # the optimizer skips parameters without gradients
+            self.skipped += 1
+            logger.log_metrics({"train/nonfinite_batches_skipped": self.skipped})
+            print(
+                f"non-finite loss at batch {batch}: its update was skipped ({self.skipped} so far)",
+                flush=True,
+            )
+            return
+        raise RuntimeError(
+            f"non-finite training loss at batch {batch}. Roll back to {_latest_checkpoint(self.save_folder)} "
+            "(load_path, or autoresume) with a lower lr, or set callbacks.nan_guard.action: skip"
+        )
+
+    def state_dict(self) -> dict:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped = int(state.get("skipped", 0))
+
+
+def _latest_checkpoint(save_folder: str | None) -> str:
+    import glob
+
+    found = sorted(glob.glob(os.path.join(save_folder or "", "ep*-ba*-rank0.pt")), key=os.path.getmtime)
+    return found[-1] if found else "the last good checkpoint (none saved in this run yet)"
+
+
 class EpochSetter(Callback):
     """Tells the packed dataset which epoch starts, so masks differ between epochs and repeat across runs."""
 
@@ -118,6 +172,7 @@ def build_callbacks(cfg) -> list[Callback]:
 
     out: list[Callback] = [EpochSetter()]
     names = dict(cfg.callbacks)
+    names.setdefault("nan_guard", {})  # always on: a diverged run must not train on silently
     if cfg.optimizer.log_grad_norm and "log_grad_norm" not in names:
         names["log_grad_norm"] = {"batch_log_interval": 1}
     for name, settings in names.items():
@@ -136,6 +191,9 @@ def build_callbacks(cfg) -> list[Callback]:
             out.append(LogGradNorm(s.batch_log_interval))
         elif name == "packing_efficiency":
             out.append(PackingEfficiency(s.log_interval))
+        elif name == "nan_guard":
+            folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+            out.append(NanGuard(s.action, folder))
     return out
 
 

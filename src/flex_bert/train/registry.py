@@ -1,7 +1,7 @@
 """Name -> implementation tables for the config sections that choose one (plain dicts; errors list names).
 
-Each entry is ``(settings dataclass, builder)``: the dataclass validates the YAML section (unknown keys are
-errors with a suggestion), the builder makes the object from the validated settings.
+A settings dataclass validates each YAML section (unknown keys are errors with a suggestion). Schedulers map
+to ``(settings, builder)``; callbacks and loggers to their settings, built in ``flex_bert.train.callbacks``.
 """
 
 from __future__ import annotations
@@ -113,13 +113,14 @@ class NanGuardSettings:
     action: str = "stop"  # stop | skip
 
 
-CALLBACKS: dict[str, tuple[type, Any]] = {
-    "speed_monitor": (SpeedMonitorSettings, None),
-    "lr_monitor": (Empty, None),
-    "scheduled_gc": (ScheduledGcSettings, None),
-    "log_grad_norm": (LogGradNormSettings, None),
-    "packing_efficiency": (PackingEfficiencySettings, None),
-    "memory_monitor": (Empty, None),
+CALLBACKS: dict[str, type] = {  # name -> settings; built in flex_bert.train.callbacks
+    "speed_monitor": SpeedMonitorSettings,
+    "lr_monitor": Empty,
+    "scheduled_gc": ScheduledGcSettings,
+    "log_grad_norm": LogGradNormSettings,
+    "packing_efficiency": PackingEfficiencySettings,
+    "memory_monitor": Empty,
+    "nan_guard": NanGuardSettings,
 }
 
 
@@ -137,9 +138,9 @@ class TensorboardSettings:
     log_dir: str | None = None
 
 
-LOGGERS: dict[str, tuple[type, Any]] = {
-    "wandb": (WandbSettings, None),
-    "tensorboard": (TensorboardSettings, None),
+LOGGERS: dict[str, type] = {
+    "wandb": WandbSettings,
+    "tensorboard": TensorboardSettings,
 }
 
 
@@ -155,7 +156,7 @@ def _validated(where: str, settings_cls: type, settings) -> Any:
 def check_named(section: str, name: str, settings, table: dict) -> Any:
     if name not in table:
         raise ValueError(f"unknown {section} entry {name!r}{_suggest(name, table)}")
-    return _validated(f"{section}.{name}", table[name][0], settings)
+    return _validated(f"{section}.{name}", table[name], settings)
 
 
 def check_section(section: str, cfg, table: dict) -> Any:

@@ -1,0 +1,71 @@
+"""Reliability rules: a non-finite loss stops (or skips) a batch; re-launching a phase after a crash continues it."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from flex_bert.train.callbacks import NanGuard
+from flex_bert.train.run import train
+from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+class _Logger:
+    def __init__(self):
+        self.metrics = {}
+
+    def log_metrics(self, m):
+        self.metrics.update(m)
+
+
+def _state(loss, model):
+    return SimpleNamespace(loss=loss, model=model, timestamp=SimpleNamespace(batch=41))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_guard_stops_naming_batch_and_checkpoint(tmp_path, bad):
+    (tmp_path / "ep0-ba40-rank0.pt").write_bytes(b"x")
+    guard, model = NanGuard("stop", str(tmp_path)), torch.nn.Linear(2, 2)
+    guard.after_loss(_state(torch.tensor(1.0), model), _Logger())
+    guard.after_loss(_state(torch.tensor(bad), model), _Logger())  # the second micro-batch diverged
+    with pytest.raises(RuntimeError, match=r"batch 42\. Roll back to .*ep0-ba40-rank0\.pt"):
+        guard.after_train_batch(_state(None, model), _Logger())
+
+
+def test_nan_guard_skip_drops_the_update_and_counts_it():
+    guard, model, logger = NanGuard("skip"), torch.nn.Linear(2, 2), _Logger()
+    model(torch.ones(1, 2)).sum().backward()
+    guard.after_loss(_state({"total": torch.tensor(float("nan"))}, model), logger)
+    guard.after_train_batch(_state(None, model), logger)
+    assert all(p.grad is None for p in model.parameters())
+    assert logger.metrics["train/nonfinite_batches_skipped"] == 1
+    model(torch.ones(1, 2)).sum().backward()  # a finite batch is left alone
+    guard.after_loss(_state(torch.tensor(0.5), model), logger)
+    guard.after_train_batch(_state(None, model), logger)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_relaunching_a_phase_after_a_crash_continues_it(tiny_mds, tmp_path):  # noqa: F811
+    step0 = tiny_yaml(tiny_mds, tmp_path, "step0", max_duration="6ba", save_interval="6ba")
+    train([str(step0)], [])
+    common = dict(
+        load_path=str(tmp_path / "step0" / "latest-rank0.pt"),
+        reset_time=True,
+        restart_override=True,
+        autoresume=True,
+        save_interval="4ba",
+        **{"optimizer.lr": 1e-3},
+    )
+    # the first launch "crashes" after batch 4 (stands in for a kill: its last checkpoint is at batch 4)
+    train([str(tiny_yaml(tiny_mds, tmp_path, "phase", max_duration="4ba", **common))], [])
+    # the same command again, now running to its end: it must continue phase 2 from batch 4
+    y = tiny_yaml(tiny_mds, tmp_path, "phase", max_duration="8ba", **common)
+    trainer = train([str(y)], [])
+    recs = [json.loads(x) for x in (tmp_path / "phase" / "metrics.jsonl").read_text().splitlines()]
+    batches = [r["batch"] for r in recs if r["kind"] == "train"]
+    assert batches == [1, 2, 3, 4, 5, 6, 7, 8], "time continued, it was not reset to 0 again"
+    assert trainer.flexbert_resuming
+    assert int(trainer.state.optimizers[0].param_groups[1]["step"]) == 6 + 8
