@@ -1,0 +1,57 @@
+"""CPU smoke tests of the benchmark scripts: each runs end to end in its tiny mode and reports sane figures.
+
+The figures themselves are not checked (a loaded 2-core CPU says nothing about an H100); only that the scripts
+run through the real loader, packer, masker, model, optimizer and Hugging Face baseline and print/write results.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_bench_packing_tiny(tmp_path):
+    out = tmp_path / "packing.json"
+    proc = _run(["scripts/bench_packing.py", "--tokens", "400000", "--json", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert [r["layout"] for r in results] == ["12x8192", "96x1024"]
+    for r in results:
+        assert r["rows"] >= 2
+        assert 0.9 < r["packing_efficiency"] <= 1.0
+        for key in ("pack_tokens_per_s", "mask_tokens_per_s", "both_tokens_per_s"):
+            assert r[key] > 0
+    assert "pack+mask" in proc.stdout
+
+
+def test_bench_train_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    prof = tmp_path / "prof"
+    proc = _run(
+        ["scripts/bench_train.py", "--tiny", "--device", "cpu", "--json", str(out), "--profile", str(prof)]
+    )
+    data = json.loads(out.read_text())
+    results = data["results"]
+    assert [r["kind"].split(" (")[0] for r in results] == ["FlexBERT", "HF full 128x4", "HF padded"]
+    assert all("error" not in r for r in results), results
+    flex = results[0]
+    assert flex["steps"] == 2 and flex["tokens_per_s"] > 0 and math.isfinite(flex["loss"])
+    assert 0 < flex["token_efficiency"] <= 1 and 0 <= flex["loader_stall"] <= 1
+    assert flex["vs_hf_full"] > 0 and flex["vs_hf_padded"] > 0
+    # the HF-padded baseline ran FlexBERT's own documents (one packed row of 512 slots per step)
+    assert 0 < results[2]["real_tokens_per_step"] <= 512 and 0 < results[2]["token_efficiency"] <= 1
+    assert "| tiny@128 | FlexBERT |" in data["markdown"] and "| tiny@128 | FlexBERT |" in proc.stdout
+    assert "MFU = FLOPs" in proc.stdout
+    assert list(prof.glob("trace_flexbert_*.json")), "profiler trace missing"
