@@ -142,8 +142,14 @@ def plan(cfg: DictConfig) -> dict:
             math.ceil(duration.value / slots),
             "at 100% packing efficiency (real tokens per step <= slots)",
         )
+    elif duration.unit == TimeUnit.EPOCH and (tokens := _split_tokens(cfg.train_loader.dataset)):
+        steps = math.ceil(duration.value * tokens / slots)
+        how = f"{tokens:,} tokens per epoch (conversion stats), at 100% packing efficiency"
     else:
-        steps, how = None, f"depends on the dataset size ({duration.unit.value})"
+        steps, how = (
+            None,
+            f"depends on the dataset size ({duration.unit.value}); convert and merge the data first",
+        )
     return {
         "parameters": n_params,
         "tokens_per_optimizer_step": slots,
@@ -151,6 +157,25 @@ def plan(cfg: DictConfig) -> dict:
         "planned_steps": steps,
         "planned_steps_note": how,
     }
+
+
+def _split_tokens(dataset_cfg: DictConfig) -> int | None:
+    """Tokens of the training split, from the conversion stats beside its dataset folders."""
+    from flex_bert.data.merge import dataset_folders, read_conversion_stats
+
+    if dataset_cfg.streams:
+        folders = [s["local"] for s in dataset_cfg.streams.values()]
+    elif dataset_cfg.local:
+        try:
+            folders = dataset_folders(os.path.join(dataset_cfg.local, dataset_cfg.split or ""))
+        except ValueError:
+            return None
+    else:
+        return None
+    try:
+        return sum(read_conversion_stats(f)["tokens"] for f in folders)
+    except ValueError:
+        return None
 
 
 def dry_run(yamls: list[str], overrides: list[str]) -> dict:
