@@ -32,13 +32,14 @@ def _times(state: State, ssr: float, *durations) -> list[Time]:
     return [t if t.value else Time(0, unit) for t in times]
 
 
-class WarmupStableDecayScheduler(ComposerScheduler):
-    """Linear warmup to 1, constant, then linear decay to ``alpha_f`` over the last ``t_decay`` of ``t_max``."""
+class _WarmupStableThenDecay(ComposerScheduler):
+    """Linear warmup to 1 over ``t_warmup``, 1 until ``t_max - t_decay``, then ``self.decay(fraction)``."""
 
-    def __init__(
-        self, t_warmup: str = "0ba", t_decay: str = "0.1dur", t_max: str = "1dur", alpha_f: float = 0.0
-    ):
+    def __init__(self, t_warmup: str, t_decay: str, t_max: str, alpha_f: float):
         self.t_warmup, self.t_decay, self.t_max, self.alpha_f = t_warmup, t_decay, t_max, alpha_f
+
+    def decay(self, frac: float) -> float:
+        raise NotImplementedError
 
     def __call__(self, state: State, ssr: float = 1.0) -> float:
         t_warmup, t_decay, t_max = _times(state, ssr, self.t_warmup, self.t_decay, self.t_max)
@@ -46,10 +47,22 @@ class WarmupStableDecayScheduler(ComposerScheduler):
         if t_warmup.value > 0 and now < t_warmup.value:
             return now / t_warmup.value
         decay_start = Time(t_max.value - t_decay.value, t_max.unit)
-        return 1.0 + (self.alpha_f - 1.0) * _progress(state, decay_start, t_decay)
+        return self.decay(_progress(state, decay_start, t_decay))
 
 
-class OneMinusSqrtScheduler(ComposerScheduler):
+class WarmupStableDecayScheduler(_WarmupStableThenDecay):
+    """Linear warmup to 1, constant, then linear decay to ``alpha_f`` over the last ``t_decay`` of ``t_max``."""
+
+    def __init__(
+        self, t_warmup: str = "0ba", t_decay: str = "0.1dur", t_max: str = "1dur", alpha_f: float = 0.0
+    ):
+        super().__init__(t_warmup, t_decay, t_max, alpha_f)
+
+    def decay(self, frac: float) -> float:
+        return 1.0 + (self.alpha_f - 1.0) * frac
+
+
+class OneMinusSqrtScheduler(_WarmupStableThenDecay):
     """1 until ``t_max - t_decay``, then ``alpha_f + (1 - alpha_f) * (1 - sqrt(elapsed / t_decay))``.
 
     BioClinical's phase 2 uses ``t_decay = t_max = max_duration`` and ``alpha_f = 0.001``.
@@ -58,13 +71,7 @@ class OneMinusSqrtScheduler(ComposerScheduler):
     def __init__(
         self, t_decay: str = "1dur", t_max: str = "1dur", alpha_f: float = 0.0, t_warmup: str = "0ba"
     ):
-        self.t_decay, self.t_max, self.alpha_f, self.t_warmup = t_decay, t_max, alpha_f, t_warmup
+        super().__init__(t_warmup, t_decay, t_max, alpha_f)
 
-    def __call__(self, state: State, ssr: float = 1.0) -> float:
-        t_warmup, t_decay, t_max = _times(state, ssr, self.t_warmup, self.t_decay, self.t_max)
-        now = state.timestamp.get(t_max.unit).value
-        if t_warmup.value > 0 and now < t_warmup.value:
-            return now / t_warmup.value
-        decay_start = Time(t_max.value - t_decay.value, t_max.unit)
-        frac = _progress(state, decay_start, t_decay)
+    def decay(self, frac: float) -> float:
         return self.alpha_f + (1.0 - self.alpha_f) * (1.0 - math.sqrt(frac))
