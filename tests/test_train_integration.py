@@ -210,3 +210,33 @@ def test_weighted_mixture_from_the_yaml(tiny_mds, tmp_path):  # noqa: F811
     )
     with pytest.raises(Exception, match="proportion"):
         train([str(y)], [])
+
+
+def test_epoch_durations_are_refused_with_the_token_count(tiny_mds, tmp_path):  # noqa: F811
+    y = tiny_yaml(tiny_mds, tmp_path, "ep", max_duration="2ep")
+    with pytest.raises(ValueError, match=r"max_duration=\d+tok \(2 x the [\d,]+ tokens"):
+        train([str(y)], [])
+
+
+def test_tapt_style_run_whole_words_across_epochs(tiny_mds, tmp_path):  # noqa: F811
+    """Several epochs (given in tokens), evaluation and checkpoints every epoch, whole-word masking."""
+    from flex_bert.data.merge import read_conversion_stats
+
+    train_dir = tiny_mds["data"] / "train"
+    tokens = sum(read_conversion_stats(train_dir / n)["tokens"] for n in ("clinical", "finance"))
+    y = tiny_yaml(
+        tiny_mds,
+        tmp_path,
+        "tapt",
+        max_duration=f"{int(2.5 * tokens)}tok",
+        eval_interval="1ep",
+        save_interval="1ep",
+        **{"train_loader.dataset.whole_word_mask": True, "scheduler.t_warmup": "0tok"},
+    )
+    trainer = train([str(y)], [])
+    assert int(trainer.state.timestamp.epoch) == 2
+    evals = [r for r in _records(tmp_path / "tapt", "eval")]
+    assert len(evals) >= 2
+    assert sorted(p.name for p in (tmp_path / "tapt").glob("ep*-rank0.pt"))[:2] == sorted(
+        f"ep{e}-ba{b}-rank0.pt" for e, b in [(1, evals[0]["batch"]), (2, evals[1]["batch"])]
+    )

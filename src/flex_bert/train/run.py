@@ -102,8 +102,26 @@ def check_loadable(path: str, trust: bool) -> None:
         )
 
 
+def check_duration(cfg: DictConfig) -> None:
+    """Packed batches per epoch are not known ahead, so composer cannot turn epochs into steps for schedules."""
+    duration = Time.from_timestring(str(cfg.max_duration))
+    if duration.unit == TimeUnit.EPOCH:
+        tokens = _split_tokens(cfg.train_loader.dataset)
+        hint = (
+            f"max_duration={int(duration.value * tokens)}tok ({duration.value:g} x the {tokens:,} tokens of "
+            "the training split)"
+            if tokens
+            else "a token count (see the conversion.json of each dataset)"
+        )
+        raise ValueError(
+            f"max_duration {cfg.max_duration!r} is in epochs, but packed batches per epoch are not known ahead, so "
+            f"schedules cannot be placed in it; give {hint}. Epochs still pass as the data runs out."
+        )
+
+
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
     cfg = load_config(yamls, overrides)
+    check_duration(cfg)
     trainer = build_trainer(cfg)
     fresh_phase = cfg.load_path and not trainer.flexbert_resuming
     if fresh_phase and cfg.restart_override:
