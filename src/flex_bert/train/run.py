@@ -160,14 +160,8 @@ def plan(cfg: DictConfig) -> dict:
             math.ceil(duration.value / slots),
             "at 100% packing efficiency (real tokens per step <= slots)",
         )
-    elif duration.unit == TimeUnit.EPOCH and (tokens := _split_tokens(cfg.train_loader.dataset)):
-        steps = math.ceil(duration.value * tokens / slots)
-        how = f"{tokens:,} tokens per epoch (conversion stats), at 100% packing efficiency"
     else:
-        steps, how = (
-            None,
-            f"depends on the dataset size ({duration.unit.value}); convert and merge the data first",
-        )
+        steps, how = None, f"not known ahead for a duration in {duration.unit.value}"
     return {
         "parameters": n_params,
         "tokens_per_optimizer_step": slots,
@@ -198,6 +192,7 @@ def _split_tokens(dataset_cfg: DictConfig) -> int | None:
 
 def dry_run(yamls: list[str], overrides: list[str]) -> dict:
     cfg = load_config(yamls, overrides)
+    check_duration(cfg)
     print(OmegaConf.to_yaml(cfg, resolve=True))
     info = plan(cfg)
     print(json.dumps(info, indent=2))
