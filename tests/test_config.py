@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from flex_bert.train.config import load_config
-from flex_bert.train.run import plan
+from flex_bert.train.run import dry_run, plan
 
 SEED = "tests/data/seed_phase1.yml"
 
@@ -80,15 +80,13 @@ def test_missing_required_value_is_named(tmp_path):
         load_config([str(tmp_path / "c.yml")])
 
 
-def test_plan_counts_epochs_from_the_conversion_stats(tmp_path):
+def test_dry_run_turns_epochs_into_tokens_from_the_conversion_stats(tmp_path):
     from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
     from tests._data_fixtures import run_convert
 
     files = write_demo_corpus(tmp_path / "corpus", docs_per_domain=20, eval_docs=2)
     build_tiny_tokenizer([files["clinical"]], tmp_path / "tok", vocab_size=300)
     stats = run_convert(files["clinical"], tmp_path / "mds" / "train", tmp_path / "tok")["train"]
-    cfg = load_config(
-        [SEED], [f"data_local={tmp_path / 'mds'}", "max_duration=3ep", "scheduler.t_max=1000ba"]
-    )
-    info = plan(cfg)
-    assert info["planned_steps"] == -(-3 * stats["tokens"] // (576 * 8192))
+    overrides = [f"data_local={tmp_path / 'mds'}", "max_duration=3ep", "scheduler.t_max=1000ba"]
+    with pytest.raises(ValueError, match=f"max_duration={3 * stats['tokens']}tok"):
+        dry_run([SEED], overrides)
