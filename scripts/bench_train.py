@@ -65,7 +65,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -338,12 +338,12 @@ def print_result(r: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ FlexBERT
 class BenchPackedDataset(PackedMLMDataset):
-    """`PackedMLMDataset` whose DataLoader workers read disjoint slices of the documents (as StreamingDataset
-    shards samples between workers) and drop their first ``burn_in`` batches.
+    """`PackedMLMDataset` whose DataLoader workers drop their first ``burn_in`` batches.
 
     Burn-in: best fit takes the longest buffered documents first, so the first rows after a cold start hold
     mostly long documents (at a 1024 context, nothing but 1024-token pieces); after a few buffers' worth the
     row mix is the steady state a training run sees. Skipping costs the workers a fraction of a second.
+    (Workers share the rank's packing stream and each builds every workers-th batch, as in training.)
     """
 
     def __init__(self, documents, *, burn_in: int, **kwargs):
@@ -351,9 +351,6 @@ class BenchPackedDataset(PackedMLMDataset):
         self.burn_in = burn_in
 
     def __iter__(self):
-        info = get_worker_info()
-        if info is not None:  # this process's own copy of the dataset
-            self.documents = self.documents[info.id :: info.num_workers]
         return itertools.islice(super().__iter__(), self.burn_in, None)
 
 

@@ -5,6 +5,9 @@ per micro-batch, as ModernBERT trains). Each row is filled from a buffer of docu
 buffered document that still fits, until none fits; the rest of the row is padding, which forms one extra
 segment in ``cu_seqlens`` (so attention never mixes it with real tokens). Documents never span rows and are
 never cut: the converter already split long documents into pieces of at most ``max_seq_len`` tokens.
+
+The buffer is explicit state (``add``, ``next_row``, ``buffered_keys``) so that a run can save it and resume
+exactly: re-adding the saved keys in their saved order rebuilds the same buffer.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ class PackedRow:
 
 
 class BestFitPacker:
-    """Packs a stream of 1-D id arrays into rows of exactly ``row_len`` tokens.
+    """Packs documents (1-D id arrays) into rows of exactly ``row_len`` tokens, by best fit from a buffer.
 
     ``buffer_docs`` documents are held to choose from; more gives fuller rows (ModernBERT's packer holds a
-    few rows' worth). Iterating yields :class:`PackedRow`; the final, partial rows are yielded too unless
-    ``drop_last``.
+    few rows' worth).
     """
 
     def __init__(self, row_len: int, pad_id: int, buffer_docs: int = 256, drop_last: bool = True):
@@ -39,39 +41,52 @@ class BestFitPacker:
         self.pad_id = pad_id
         self.buffer_docs = buffer_docs
         self.drop_last = drop_last
+        self._lengths: list[int] = []  # ascending; _docs[i] and _keys[i] match _lengths[i]
+        self._docs: list[np.ndarray] = []
+        self._keys: list[int] = []
 
-    def pack(self, docs: Iterable[np.ndarray]) -> Iterator[PackedRow]:
-        lengths: list[int] = []  # sorted ascending; docs_by_len[i] matches lengths[i]
-        docs_by_len: list[np.ndarray] = []
-        source = iter(docs)
-        exhausted = False
-        while True:
-            while not exhausted and len(lengths) < self.buffer_docs:
-                doc = next(source, None)
-                if doc is None:
-                    exhausted = True
-                    break
-                n = len(doc)
-                if n == 0:
-                    continue
-                if n > self.row_len:
-                    raise ValueError(f"a document of {n} tokens does not fit a packed row of {self.row_len}")
-                i = bisect.bisect_right(lengths, n)
-                lengths.insert(i, n)
-                docs_by_len.insert(i, doc)
-            if not lengths:
-                return
-            if exhausted and self.drop_last and sum(lengths) < self.row_len:
-                return  # the remainder cannot fill a row: same rule as drop_last for unpacked batches
-            yield self._fill_row(lengths, docs_by_len)
+    def empty_copy(self) -> BestFitPacker:
+        return BestFitPacker(self.row_len, self.pad_id, self.buffer_docs, self.drop_last)
 
-    def _fill_row(self, lengths: list[int], docs_by_len: list[np.ndarray]) -> PackedRow:
+    @property
+    def full(self) -> bool:
+        return len(self._lengths) >= self.buffer_docs
+
+    @property
+    def buffered_tokens(self) -> int:
+        return sum(self._lengths)
+
+    @property
+    def buffered_keys(self) -> list[int]:
+        """The buffer's documents in its internal order; adding them back in this order restores it."""
+        return list(self._keys)
+
+    def add(self, doc: np.ndarray, key: int = -1) -> None:
+        n = len(doc)
+        if n == 0:
+            return
+        if n > self.row_len:
+            raise ValueError(f"a document of {n} tokens does not fit a packed row of {self.row_len}")
+        i = bisect.bisect_right(self._lengths, n)
+        self._lengths.insert(i, n)
+        self._docs.insert(i, doc)
+        self._keys.insert(i, key)
+
+    def has_row(self, exhausted: bool) -> bool:
+        """Whether to emit a row now: always while more documents come; at the end, unless the remainder
+        cannot fill a row and ``drop_last`` (the same rule as drop_last for unpacked batches)."""
+        if not self._lengths:
+            return False
+        return not (exhausted and self.drop_last and self.buffered_tokens < self.row_len)
+
+    def next_row(self) -> PackedRow:
         picked: list[np.ndarray] = []
         space = self.row_len
-        while lengths and lengths[0] <= space:
-            i = bisect.bisect_right(lengths, space) - 1  # longest that fits
-            space -= lengths.pop(i)
-            picked.append(docs_by_len.pop(i))
+        while self._lengths and self._lengths[0] <= space:
+            i = bisect.bisect_right(self._lengths, space) - 1  # longest that fits
+            space -= self._lengths.pop(i)
+            self._keys.pop(i)
+            picked.append(self._docs.pop(i))
         ids = np.full(self.row_len, self.pad_id, dtype=np.int64)
         seg = np.zeros(len(picked) + 2, dtype=np.int32)
         pos = 0
@@ -82,3 +97,18 @@ class BestFitPacker:
         seg[-1] = self.row_len
         cu = seg if pos < self.row_len else seg[:-1]
         return PackedRow(ids=ids, cu_seqlens=cu, num_real_tokens=pos, num_docs=len(picked))
+
+    def pack(self, docs: Iterable[np.ndarray]) -> Iterator[PackedRow]:
+        """All rows of a stream of documents, starting from this packer's buffer."""
+        source = iter(docs)
+        exhausted = False
+        while True:
+            while not exhausted and not self.full:
+                doc = next(source, None)
+                if doc is None:
+                    exhausted = True
+                else:
+                    self.add(doc)
+            if not self.has_row(exhausted):
+                return
+            yield self.next_row()

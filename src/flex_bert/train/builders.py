@@ -127,7 +127,7 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         )
     whole_word = ds_cfg.whole_word_mask
     dataset = PackedMLMDataset(
-        _documents(ds_cfg, tokenizer, shuffle=ds_cfg.shuffle),
+        _documents(ds_cfg, tokenizer, shuffle=False),  # the packed dataset orders documents itself
         rows_per_batch=rows_per_device_batch(cfg),
         row_len=cfg.device_train_microbatch_size * ds_cfg.max_seq_len,
         max_seq_len=ds_cfg.max_seq_len,
@@ -136,6 +136,8 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         mlm_probability=ds_cfg.mlm_probability,
         whole_word_mask=whole_word,
         seed=cfg.seed,
+        shuffle=ds_cfg.shuffle,
+        shuffle_seed=ds_cfg.shuffle_seed,
         buffer_docs=loader.packing_buffer_docs,
         drop_last=loader.drop_last,
     )
@@ -145,7 +147,6 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory and torch.cuda.is_available(),
         prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
-        persistent_workers=loader.persistent_workers and loader.num_workers > 0,
     )
     slots_per_row = cfg.device_train_microbatch_size
     count_padding = cfg.count_padding_tokens

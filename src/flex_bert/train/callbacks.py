@@ -122,13 +122,33 @@ def _latest_checkpoint(save_folder: str | None) -> str:
     return found[-1] if found else "the last good checkpoint (none saved in this run yet)"
 
 
-class EpochSetter(Callback):
-    """Tells the packed dataset which epoch starts, so masks differ between epochs and repeat across runs."""
+class DataResume(Callback):
+    """Keeps the packed dataset in step with the trainer, for exact resumption.
+
+    - each epoch start tells the dataset its epoch (its order and masks depend on it);
+    - each batch reports the packing state after it, which composer saves as the dataset's state;
+    - on a mid-epoch resume, the random state saved with the checkpoint (dropout) is restored just before the
+      first batch runs, as composer itself does when it spins a loader (it skips that when the dataset resumes).
+    """
+
+    def __init__(self):
+        self.rng_state = None
 
     def epoch_start(self, state: State, logger: Logger) -> None:
         dataset = getattr(state.dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(int(state.timestamp.epoch))
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        dataset = getattr(state.dataloader, "dataset", None)
+        packing_state = state.batch.get("packing_state") if isinstance(state.batch, dict) else None
+        if packing_state is not None and hasattr(dataset, "note_consumed"):
+            dataset.note_consumed(packing_state)
+        if self.rng_state is not None:
+            from composer.utils import reproducibility
+
+            reproducibility.load_rng_state(self.rng_state)
+            self.rng_state = None
 
 
 class JsonlLogger(LoggerDestination):
@@ -170,7 +190,7 @@ class JsonlLogger(LoggerDestination):
 def build_callbacks(cfg) -> list[Callback]:
     from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
 
-    out: list[Callback] = [EpochSetter()]
+    out: list[Callback] = []
     names = dict(cfg.callbacks)
     names.setdefault("nan_guard", {})  # always on: a diverged run must not train on silently
     if cfg.optimizer.log_grad_norm and "log_grad_norm" not in names:

@@ -53,7 +53,6 @@ class LoaderConfig:
         None  # documents the best-fit packer chooses from (default: a few rows' worth)
     )
     prefetch_factor: int = 2
-    persistent_workers: bool = False
     pin_memory: bool = True
 
 

@@ -13,7 +13,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from flex_bert.train import builders
-from flex_bert.train.callbacks import RunInfo, build_callbacks, build_loggers
+from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks, build_loggers
 from flex_bert.train.config import load_config
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
@@ -44,6 +44,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if cfg.load_path and not resuming:
         check_loadable(cfg.load_path, cfg.trust_checkpoint)
     optimizer = build_optimizer(model, cfg.optimizer)
+    data_resume = DataResume()
     run_info = RunInfo(
         model.config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer)
     )
@@ -60,7 +61,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         precision=_precision(cfg, device),
         device_train_microbatch_size=1,  # one packed row of device_train_microbatch_size x max_seq_len
         seed=cfg.seed,
-        callbacks=[run_info, *build_callbacks(cfg)],
+        callbacks=[run_info, data_resume, *build_callbacks(cfg)],
         loggers=build_loggers(cfg),
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
@@ -76,6 +77,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         dist_timeout=cfg.dist_timeout,
     )
     trainer.flexbert_resuming = resuming
+    if resuming and int(trainer.state.timestamp.batch_in_epoch) > 0:
+        # composer restores the checkpoint's random state mid-epoch only when it spins the loader, which a
+        # resumable dataset skips: restore it just before the first batch instead (composer's private field).
+        data_resume.rng_state, trainer._rng_state = trainer._rng_state, None
     return trainer
 
 
@@ -128,6 +133,8 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
         apply_restart_override(
             trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr
         )
+    if fresh_phase and cfg.reset_time:
+        trainer.state.train_dataloader.dataset.forget_position()
     _save_resolved_config(cfg)
     trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
     return trainer
