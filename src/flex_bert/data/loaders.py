@@ -45,8 +45,8 @@ class PackedMLMDataset(IterableDataset):
     Determinism: the document order of an epoch is a function of (shuffle_seed, epoch); rank r takes every
     world-th document (disjoint across ranks); the masks of batch k are drawn from (seed, epoch, rank, k). So
     batches do not depend on the number of loader workers: every worker follows the rank's whole packing
-    stream (cheap) and builds only the batches k with k % workers == its id, the order in which the DataLoader
-    collects them. Each batch carries the ``PackingState`` after it; the trainer reports the last one it
+    stream (cheap) and builds every workers-th batch from where the stream starts, in the round-robin order in
+    which the DataLoader collects them. Each batch carries the ``PackingState`` after it; the trainer reports the last one it
     consumed (``note_consumed``), and ``state_dict``/``load_state_dict`` (composer's dataset-resumption hooks)
     save and restore it, so a resumed run continues with exactly the next batch and re-reads nothing.
 
@@ -145,11 +145,11 @@ class PackedMLMDataset(IterableDataset):
                 break
             rows.append(packer.next_row())
             if len(rows) == self.rows_per_batch:
-                if batch % workers == worker:
+                if (batch - state.batch) % workers == worker:
                     after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
                     yield self.collate(rows, self._rng(state.epoch, rank, batch), after)
                 batch, rows = batch + 1, []
-        if rows and not self.drop_last and batch % workers == worker:
+        if rows and not self.drop_last and (batch - state.batch) % workers == worker:
             after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
             yield self.collate(rows, self._rng(state.epoch, rank, batch), after)
 
