@@ -69,3 +69,24 @@ def test_relaunching_a_phase_after_a_crash_continues_it(tiny_mds, tmp_path):  # 
     assert batches == [1, 2, 3, 4, 5, 6, 7, 8], "time continued, it was not reset to 0 again"
     assert trainer.flexbert_resuming
     assert int(trainer.state.optimizers[0].param_groups[1]["step"]) == 6 + 8
+
+
+def test_autoresume_falls_back_past_a_corrupted_checkpoint(tiny_mds, tmp_path, capsys):  # noqa: F811
+    y = tiny_yaml(tiny_mds, tmp_path, "run", max_duration="6ba", save_interval="3ba", autoresume=True)
+    train([str(y)], [])
+    folder = tmp_path / "run"
+    newest = folder / "ep0-ba6-rank0.pt"
+    assert (folder / "latest-rank0.pt").resolve() == newest.resolve()
+    assert not list(folder.glob(".tmp-*")), "no temporary checkpoint file is left behind"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 3])  # a crash while writing, or a disk error
+    y = tiny_yaml(tiny_mds, tmp_path, "run", max_duration="8ba", save_interval="3ba", autoresume=True)
+    trainer = train([str(y)], [])
+    assert "ep0-ba6-rank0.pt is truncated or corrupted" in capsys.readouterr().out
+    assert (folder / "ep0-ba6-rank0.pt.corrupt").exists()
+    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    batches = [r["batch"] for r in recs if r["kind"] == "train"]
+    assert batches[-2:] == [7, 8] and batches.count(4) == 2, (
+        "resumed from batch 3, the newest intact checkpoint"
+    )
+    assert int(trainer.state.timestamp.batch) == 8

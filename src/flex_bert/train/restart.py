@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import zipfile
 
 log = logging.getLogger(__name__)
 
@@ -47,3 +49,65 @@ def apply_restart_override(trainer, lr: float, weight_decay: float, override_max
     log.warning(line)
     print(line, flush=True)
     return line
+
+
+def _batch_of(path: str) -> int:
+    match = re.search(r"-ba(\d+)-", os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def _intact(path: str) -> bool:
+    """A torch checkpoint is a zip file: every member's CRC must check out (no unpickling)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def repair_latest(save_folder: str | None, rank: int = 0) -> str | None:
+    """Before autoresume: if the newest checkpoint is truncated or corrupted, set it aside (``.corrupt``) and
+    point ``latest-rank{rank}.pt`` at the newest intact one, saying so. Returns the checkpoint to resume."""
+    if own_checkpoint(save_folder, rank) is None:
+        return None
+    latest = os.path.join(save_folder, f"latest-rank{rank}.pt")
+    pattern = re.compile(rf"^ep\d+-ba\d+-rank{rank}\.pt$")
+    candidates = sorted(
+        (os.path.join(save_folder, f) for f in os.listdir(save_folder) if pattern.search(f)), key=_batch_of
+    )
+    while candidates:
+        newest = candidates.pop()
+        if _intact(newest):
+            if os.path.realpath(latest) != os.path.realpath(newest):
+                os.remove(latest)
+                os.symlink(os.path.basename(newest), latest)
+            return newest
+        os.replace(newest, newest + ".corrupt")
+        print(f"autoresume: {newest} is truncated or corrupted; set aside as {newest}.corrupt", flush=True)
+    raise ValueError(f"autoresume: no intact checkpoint left in {save_folder}")
+
+
+def write_checkpoint_atomically() -> None:
+    """Composer writes checkpoint files in place, so a crash mid-write leaves a partial file under the final
+    name. Write to a temporary sibling and rename it into place instead: a checkpoint file is whole or absent
+    (composer links ``latest`` and deletes old checkpoints only after this returns)."""
+    from composer.utils import checkpoint
+
+    original = checkpoint._write_checkpoint_file
+    if getattr(original, "_atomic", False):
+        return
+
+    def atomic(state_dict, filename: str) -> None:
+        head, tail = os.path.split(filename)  # keep the extension: composer picks the format from it
+        tmp = os.path.join(head, f".tmp-{os.getpid()}-{tail}")
+        try:
+            original(state_dict, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, filename)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    atomic._atomic = True
+    checkpoint._write_checkpoint_file = atomic

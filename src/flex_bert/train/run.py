@@ -17,7 +17,12 @@ from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks, buil
 from flex_bert.train.config import load_config
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
-from flex_bert.train.restart import apply_restart_override, own_checkpoint
+from flex_bert.train.restart import (
+    apply_restart_override,
+    own_checkpoint,
+    repair_latest,
+    write_checkpoint_atomically,
+)
 
 
 def _device(cfg: DictConfig) -> str:
@@ -40,6 +45,11 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     tokenizer = builders.build_tokenizer(cfg.tokenizer_name)
     model = builders.build_model(cfg, tokenizer)
     save_folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+    write_checkpoint_atomically()
+    if cfg.autoresume and dist.get_global_rank() == 0:
+        repair_latest(save_folder)
+    if dist.is_initialized():
+        dist.barrier()
     resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
     if cfg.load_path and not resuming:
         check_loadable(cfg.load_path, cfg.trust_checkpoint)
