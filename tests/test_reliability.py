@@ -90,3 +90,31 @@ def test_autoresume_falls_back_past_a_corrupted_checkpoint(tiny_mds, tmp_path, c
         "resumed from batch 3, the newest intact checkpoint"
     )
     assert int(trainer.state.timestamp.batch) == 8
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_scripts_never_run_code_from_a_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    target = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state": {"model": {}, "x": _Payload(str(target))}}, evil)
+    commands = [
+        ["scripts/convert_to_hf.py", "--input-checkpoint", str(evil), "--output-dir", str(tmp_path / "hf")],
+        ["scripts/evaluate_mlm.py", "--checkpoint", str(evil), "--data", str(tmp_path)],
+    ]
+    for cmd in commands:
+        proc = subprocess.run([sys.executable, *cmd], cwd=root, capture_output=True, text=True)
+        assert proc.returncode != 0
+        assert "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not target.exists()
