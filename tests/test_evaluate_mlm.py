@@ -70,3 +70,47 @@ def test_loss_equals_an_independent_computation(trained, tiny_mds):  # noqa: F81
     got = _run("--hf_model", str(hf), "--data", str(tiny_mds["data"]), "--seed", "7", "--max_seq_len", "128")
     assert got["masked_tokens"] == count
     assert got["loss"] == pytest.approx(total / count, rel=1e-6)
+
+
+def test_dapt_path_from_a_released_hf_model(trained, tiny_mds, tmp_path):  # noqa: F811
+    """The DAPT procedure's start: a Hugging Face model folder -> convert_from_hf.py -> load_path with
+    load_weights_only (fresh optimizer and schedule) -> training starts from exactly those weights."""
+    from safetensors.torch import load_file
+
+    from flex_bert.hf import hf_state_to_flexbert
+    from flex_bert.train.config import load_config
+    from flex_bert.train.run import build_trainer
+
+    _, hf = trained
+    ckpt = tmp_path / "from_hf.pt"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "convert_from_hf.py"),
+            "--input-dir",
+            str(hf),
+            "--output-checkpoint",
+            str(ckpt),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    y = tiny_yaml(
+        tiny_mds,
+        tmp_path,
+        "dapt",
+        load_path=str(ckpt),
+        load_weights_only=True,
+        max_duration="3ba",
+        save_interval="3ba",
+        eval_interval="3ba",
+        **{"optimizer.lr": 1e-3},
+    )
+    trainer = build_trainer(load_config([str(y)]))
+    expected = hf_state_to_flexbert(load_file(str(hf / "model.safetensors")))
+    loaded = trainer.state.model.model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    trainer.fit()
+    assert int(trainer.state.optimizers[0].param_groups[1]["step"]) == 3, "a fresh optimizer"
