@@ -119,7 +119,10 @@ class PackedMLMDataset(IterableDataset):
         if self.resume["world"] == world:
             return states[rank]
         # Another world size partitions the documents differently: continue at the same share of the epoch.
-        done = float(np.mean([s.position / max(1, order_len(s, i)) for i, s in enumerate(states)]))
+        # documents still in a packer's buffer were read but not trained on: they count as not done
+        done = float(
+            np.mean([(s.position - len(s.buffer)) / max(1, order_len(s, i)) for i, s in enumerate(states)])
+        )
         warnings.warn(
             f"resuming on {world} rank(s) from a checkpoint of {self.resume['world']}: the data continues at "
             f"{done:.1%} of epoch {self.epoch} (approximately; exact resumption needs the same world size)",
