@@ -50,6 +50,7 @@ def test_overrides_apply():
         ("optimizer.lr=fast", "lr"),
         ("global_train_batch_size=100", "multiple of"),
         ("precision=bf16", "precision"),
+        ("train_loader.dataset.tokenizer_name=other/tok", "differs from tokenizer_name"),
     ],
 )
 def test_mistakes_fail_naming_the_key(override, match):

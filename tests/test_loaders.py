@@ -80,3 +80,22 @@ def test_a_foreign_data_state_is_ignored_with_a_warning():
     with pytest.warns(UserWarning, match="not in this project's format"):
         ds.load_state_dict({"epoch": 3, "sample_in_epoch": 1234})
     assert ds.resume is None and ds.epoch == 0
+
+
+def test_evaluation_covers_every_document_on_every_world_size():
+    """A StreamingDataset's len() is one rank's share; evaluation must index all documents (its .size)."""
+    from flex_bert.data.loaders import MaskedDocuments
+
+    class RankShare(list):  # what StreamingDataset looks like on 2 ranks: len() = half, size = all
+        size = 100
+
+        def __len__(self):
+            return 50
+
+    docs = RankShare({"input_ids": np.array([1, 7, 2])} for _ in range(100))
+    ds = MaskedDocuments(docs, max_seq_len=8, masking=SPEC, mlm_probability=0.3, seed=0)
+    assert len(ds) == 100
+    samplers = [
+        torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=r, shuffle=False) for r in (0, 1)
+    ]
+    assert sorted(i for s in samplers for i in s) == list(range(100))

@@ -118,3 +118,31 @@ def test_scripts_never_run_code_from_a_checkpoint(tmp_path):
         assert proc.returncode != 0
         assert "--trust-checkpoint" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not target.exists()
+
+
+def _nan_guard_rank(rank: int, port: int, results) -> None:
+    import torch.distributed as td
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    guard, model = NanGuard("skip"), torch.nn.Linear(2, 2)
+    model(torch.ones(1, 2)).sum().backward()
+    loss = torch.tensor(float("nan") if rank == 1 else 0.5)  # only rank 1 diverged
+    guard.after_loss(_state(loss, model), _Logger())
+    guard.after_train_batch(_state(None, model), _Logger())
+    results[rank] = all(p.grad is None for p in model.parameters())
+    td.destroy_process_group()
+
+
+def test_nan_guard_decides_for_all_ranks_together(monkeypatch):
+    """Gradients are averaged across ranks before the guard runs: one rank's NaN must skip the step everywhere."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what the launcher sets; composer's dist reads it
+    mp.spawn(_nan_guard_rank, args=(port, results), nprocs=2, join=True)
+    assert dict(results) == {0: True, 1: True}

@@ -232,7 +232,8 @@ class MaskedDocuments(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.documents)
+        # all documents: a StreamingDataset's len() is one rank's share; the sampler splits ranks itself
+        return int(getattr(self.documents, "size", len(self.documents)))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(self.documents[index]["input_ids"])

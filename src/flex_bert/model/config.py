@@ -106,7 +106,9 @@ class FlexBertConfig:
     rotary_emb_interleaved: bool = False
     local_attn_rotary_emb_base: float | None = 10000.0  # -1 or None: use rotary_emb_base
     local_attn_rotary_emb_dim: int | None = None
-    allow_embedding_resizing: bool = True  # used by the training code when loading checkpoints
+    # Upstream pads the embedding to the tokenizer. Here vocab_size is explicit (50368 already holds ModernBERT's
+    # tokenizer) and a checkpoint of another vocabulary size is refused, so nothing is ever resized.
+    allow_embedding_resizing: bool = True
     sliding_window: int | None = 128  # total local window (64 each side + self); -1 or None: all global
     global_attn_every_n_layers: int = 3  # layer i is global iff i % n == 0; -1: all global
     unpad_embeddings: bool = True  # we always unpad before the embedding; same math either way

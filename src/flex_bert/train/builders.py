@@ -183,6 +183,18 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
     if cfg.eval_loader is None:
         return None
     loader, ds_cfg = cfg.eval_loader, cfg.eval_loader.dataset
+    world = dist.get_world_size()
+    if (
+        cfg.global_eval_batch_size is not None
+        and cfg.global_eval_batch_size != cfg.device_eval_batch_size * world
+    ):
+        import warnings
+
+        warnings.warn(
+            f"global_eval_batch_size ({cfg.global_eval_batch_size}) has no effect: evaluation takes "
+            f"device_eval_batch_size ({cfg.device_eval_batch_size}) documents per GPU x {world} GPU(s)",
+            stacklevel=2,
+        )
     dataset = MaskedDocuments(
         _documents(ds_cfg, tokenizer, shuffle=False),
         max_seq_len=ds_cfg.max_seq_len,

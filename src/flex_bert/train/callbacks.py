@@ -15,9 +15,10 @@ from flex_bert.train import registry
 
 
 class ScheduledGc(Callback):
-    """Python's cyclic garbage collector off, run every ``batch_interval`` batches on all ranks at once.
+    """Python's cyclic garbage collector off, a full collection every ``batch_interval`` batches on all ranks.
 
-    Uncoordinated collections stall one rank and so all of them; upstream does the same.
+    Uncoordinated collections stall one rank and so all of them (llm-foundry's ScheduledGarbageCollector does
+    the same). Full collections, so long-lived cycles (generation 2) are freed too.
     """
 
     def __init__(self, batch_interval: int = 1000):
@@ -26,11 +27,11 @@ class ScheduledGc(Callback):
 
     def fit_start(self, state: State, logger: Logger) -> None:
         gc.disable()
-        gc.collect(1)
+        gc.collect()
 
     def batch_end(self, state: State, logger: Logger) -> None:
         if int(state.timestamp.batch) % self.batch_interval == 0:
-            gc.collect(1)
+            gc.collect()
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if self._was_enabled:
@@ -89,8 +90,15 @@ class NanGuard(Callback):
         self._bad = bad if self._bad is None else self._bad | bad
 
     def after_train_batch(self, state: State, logger: Logger) -> None:
+        from composer.utils import dist
+
         bad, self._bad = self._bad, None
-        if bad is None or not bool(bad):
+        if bad is None:
+            return
+        flag = bad.float().reshape(1)
+        if dist.get_world_size() > 1:  # one decision for all ranks: gradients are already averaged
+            dist.all_reduce(flag, reduce_operation="MAX")
+        if not bool(flag):
             return
         batch = int(state.timestamp.batch) + 1
         if self.action == "skip":

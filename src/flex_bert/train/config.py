@@ -31,7 +31,9 @@ class DatasetConfig:
     local: str | None = None
     remote: str | None = None
     split: str | None = None
-    tokenizer_name: str = MISSING
+    tokenizer_name: str | None = (
+        None  # must equal the top-level tokenizer_name (the seed YAML interpolates it)
+    )
     max_seq_len: int = MISSING
     shuffle: bool = True
     mlm_probability: float = 0.3
@@ -60,7 +62,7 @@ class LoaderConfig:
 class ModelSection:
     name: str = "flex_bert"
     pretrained_model_name: str | None = None  # upstream leftover; has no effect
-    tokenizer_name: str = MISSING
+    tokenizer_name: str | None = None  # must equal the top-level tokenizer_name
     disable_train_metrics: bool = True
     pretrained_checkpoint: str | None = None  # weights only, e.g. from scripts/convert_from_hf.py
     model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
@@ -200,6 +202,25 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("restart_override: true needs load_path")
     if cfg.precision not in ("amp_bf16", "amp_fp16", "fp32"):
         raise ValueError(f"precision must be amp_bf16, amp_fp16 or fp32, got {cfg.precision!r}")
+    for key, value in (
+        ("model.tokenizer_name", cfg.model.tokenizer_name),
+        ("train_loader.dataset.tokenizer_name", cfg.train_loader.dataset.tokenizer_name),
+        (
+            "eval_loader.dataset.tokenizer_name",
+            cfg.eval_loader.dataset.tokenizer_name if cfg.eval_loader is not None else None,
+        ),
+    ):
+        if value is not None and value != cfg.tokenizer_name:
+            raise ValueError(
+                f"{key} ({value!r}) differs from tokenizer_name ({cfg.tokenizer_name!r}), which is the one used: "
+                "set tokenizer_name (the seed YAML's sections interpolate ${tokenizer_name})"
+            )
+    if cfg.eval_loader is not None and cfg.eval_loader.dataset.shuffle:
+        import warnings
+
+        warnings.warn(
+            "eval_loader.dataset.shuffle has no effect: evaluation reads documents in order", stacklevel=2
+        )
     if cfg.model.pretrained_model_name not in (None, "bert-base-uncased"):
         import warnings
 
