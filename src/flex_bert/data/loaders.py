@@ -99,7 +99,9 @@ class PackedMLMDataset(IterableDataset):
             ids = np.arange(len(self.documents), dtype=np.int64)
         if self.shuffle:
             ids = np.random.default_rng([self.shuffle_seed, epoch]).permutation(ids)
-        return ids[rank::world]
+        # keep only this rank's share (a copy, so the whole epoch's order is freed), compactly
+        share = ids[rank::world]
+        return share.astype(np.int32) if len(ids) < 2**31 else share.copy()
 
     def _read(self, index: int) -> np.ndarray:
         ids = self.documents[int(index)]["input_ids"]
