@@ -65,3 +65,23 @@ def tiny_yaml(tiny_mds, tmp_path: Path, name: str = "run", **changes) -> Path:
     out = tmp_path / f"{name}.yml"
     out.write_text(yaml.safe_dump(cfg))
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address (a fixed port can collide with another job)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_code_running_checkpoint(path: Path, target: Path) -> None:
+    """A checkpoint whose unpickling would create ``target``: loading it must never run code."""
+    import torch
+
+    class _Payload:
+        def __reduce__(self):
+            return (open, (str(target), "w"))
+
+    torch.save({"state": {"model": {}, "x": _Payload()}}, path)

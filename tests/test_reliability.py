@@ -8,7 +8,7 @@ import torch
 
 from flex_bert.train.callbacks import NanGuard
 from flex_bert.train.run import train
-from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+from tests._train_fixtures import free_port, tiny_mds, tiny_yaml, write_code_running_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -92,14 +92,6 @@ def test_autoresume_falls_back_past_a_corrupted_checkpoint(tiny_mds, tmp_path, c
     assert int(trainer.state.timestamp.batch) == 8
 
 
-class _Payload:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_scripts_never_run_code_from_a_checkpoint(tmp_path):
     import subprocess
     import sys
@@ -108,7 +100,7 @@ def test_scripts_never_run_code_from_a_checkpoint(tmp_path):
     root = Path(__file__).resolve().parents[1]
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"state": {"model": {}, "x": _Payload(str(target))}}, evil)
+    write_code_running_checkpoint(evil, target)
     commands = [
         ["scripts/convert_to_hf.py", "--input-checkpoint", str(evil), "--output-dir", str(tmp_path / "hf")],
         ["scripts/evaluate_mlm.py", "--checkpoint", str(evil), "--data", str(tmp_path)],
@@ -135,13 +127,9 @@ def _nan_guard_rank(rank: int, port: int, results) -> None:
 
 def test_nan_guard_decides_for_all_ranks_together(monkeypatch):
     """Gradients are averaged across ranks before the guard runs: one rank's NaN must skip the step everywhere."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     results = mp.Manager().dict()
     monkeypatch.setenv("WORLD_SIZE", "2")  # what the launcher sets; composer's dist reads it
     mp.spawn(_nan_guard_rank, args=(port, results), nprocs=2, join=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flex_bert.train.run import train
-from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+from tests._train_fixtures import tiny_mds, tiny_yaml, write_code_running_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -138,20 +138,10 @@ def test_upstream_layout_checkpoint_restores_like_ours(phases, tiny_mds, tmp_pat
     assert all(g["setup"] for g in opt.param_groups) and int(opt.param_groups[1]["step"]) == 40 + 3
 
 
-class _Payload:
-    """Unpickling this would create a file: a checkpoint that runs code."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (self.target, "w"))
-
-
 def test_load_path_never_runs_code_from_a_pickle(tiny_mds, tmp_path):  # noqa: F811
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"state": {"model": {}, "x": _Payload(str(target))}}, evil)
+    write_code_running_checkpoint(evil, target)
     y = tiny_yaml(tiny_mds, tmp_path, "evil", load_path=str(evil))
     with pytest.raises(ValueError, match="trust_checkpoint"):
         train([str(y)], [])

@@ -2,20 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+from tests._train_fixtures import free_port, tiny_mds, tiny_yaml  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_composer_launcher_two_processes(tiny_mds, tmp_path):  # noqa: F811
@@ -23,7 +16,7 @@ def test_composer_launcher_two_processes(tiny_mds, tmp_path):  # noqa: F811
     composer = Path(sys.executable).with_name("composer")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.run(
-        [str(composer), "-n", "2", "--master_port", str(_free_port()), str(ROOT / "main.py"), str(y)],
+        [str(composer), "-n", "2", "--master_port", str(free_port()), str(ROOT / "main.py"), str(y)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -51,7 +44,7 @@ def _launch(n: int, y: Path, *overrides: str, fsdp2: bool = False) -> subprocess
             "-n",
             str(n),
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             str(ROOT / "main.py"),
             str(y),
             *overrides,
