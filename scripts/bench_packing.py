@@ -101,7 +101,7 @@ def bench_layout(docs: list[np.ndarray], micro: int, max_seq_len: int) -> dict:
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     for r in rows:
-        ds.collate([r], rng)
+        ds.collate([r], [rng])
     t_mask = time.perf_counter() - t0
     del rows
 

@@ -1,5 +1,5 @@
-"""The packed training stream: disjoint per rank, the same batches with any number of loader workers, and an
-exact continuation from a saved packing state."""
+"""The packed training stream: one global batch whatever the number of ranks (split into disjoint rows), the
+same batches with any number of loader workers, and an exact continuation from a saved packing state."""
 
 import numpy as np
 import pytest
@@ -21,9 +21,9 @@ def _docs(n=300, seed=0):
 
 
 def _dataset(docs, **kw):
+    kw = {"rows_per_batch": 2, **kw}
     return PackedMLMDataset(
         docs,
-        rows_per_batch=2,
         row_len=256,
         max_seq_len=128,
         pad_id=3,
@@ -42,12 +42,41 @@ def _batches(ds, workers):
     return [(b["input_ids"], b["labels"], b["packing_state"], b["doc_lengths"]) for b in loader]
 
 
-def test_ranks_get_disjoint_documents_covering_the_epoch():
+def _rank_batches(docs, rank, world, monkeypatch, **kw):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    return _batches(_dataset(docs, rows_per_batch=4, **kw), 2)
+
+
+def test_the_global_batch_is_the_same_on_any_number_of_ranks(monkeypatch):
+    """Rank r of W trains on rows [r*4/W, (r+1)*4/W) of each global batch: together, the 1-rank batches."""
+    docs = _docs(600)
+    ref = _rank_batches(docs, 0, 1, monkeypatch)
+    assert len(ref) > 10
+    for world in (2, 4):
+        per_rank = [_rank_batches(docs, r, world, monkeypatch) for r in range(world)]
+        assert all(len(b) == len(ref) for b in per_rank), "every rank takes the same number of steps"
+        for k, (ids, labels, state, lengths) in enumerate(ref):
+            assert torch.equal(torch.cat([b[k][0] for b in per_rank]), ids)
+            assert torch.equal(torch.cat([b[k][1] for b in per_rank]), labels)
+            assert all(b[k][2] == state for b in per_rank), "one packing state for all ranks"
+            assert sum(len(b[k][3]) for b in per_rank) == len(lengths) == 4, "disjoint rows"
+    # (each document is in exactly one row of the 1-rank epoch: test_every_document_once_per_epoch...)
+
+
+def test_a_short_last_batch_is_split_over_the_ranks(monkeypatch):
+    docs = _docs(301)
+    ref = _rank_batches(docs, 0, 1, monkeypatch, drop_last=False)
+    assert ref[-1][0].shape[0] < 4, "the epoch ends with a short batch"
+    per_rank = [_rank_batches(docs, r, 2, monkeypatch, drop_last=False) for r in range(2)]
+    assert torch.equal(torch.cat([per_rank[0][-1][0], per_rank[1][-1][0]]), ref[-1][0])
+
+
+def test_the_epoch_order_is_a_permutation_renewed_every_epoch():
     ds = _dataset(_docs())
-    parts = [ds.epoch_order(3, rank, 4) for rank in range(4)]
-    joined = np.concatenate(parts)
-    assert len(joined) == 300 and len(set(joined.tolist())) == 300
-    assert not np.array_equal(ds.epoch_order(3, 0, 4), ds.epoch_order(4, 0, 4)), "a new order every epoch"
+    order = ds.epoch_order(3)
+    assert sorted(order.tolist()) == list(range(300)) and order.dtype == np.int32
+    assert not np.array_equal(order, ds.epoch_order(4)), "a new order every epoch"
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -68,7 +97,7 @@ def test_every_document_once_per_epoch_and_exact_continuation():
     assert lengths == sorted(len(d["input_ids"]) for d in docs), "every document once in an epoch"
     # continue from the state after batch 4, as a resumed run would: the rest is identical
     resumed = _dataset(docs, drop_last=False)
-    resumed.load_state_dict({"world": 1, "states": [vars(ref[4][2])]})
+    resumed.load_state_dict({"packing_state": vars(ref[4][2])})
     rest = _batches(resumed, 2)
     assert len(rest) == len(ref) - 5
     for (a_ids, a_lab, *_), (b_ids, b_lab, *_) in zip(ref[5:], rest):

@@ -31,24 +31,27 @@ from flex_bert.data.packing import BestFitPacker, PackedRow
 
 @dataclass
 class PackingState:
-    """Where a rank's packed stream stands: enough to continue it exactly, without re-reading any data."""
+    """Where the packed stream stands: enough to continue it exactly, without re-reading any data."""
 
     epoch: int
-    position: int  # next index into this rank's document order of the epoch
+    position: int  # next index into the epoch's document order
     buffer: list[int]  # dataset indices of the documents in the packer's buffer, in its internal order
-    batch: int  # batches of the epoch emitted so far
+    batch: int  # global batches of the epoch emitted so far
 
 
 class PackedMLMDataset(IterableDataset):
     """Device batches of packed, masked rows (see module docstring). Use with ``DataLoader(batch_size=None)``.
 
-    Determinism: the document order of an epoch is a function of (shuffle_seed, epoch); rank r takes every
-    world-th document (disjoint across ranks); the masks of batch k are drawn from (seed, epoch, rank, k). So
-    batches do not depend on the number of loader workers: every worker follows the rank's whole packing
-    stream (cheap) and builds every workers-th batch from where the stream starts, in the round-robin order in
-    which the DataLoader collects them. Each batch carries the ``PackingState`` after it; the trainer reports the last one it
-    consumed (``note_consumed``), and ``state_dict``/``load_state_dict`` (composer's dataset-resumption hooks)
-    save and restore it, so a resumed run continues with exactly the next batch and re-reads nothing.
+    One stream for all ranks: the documents of an epoch, in an order that is a function of (shuffle_seed,
+    epoch), are packed into global batches of ``rows_per_batch`` rows; rank r of W takes rows
+    [r * R, (r + 1) * R), R = rows_per_batch / W (disjoint across ranks). Row j of global batch k is masked
+    with a generator seeded by (seed, epoch, k, j). So the global batch, and with it the training run, is the
+    same on any number of GPUs and loader workers: every worker follows the whole packing stream (it reads
+    every document, but packing decides on lengths only: cheap) and builds every workers-th batch from where
+    the stream starts, in the round-robin order in which the DataLoader collects them. Each batch carries the
+    ``PackingState`` after it, the same on every rank; the trainer reports the last one it consumed
+    (``note_consumed``), and ``state_dict``/``load_state_dict`` (composer's dataset-resumption hooks) save and
+    restore it, so a resumed run, on any number of GPUs, continues with exactly the next global batch.
 
     ``documents`` needs ``len()`` and ``[i]["input_ids"]``; a ``StreamingDataset`` also gives the weighted
     epoch of a mixture (``resample_streams``: streaming's own proportion/repeat sampling).
@@ -72,7 +75,7 @@ class PackedMLMDataset(IterableDataset):
         drop_last: bool = True,
     ):
         self.documents = documents
-        self.rows_per_batch = rows_per_batch
+        self.rows_per_batch = rows_per_batch  # of the global batch, all ranks together
         self.max_seq_len = max_seq_len
         self.masking = masking
         self.mlm_probability = mlm_probability
@@ -85,23 +88,31 @@ class PackedMLMDataset(IterableDataset):
         buffer_docs = buffer_docs or max(64, 4 * rows_per_batch * max(1, row_len // max(1, max_seq_len // 4)))
         self.packer = BestFitPacker(row_len, pad_id, buffer_docs=buffer_docs, drop_last=drop_last)
         self.epoch = 0
-        self.resume: dict | None = None  # {"world": W, "states": [PackingState as dict per rank]}
+        self.resume: PackingState | None = None
         self.consumed: PackingState | None = None  # main process: the state after the last consumed batch
 
     # ---- epoch order --------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def epoch_order(self, epoch: int, rank: int, world: int) -> np.ndarray:
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Dataset indices of the epoch's documents, in packing order (int32 where they fit: compact)."""
         if hasattr(self.documents, "resample_streams"):  # streaming's weighted epoch (mixtures)
             ids = np.asarray(self.documents.resample_streams(epoch)[1], dtype=np.int64)
         else:
             ids = np.arange(len(self.documents), dtype=np.int64)
         if self.shuffle:
             ids = np.random.default_rng([self.shuffle_seed, epoch]).permutation(ids)
-        # keep only this rank's share (a copy, so the whole epoch's order is freed), compactly
-        share = ids[rank::world]
-        return share.astype(np.int32) if len(ids) < 2**31 else share.copy()
+        return ids.astype(np.int32) if len(ids) < 2**31 else ids
+
+    def rank_rows(self, rank: int, world: int) -> slice:
+        """The rows of each global batch that this rank trains on."""
+        if self.rows_per_batch % world:
+            raise ValueError(
+                f"a global batch of {self.rows_per_batch} packed rows does not split over {world} ranks"
+            )
+        share = self.rows_per_batch // world
+        return slice(rank * share, (rank + 1) * share)
 
     def _read(self, index: int) -> np.ndarray:
         ids = self.documents[int(index)]["input_ids"]
@@ -113,31 +124,14 @@ class PackedMLMDataset(IterableDataset):
         return ids
 
     # ---- iteration ----------------------------------------------------------------------------------
-    def _start_state(self, rank: int, world: int, order_len) -> PackingState:
-        fresh = PackingState(self.epoch, 0, [], 0)
-        if not self.resume or self.resume["states"][0]["epoch"] != self.epoch:
-            return fresh
-        states = [PackingState(**s) for s in self.resume["states"]]
-        if self.resume["world"] == world:
-            return states[rank]
-        # Another world size partitions the documents differently: continue at the same share of the epoch.
-        # documents still in a packer's buffer were read but not trained on: they count as not done
-        done = float(
-            np.mean([(s.position - len(s.buffer)) / max(1, order_len(s, i)) for i, s in enumerate(states)])
-        )
-        warnings.warn(
-            f"resuming on {world} rank(s) from a checkpoint of {self.resume['world']}: the data continues at "
-            f"{done:.1%} of epoch {self.epoch} (approximately; exact resumption needs the same world size)",
-            stacklevel=2,
-        )
-        return PackingState(self.epoch, int(done * order_len(fresh, rank)), [], 0)
-
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_world()
-        order = self.epoch_order(self.epoch, rank, world)
-        state = self._start_state(rank, world, lambda s, r: len(self.epoch_order(self.epoch, r, world)))
+        mine = self.rank_rows(rank, world)
+        order = self.epoch_order(self.epoch)
+        fresh = PackingState(self.epoch, 0, [], 0)
+        state = self.resume if self.resume is not None and self.resume.epoch == self.epoch else fresh
         packer = self.packer.empty_copy()
         for key in state.buffer:
             packer.add(self._read(key), key)
@@ -146,57 +140,67 @@ class PackedMLMDataset(IterableDataset):
             while not packer.full and position < len(order):
                 packer.add(self._read(order[position]), int(order[position]))
                 position += 1
-            if not packer.has_row(exhausted=position >= len(order)):
-                break
-            rows.append(packer.next_row())
-            if len(rows) == self.rows_per_batch:
+            exhausted = position >= len(order)
+            if packer.has_row(exhausted):
+                rows.append(packer.next_row())
+            last = exhausted and not packer.has_row(exhausted)
+            if len(rows) == self.rows_per_batch or (last and rows and not self.drop_last):
                 if (batch - state.batch) % workers == worker:
                     after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
-                    yield self.collate(rows, self._rng(state.epoch, rank, batch), after)
+                    yield self._rank_batch(rows, mine, world, batch, after)
                 batch, rows = batch + 1, []
-        if rows and not self.drop_last and (batch - state.batch) % workers == worker:
-            after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
-            yield self.collate(rows, self._rng(state.epoch, rank, batch), after)
+            if last:
+                break
 
-    def _rng(self, epoch: int, rank: int, batch: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, epoch, rank, batch])
+    def _rank_batch(self, rows: list[PackedRow], mine: slice, world: int, batch: int, after) -> dict:
+        if len(rows) < self.rows_per_batch:  # the last, short batch of an epoch (drop_last: false)
+            if len(rows) < world:
+                raise ValueError(
+                    f"the epoch ends with {len(rows)} packed row(s), fewer than the {world} ranks: set "
+                    "train_loader.drop_last: true"
+                )
+            bounds = np.linspace(0, len(rows), world + 1).astype(int)
+            rank = mine.start // (self.rows_per_batch // world)
+            mine = slice(int(bounds[rank]), int(bounds[rank + 1]))
+        rngs = [self._rng(after.epoch, batch, j) for j in range(mine.start, mine.stop)]
+        return self.collate(rows[mine], rngs, after)
+
+    def _rng(self, epoch: int, batch: int, row: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, batch, row])
 
     # ---- resumption (composer calls these on the main process's dataset) ---------------------------
     def note_consumed(self, state: PackingState) -> None:
         self.consumed = state
 
     def state_dict(self, num_samples: int = 0, from_beginning: bool = True) -> dict:
-        mine = (
-            asdict(self.consumed) if self.consumed is not None else asdict(PackingState(self.epoch, 0, [], 0))
-        )
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, mine)
-        else:
-            states = [mine]
-        return {"world": len(states), "states": states}
+        """The stream's position after the last consumed batch: the same on every rank."""
+        return {"packing_state": asdict(self.consumed or PackingState(self.epoch, 0, [], 0))}
 
     def load_state_dict(self, state: dict | None) -> None:
-        if not isinstance(state, dict) or "states" not in state:
+        if not isinstance(state, dict) or "packing_state" not in state:
             if state:
                 warnings.warn(
                     "the checkpoint's data position is not in this project's format (an upstream "
-                    "checkpoint?): the data starts at the beginning",
+                    "checkpoint, or one saved before the data stream was shared by all ranks?): the data "
+                    "starts at the beginning",
                     stacklevel=2,
                 )
             return
-        self.resume = state
-        self.epoch = int(state["states"][0]["epoch"])
+        self.resume = PackingState(**state["packing_state"])
+        self.epoch = self.resume.epoch
 
     def forget_position(self) -> None:
         """A new phase (``reset_time``) starts its data from the beginning, whatever the checkpoint held."""
         self.resume, self.consumed, self.epoch = None, None, 0
 
     def collate(
-        self, rows: list[PackedRow], rng: np.random.Generator, after: PackingState | None = None
+        self, rows: list[PackedRow], rngs: list[np.random.Generator], after: PackingState | None = None
     ) -> dict:
         ids, labels = zip(
-            *(mask_tokens(r.ids, self.mlm_probability, self.masking, rng, self.whole_word_mask) for r in rows)
+            *(
+                mask_tokens(r.ids, self.mlm_probability, self.masking, rng, self.whole_word_mask)
+                for r, rng in zip(rows, rngs, strict=True)
+            )
         )
         labels = np.stack(labels)
         for r, lab in zip(rows, labels):

@@ -107,7 +107,8 @@ def _check_converted_for(split_dir: str, max_seq_len: int, fingerprint: str) -> 
         )
 
 
-def rows_per_device_batch(cfg: DictConfig) -> int:
+def rows_per_global_batch(cfg: DictConfig) -> int:
+    """Packed rows (one per micro-batch) in a global batch; they must split evenly over the GPUs."""
     world = dist.get_world_size()
     slots = cfg.global_train_batch_size // world
     if cfg.global_train_batch_size % world or slots % cfg.device_train_microbatch_size:
@@ -115,7 +116,7 @@ def rows_per_device_batch(cfg: DictConfig) -> int:
             f"global_train_batch_size ({cfg.global_train_batch_size}) must divide into {world} GPU(s) x "
             f"device_train_microbatch_size ({cfg.device_train_microbatch_size})"
         )
-    return slots // cfg.device_train_microbatch_size
+    return cfg.global_train_batch_size // cfg.device_train_microbatch_size
 
 
 def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
@@ -128,7 +129,7 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
     whole_word = ds_cfg.whole_word_mask
     dataset = PackedMLMDataset(
         _documents(ds_cfg, tokenizer, shuffle=False),  # the packed dataset orders documents itself
-        rows_per_batch=rows_per_device_batch(cfg),
+        rows_per_batch=rows_per_global_batch(cfg),
         row_len=cfg.device_train_microbatch_size * ds_cfg.max_seq_len,
         max_seq_len=ds_cfg.max_seq_len,
         pad_id=tokenizer.pad_token_id,
