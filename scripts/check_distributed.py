@@ -1,0 +1,286 @@
+"""Multi-GPU checks through the real path (`composer -n N main.py yamls/phase1.yml ...`), against 1 GPU.
+
+Everything runs the recipe's own YAML (`yamls/phase1.yml`) with command-line overrides: no load_path (a fresh
+model), the bundled demo corpus (generated, tokenized by `convert_dataset` with the tiny tokenizer) instead
+of the user's data, and attn_out_dropout_prob 0 (dropout draws differ per rank, so it would hide what is
+compared). Parts (``--parts``, comma separated):
+
+  parity   a tiny and the base config (22 layers x 768, eager), N GPUs vs 1 GPU with the same global batch
+           and micro-batch: per-step token counts must be identical (one packed stream, each rank trains on
+           its rows of every global batch), and per-step losses equal to bf16 tolerance (the only difference
+           is the order in which gradients are summed).
+  resume   tiny config, autoresume with checkpoints every 4 batches: N GPUs for batches 1-4, then 1 GPU for
+           5-8, then N GPUs for 9-12, against one uninterrupted N-GPU run of 12 batches (equal losses and
+           token counts: the data continues exactly at another world size).
+  scaling  base config compiled (`compile_model: true`), at 1024 (micro-batch 96 x 1024) and 8192 (12 x 8192):
+           tokens/s of N GPUs vs 1 GPU with the same micro-batch (global batch = N x micro), from composer's
+           SpeedMonitor over the last 10 of ``--steps`` batches.
+
+Usage (device machine, N = 2):  python scripts/check_distributed.py --gpus 2 --out $OUT/dist --parts parity,resume
+                                python scripts/check_distributed.py --gpus 2 --out $OUT/dist --parts scaling
+CPU (gloo; tiny configs only, for a dry run of the script):  python scripts/check_distributed.py --cpu --out /tmp/d
+Writes ``OUT/results.json`` and each run's ``metrics.jsonl`` and log; exits 1 if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+YAML = ROOT / "yamls" / "phase1.yml"
+TINY = [  # the demo's model shape
+    "model.model_config.num_hidden_layers=4",
+    "model.model_config.hidden_size=64",
+    "model.model_config.intermediate_size=96",
+    "model.model_config.num_attention_heads=4",
+    "model.model_config.sliding_window=32",
+    "model.model_config.compile_model=false",
+]
+# bf16 autocast: two runs that differ only in how gradients are summed drift apart by rounding. Losses of the
+# first step must agree to float rounding; later ones to this relative tolerance.
+FIRST_STEP_RTOL = 1e-4
+LOSS_RTOL = 2e-2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_data(root: Path, max_seq_lens: list[int], docs_per_domain: int) -> tuple[Path, dict[int, Path]]:
+    """Demo corpus -> tiny tokenizer -> MDS train/eval splits (merged), one data root per max_seq_len."""
+    from flex_bert.data.convert import ConvertConfig, convert_dataset
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.merge import merge_datasets
+
+    files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=docs_per_domain, eval_docs=64)
+    tok = root / "tokenizer"
+    build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=1024)
+    roots = {}
+    for L in max_seq_lens:
+        data = root / f"mds{L}"
+        for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
+            cfg = ConvertConfig(
+                dataset=str(files[name]),
+                out_dir=str(data / split),
+                tokenizer=str(tok),
+                max_seq_len=L,
+                num_workers=min(8, os.cpu_count() or 1),
+                progress=False,
+            )
+            convert_dataset(cfg)
+        for split in ("train", "eval"):
+            merge_datasets(data / split)
+        roots[L] = data
+    return tok, roots
+
+
+class Runner:
+    def __init__(self, out: Path, tokenizer: Path, cpu: bool):
+        self.out, self.tokenizer, self.cpu = out, tokenizer, cpu
+
+    def run(
+        self, name: str, gpus: int, overrides: list[str], *, save_folder: Path | None = None
+    ) -> list[dict]:
+        """Launch main.py on ``gpus`` processes; return the rank-0 metrics.jsonl records of this run."""
+        folder = save_folder or self.out / name
+        base = [
+            f"run_name={name}",
+            f"save_folder={folder}",
+            f"tokenizer_name={self.tokenizer}",
+            "load_path=null",
+            "reset_time=false",
+            "restart_override=false",
+            "model.model_config.attn_out_dropout_prob=0.0",
+            "scheduler.t_warmup=0ba",
+            "eval_interval=100000ba",
+            "save_interval=100000ba",
+            "console_log_interval=1ba",
+            "callbacks.speed_monitor.window_size=10",
+            "train_loader.num_workers=2",
+            "eval_loader.num_workers=0",
+            "device_eval_batch_size=8",
+        ]
+        env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        env.setdefault("NCCL_NVLS_ENABLE", "0")
+        if self.cpu:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        elif gpus == 1:
+            env["CUDA_VISIBLE_DEVICES"] = "0"
+        main = [str(ROOT / "main.py"), str(YAML), *base, *overrides]
+        if gpus == 1:
+            cmd = [sys.executable, *main]
+        else:
+            cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", str(gpus)]
+            cmd += ["--master_port", str(free_port()), *main]
+        start = time.perf_counter()
+        log = self.out / "logs" / f"{name}-{gpus}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        print(
+            f"  {name} on {gpus} {'process' if self.cpu else 'GPU'}(s): rc {proc.returncode}, "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+        if proc.returncode:
+            raise RuntimeError(f"{name} failed; log tail:\n" + log.read_text()[-4000:])
+        recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if r["kind"] == "train"]
+
+
+def compare(ref: list[dict], got: list[dict]) -> dict:
+    """Per-step comparison of two runs' train records (same batches expected)."""
+    rel = [abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, got)]
+    return {
+        "steps": len(got),
+        "same_steps": [r["batch"] for r in ref] == [r["batch"] for r in got],
+        "same_tokens": [r["tokens"] for r in ref] == [r["tokens"] for r in got],
+        "first_loss": [ref[0]["loss"], got[0]["loss"]],
+        "last_loss": [ref[-1]["loss"], got[-1]["loss"]],
+        "first_step_rel_diff": rel[0],
+        "max_rel_diff": max(rel),
+        "mean_rel_diff": sum(rel) / len(rel),
+    }
+
+
+def passed(c: dict) -> bool:
+    return (
+        c["same_steps"]
+        and c["same_tokens"]
+        and c["first_step_rel_diff"] <= FIRST_STEP_RTOL
+        and c["max_rel_diff"] <= LOSS_RTOL
+    )
+
+
+def part_parity(r: Runner, roots: dict[int, Path], gpus: int, cpu: bool) -> dict:
+    results = {}
+    cases = {"tiny": (128, TINY, 4, 30)}  # name: (max_seq_len, model overrides, micro, steps)
+    if not cpu:
+        cases["base"] = (1024, ["model.model_config.compile_model=false"], 8, 20)
+    for case, (L, model, micro, steps) in cases.items():
+        data = roots[1024 if L == 1024 else min(roots)]
+        over = [
+            f"data_local={data}",
+            f"max_seq_len={L}",
+            *model,
+            f"device_train_microbatch_size={micro}",
+            f"global_train_batch_size={micro * 2 * gpus}",  # two micro-batches per GPU on N GPUs
+            f"max_duration={steps}ba",
+        ]
+        one = r.run(f"parity-{case}-1gpu", 1, over)
+        many = r.run(f"parity-{case}-{gpus}gpu", gpus, over)
+        results[case] = compare(one, many) | {"passed": None}
+        results[case]["passed"] = passed(results[case])
+    return results
+
+
+def part_resume(r: Runner, roots: dict[int, Path], gpus: int) -> dict:
+    over = [
+        f"data_local={roots[min(roots)]}",
+        "max_seq_len=128",
+        *TINY,
+        "device_train_microbatch_size=4",
+        f"global_train_batch_size={4 * 2 * gpus}",
+        "scheduler.name=cosine_with_warmup",  # a schedule that moves, so the scheduler's state matters
+        "scheduler.t_warmup=2ba",
+        "scheduler.t_max=12ba",
+        "scheduler.alpha_f=0.1",
+    ]
+    ref = r.run("resume-reference", gpus, [*over, "max_duration=12ba"])
+    folder = r.out / "resume-legs"
+    legs = []
+    for n, until in ((gpus, 4), (1, 8), (gpus, 12)):
+        recs = r.run(
+            f"resume-leg-to-{until}",
+            n,
+            [*over, f"max_duration={until}ba", "save_interval=4ba", "autoresume=true"],
+            save_folder=folder,
+        )
+        legs = recs  # metrics.jsonl is appended by every leg: the last read holds all of them
+    result = compare(ref, legs) | {"legs": f"{gpus} -> 1 -> {gpus} GPUs, 4 batches each"}
+    result["passed"] = passed(result)
+    return result
+
+
+def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int) -> dict:
+    results = {}
+    for L, micro in ((1024, 96), (8192, 12)):
+        per = {}
+        for n in (1, gpus):
+            recs = r.run(
+                f"scaling-{L}-{n}gpu",
+                n,
+                [
+                    f"data_local={roots[L]}",
+                    f"max_seq_len={L}",
+                    f"device_train_microbatch_size={micro}",
+                    f"global_train_batch_size={micro * n}",
+                    f"max_duration={steps}ba",
+                    "model.model_config.compile_model=true",
+                ],
+            )
+            last = recs[-1]
+            per[n] = {
+                "tokens_per_s": last["throughput/tokens_per_sec"],
+                "batches_per_s": last["throughput/batches_per_sec"],
+                "mfu": last.get("throughput/device/mfu"),
+            }
+        per["speedup"] = per[gpus]["tokens_per_s"] / per[1]["tokens_per_s"]
+        per["passed"] = per["speedup"] >= 0.95 * gpus
+        results[f"base@{L}"] = per
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gpus", type=int, default=2)
+    p.add_argument("--parts", default="parity,resume")
+    p.add_argument("--steps", type=int, default=40, help="batches per scaling run (throughput: the last 10)")
+    p.add_argument("--cpu", action="store_true", help="gloo processes on the CPU, tiny configs only")
+    args = p.parse_args()
+    parts = args.parts.split(",")
+    if args.cpu and "scaling" in parts:
+        p.error("scaling needs GPUs")
+    if args.out.exists() and any(args.out.iterdir()):
+        p.error(f"{args.out} is not empty (runs there would autoresume from old checkpoints)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lens = [128] + ([1024] if not args.cpu else []) + ([8192] if "scaling" in parts else [])
+    docs = 400 if args.cpu else (16000 if "scaling" in parts else 3000)
+    tok, roots = build_data(args.out / "data", sorted(set(lens)), docs)
+    print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    r = Runner(args.out, tok, args.cpu)
+    results: dict = {"gpus": args.gpus, "cpu": args.cpu}
+    if not args.cpu:
+        import torch
+
+        results["device"] = torch.cuda.get_device_name(0)
+        results["torch"] = torch.__version__
+    if "parity" in parts:
+        results["parity"] = part_parity(r, roots, args.gpus, args.cpu)
+    if "resume" in parts:
+        results["resume"] = part_resume(r, roots, args.gpus)
+    if "scaling" in parts:
+        results["scaling"] = part_scaling(r, roots, args.gpus, args.steps)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    checks = [v for k in ("parity", "scaling") for v in results.get(k, {}).values()]
+    checks += [results["resume"]] if "resume" in results else []
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
