@@ -21,6 +21,7 @@ from .padding import cu_seqlens_from_lengths, repad, unpad
 from .rotary import positions_from_cu_seqlens, rotary_cos_sin
 
 IGNORE_INDEX = -100
+LAYER_GRAPHS = 32  # dynamo's per-code-object graph limit while layers are compiled (see compile_layers)
 
 
 @dataclass
@@ -151,7 +152,16 @@ class FlexBertForMaskedLM(nn.Module):
         In-place `Module.compile` keeps parameter names (no `_orig_mod.`), so checkpoints are unchanged. The
         head, decoder and fp32 loss are compiled as one function so the fp32 upcast of the logits is fused
         into the loss instead of materialised (N x V x 4 bytes). Used when `config.compile_model` is true.
+
+        Shapes are dynamic from the start (the number of documents, `max_seqlen` and the number of masked
+        tokens change every batch; a first static graph would only be thrown away). All layers share one
+        code object (`EncoderLayer.forward`), so dynamo keeps their graphs in one cache, one graph per layer
+        variant (the first layer without attn_norm, global, local): its limit (8 by default) is raised to
+        LAYER_GRAPHS so that no variant ever falls back to eager (that cost 5x at 8192 context).
         """
+        compile_kwargs.setdefault("dynamic", True)
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(LAYER_GRAPHS, getattr(torch._dynamo.config, limit)))
         self.bert.embeddings.compile(**compile_kwargs)
         for layer in self.bert.encoder.layers:
             layer.compile(**compile_kwargs)
