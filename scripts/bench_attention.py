@@ -1,0 +1,170 @@
+"""Attention kernels on one packed row: varlen (flash, sliding window) vs flex (block-sparse BlockMask).
+
+One row of `--tokens` tokens (98,304 = 12 x 8192) of log-normal document lengths (median 600, sigma 1, clipped
+to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a global one, forward + backward
+(CUDA events after warm-up, median of `--iters`) of:
+  varlen            torch.nn.attention.varlen.varlen_attn (the current CUDA path; skipped on CPU)
+  flex              the "flex" backend called eagerly: block mask built per call + compiled flex_attention
+  flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
+  flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
+  mask only         `flex_block_mask` alone, eager (no FLOPs)
+Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
+abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
+(`--check-tokens`, documents clipped to 2048 so the padded reference fits in memory).
+
+On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
+  python scripts/bench_attention.py [--tokens 98304] [--iters 20] [--block-size 128] [--json OUT.json]
+  python scripts/bench_attention.py --device cpu --tokens 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from flex_bert.model import attention  # noqa: E402
+from flex_bert.model.attention import (  # noqa: E402
+    flex_attention_backend,
+    flex_block_mask,
+    sdpa_attention,
+    varlen_attention,
+)
+
+
+def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
+    """Log-normal document lengths (median 600, sigma 1) clipped to [50, hi], the last cut to fill the row."""
+    rng = np.random.default_rng(seed)
+    lengths, total = [], 0
+    while total < n_tokens:
+        n = int(np.clip(rng.lognormal(np.log(600), 1.0), 50, hi))
+        lengths.append(min(n, n_tokens - total))
+        total += lengths[-1]
+    return lengths
+
+
+def useful_pairs(lengths: list[int], window: int | None) -> int:
+    """Allowed (query, key) pairs: L^2 per document, minus those farther apart than window // 2."""
+    h = None if window is None else window // 2
+    return sum(L * L - (0 if h is None else max(L - h - 1, 0) * max(L - h, 0)) for L in lengths)
+
+
+def make_inputs(lengths, H, D, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(sum(lengths), H, D, generator=g).to(device, dtype) for _ in range(3))
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=device)
+    return q, k, v, cu, max(lengths)
+
+
+def time_ms(fn, inputs, backward: bool, iters: int, warmup: int = 3) -> float:
+    def step():
+        if backward:
+            for t in inputs:
+                t.grad = None
+            fn().backward(grad)
+        else:
+            with torch.no_grad():
+                fn()
+
+    grad = torch.randn_like(inputs[0]) if backward else None
+    cuda = inputs[0].is_cuda
+    times = []
+    for i in range(warmup + iters):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            step()
+            ms = (time.perf_counter() - t0) * 1e3
+        if i >= warmup:
+            times.append(ms)
+    return statistics.median(times)
+
+
+def max_errors(fn, lengths, H, D, dtype, device, window, backward):
+    q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, device, seed=1)
+    ours = [t.clone().requires_grad_(backward) for t in (q, k, v)]
+    ref = [t.float().requires_grad_(backward) for t in (q, k, v)]
+    out, want = fn(*ours, cu, max_len, window), sdpa_attention(*ref, cu, max_len, window)
+    err = {"err_out": (out.float() - want).abs().max().item()}
+    if backward:
+        grad = torch.randn_like(want)
+        out.backward(grad.to(out.dtype))
+        want.backward(grad)
+        err["err_grad"] = max((a.grad.float() - b.grad).abs().max().item() for a, b in zip(ours, ref))
+    return err
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tokens", type=int, default=98_304)
+    ap.add_argument("--check-tokens", type=int, default=8192)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--block-size", type=int, default=128, help="flex sparse block (power of two >= 16)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    dtype, backward = (torch.bfloat16, True) if cuda else (torch.float32, False)
+    attention.FLEX_BLOCK_SIZE = args.block_size
+    H, D, bs = args.heads, args.head_dim, args.block_size
+    lengths = packed_lengths(args.tokens, args.seed)
+    check_lengths = packed_lengths(min(args.check_tokens, args.tokens), args.seed + 1, hi=2048)
+    q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, args.device)
+    inputs = [t.requires_grad_(backward) for t in (q, k, v)]
+    compiled = torch.compile(flex_attention_backend, dynamic=False)
+    print(f"{args.tokens:,} tokens, {len(lengths)} documents (max {max_len}), H={H} D={D} {dtype}, "
+          f"flex block {bs}, {'fwd+bwd' if backward else 'fwd only'}, median of {args.iters}")  # fmt: skip
+    print(f"{'layer':<8}{'kernel':<16}{'ms':>9}{'TFLOP/s':>9}{'err_out':>10}{'err_grad':>10}")
+    results = []
+    for layer, window in (("local", 128), ("global", None)):
+        flops = 4 * H * D * useful_pairs(lengths, window) * (3.5 if backward else 1.0)
+        build = lambda w=window: flex_block_mask(cu, q.shape[0], w, block_size=bs, full_width=not cuda)  # noqa: E731
+        mask = build()
+        kernels = {
+            "varlen": varlen_attention,
+            "flex": flex_attention_backend,
+            "flex compiled": compiled,
+            "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
+        }
+        if not cuda:
+            del kernels["varlen"]
+        rows = []
+        for name, fn in kernels.items():
+            ms = time_ms(lambda fn=fn, w=window: fn(*inputs, cu, max_len, w), inputs, backward, args.iters)
+            check_fn = flex_attention_backend if name == "flex premask" else fn
+            err = max_errors(check_fn, check_lengths, H, D, dtype, args.device, window, backward)
+            rows.append(dict(layer=layer, window=window, kernel=name, ms=ms, tflops=flops / ms / 1e9, **err))
+        rows.append(
+            dict(layer=layer, window=window, kernel="mask only", ms=time_ms(build, inputs, False, 20))
+        )
+        for r in rows:
+            tf = f"{r['tflops']:9.1f}" if "tflops" in r else " " * 9
+            errs = "".join(f"{r[e]:10.2e}" if e in r else " " * 10 for e in ("err_out", "err_grad"))
+            print(f"{layer:<8}{r['kernel']:<16}{r['ms']:9.3f}{tf}{errs}")
+        results += rows
+    if args.json:
+        meta = dict(tokens=args.tokens, documents=len(lengths), heads=H, head_dim=D, dtype=str(dtype),
+                    block_size=bs, backward=backward, device=torch.cuda.get_device_name() if cuda else "cpu")  # fmt: skip
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
