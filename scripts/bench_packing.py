@@ -121,7 +121,9 @@ def bench_layout(docs: list[np.ndarray], micro: int, max_seq_len: int) -> dict:
         "pack_tokens_per_s": real / t_pack,
         "mask_tokens_per_s": real / t_mask,
         "both_tokens_per_s": real_both / t_both,
-        "buffer_docs": ds.packer.buffer_docs,
+        "buffer": f"{ds.packer.buffer_docs} docs"
+        if ds.packer.buffer_docs
+        else f"{ds.packer.buffer_rows} rows of tokens",
     }
 
 
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
         res = bench_layout(docs, micro, max_seq_len)
         results.append(res)
         print(
-            f"[{name}] rows of {res['row_len']:,} tokens, {res['rows']} rows, buffer {res['buffer_docs']} docs: "
+            f"[{name}] rows of {res['row_len']:,} tokens, {res['rows']} rows, buffer {res['buffer']}: "
             f"pack {res['pack_tokens_per_s'] / 1e6:.2f}M tok/s | mask {res['mask_tokens_per_s'] / 1e6:.2f}M "
             f"tok/s | pack+mask {res['both_tokens_per_s'] / 1e6:.2f}M tok/s | packing efficiency "
             f"{100 * res['packing_efficiency']:.2f}%",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flex_bert.data.packing import BestFitPacker
+from flex_bert.data.packing import PAD_SEGMENT, BestFitPacker
 
 
 def _docs(n, rng, max_len):
@@ -24,7 +24,8 @@ def test_every_document_exactly_once_with_right_boundaries(row_len, max_len):
         segments = [r.ids[a:b] for a, b in zip(r.cu_seqlens[:-1], r.cu_seqlens[1:])]
         real = segments[: r.num_docs]
         tail = segments[r.num_docs :]
-        assert len(tail) <= 1 and all((t == -1).all() for t in tail), "padding is one tail segment"
+        assert all((t == -1).all() and len(t) <= PAD_SEGMENT for t in tail), "padding: short tail segments"
+        assert sum(len(t) for t in tail) == row_len - r.num_real_tokens
         assert sum(len(s) for s in real) == r.num_real_tokens
         seen += [tuple(s) for s in real]
     assert sorted(seen) == sorted(tuple(d) for d in docs)
@@ -50,3 +51,13 @@ def test_drop_last_drops_only_a_remainder_smaller_than_a_row():
 def test_a_document_longer_than_a_row_is_an_error():
     with pytest.raises(ValueError, match="does not fit"):
         list(BestFitPacker(8, pad_id=0).pack(iter([np.ones(9, dtype=np.int64)])))
+
+
+def test_rows_stay_full_with_short_documents_by_default():
+    """The default buffer is rows' worth of tokens, not a document count: clinical notes of a few hundred
+    tokens fill 98,304-token rows (a 192-document buffer, the old default here, filled about half)."""
+    rng = np.random.default_rng(3)
+    docs = [np.ones(int(n), dtype=np.int64) for n in rng.integers(20, 500, 40_000)]
+    rows = list(BestFitPacker(12 * 8192, pad_id=0).pack(iter(docs)))
+    fill = [r.num_real_tokens / (12 * 8192) for r in rows]
+    assert len(rows) > 20 and min(fill) > 0.999

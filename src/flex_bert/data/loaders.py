@@ -5,7 +5,7 @@ by best fit into rows and masked, in DataLoader workers. One yielded batch is on
 
     input_ids   (R, C) int64   R rows of C = device_train_microbatch_size * max_seq_len tokens
     labels      (R, C) int64   -100 where nothing is predicted (unmasked tokens, padding)
-    cu_seqlens  list of R int32 tensors, document boundaries within each row (padding tail = last segment)
+    cu_seqlens  list of R int32 tensors, document boundaries within each row (then padding, in short segments)
     max_seqlen  list of R ints
     num_tokens  int            real (non-padding) tokens in the batch
     doc_lengths list of R lists of ints: the real documents of each row (for FLOPs and statistics)
@@ -84,8 +84,7 @@ class PackedMLMDataset(IterableDataset):
         self.shuffle = shuffle
         self.shuffle_seed = shuffle_seed
         self.drop_last = drop_last
-        # A few rows' worth of documents to choose from, as ModernBERT's packer holds.
-        buffer_docs = buffer_docs or max(64, 4 * rows_per_batch * max(1, row_len // max(1, max_seq_len // 4)))
+        # buffer_docs None: a few rows' worth of tokens to choose from, however long the documents are
         self.packer = BestFitPacker(row_len, pad_id, buffer_docs=buffer_docs, drop_last=drop_last)
         self.epoch = 0
         self.resume: PackingState | None = None

@@ -2,8 +2,10 @@
 
 A device batch holds ``rows`` rows of ``row_len = device_train_microbatch_size * max_seq_len`` tokens (one row
 per micro-batch, as ModernBERT trains). Each row is filled from a buffer of documents by best fit: the longest
-buffered document that still fits, until none fits; the rest of the row is padding, which forms one extra
-segment in ``cu_seqlens`` (so attention never mixes it with real tokens). Documents never span rows and are
+buffered document that still fits, until none fits; the rest of the row is padding, cut into segments of at
+most ``PAD_SEGMENT`` tokens at the end of ``cu_seqlens`` (attention never mixes them with real tokens, and
+their cost stays linear: one padding segment of 40k tokens cost a global layer as much as a 40k-token
+document, and made a half-empty 8192 row 3x slower than a full one). Documents never span rows and are
 never cut: the converter already split long documents into pieces of at most ``max_seq_len`` tokens.
 
 The buffer is explicit state (``add``, ``next_row``, ``buffered_keys``) so that a run can save it and resume
@@ -18,11 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PAD_SEGMENT = 128  # longest padding segment in cu_seqlens
+BUFFER_ROWS = 4  # rows' worth of tokens the packer chooses from, by default
+
 
 @dataclass
 class PackedRow:
     ids: np.ndarray  # (row_len,) token ids, padding at the end
-    cu_seqlens: np.ndarray  # (n_segments + 1,) int32; the padding tail, if any, is the last segment
+    cu_seqlens: np.ndarray  # (n_segments + 1,) int32; documents, then the padding in segments <= PAD_SEGMENT
     num_real_tokens: int
     num_docs: int
 
@@ -30,31 +35,43 @@ class PackedRow:
 class BestFitPacker:
     """Packs documents (1-D id arrays) into rows of exactly ``row_len`` tokens, by best fit from a buffer.
 
-    ``buffer_docs`` documents are held to choose from; more gives fuller rows (ModernBERT's packer holds a
-    few rows' worth).
+    The buffer holds ``buffer_rows`` rows' worth of tokens to choose from (the default: rows stay full
+    whatever the documents' lengths, from 5-token notes to max_seq_len pieces), or exactly ``buffer_docs``
+    documents when that is given.
     """
 
-    def __init__(self, row_len: int, pad_id: int, buffer_docs: int = 256, drop_last: bool = True):
+    def __init__(
+        self,
+        row_len: int,
+        pad_id: int,
+        buffer_docs: int | None = None,
+        drop_last: bool = True,
+        buffer_rows: float = BUFFER_ROWS,
+    ):
         if row_len <= 0:
             raise ValueError(f"row_len must be positive, got {row_len}")
         self.row_len = row_len
         self.pad_id = pad_id
         self.buffer_docs = buffer_docs
+        self.buffer_rows = buffer_rows
         self.drop_last = drop_last
+        self._tokens = 0
         self._lengths: list[int] = []  # ascending; _docs[i] and _keys[i] match _lengths[i]
         self._docs: list[np.ndarray] = []
         self._keys: list[int] = []
 
     def empty_copy(self) -> BestFitPacker:
-        return BestFitPacker(self.row_len, self.pad_id, self.buffer_docs, self.drop_last)
+        return BestFitPacker(self.row_len, self.pad_id, self.buffer_docs, self.drop_last, self.buffer_rows)
 
     @property
     def full(self) -> bool:
-        return len(self._lengths) >= self.buffer_docs
+        if self.buffer_docs is not None:
+            return len(self._lengths) >= self.buffer_docs
+        return self._tokens >= self.buffer_rows * self.row_len
 
     @property
     def buffered_tokens(self) -> int:
-        return sum(self._lengths)
+        return self._tokens
 
     @property
     def buffered_keys(self) -> list[int]:
@@ -69,6 +86,7 @@ class BestFitPacker:
             raise ValueError(f"a document of {n} tokens does not fit a packed row of {self.row_len}")
         i = bisect.bisect_right(self._lengths, n)
         self._lengths.insert(i, n)
+        self._tokens += n
         self._docs.insert(i, doc)
         self._keys.insert(i, key)
 
@@ -84,18 +102,19 @@ class BestFitPacker:
         space = self.row_len
         while self._lengths and self._lengths[0] <= space:
             i = bisect.bisect_right(self._lengths, space) - 1  # longest that fits
-            space -= self._lengths.pop(i)
+            n = self._lengths.pop(i)
+            space -= n
+            self._tokens -= n
             self._keys.pop(i)
             picked.append(self._docs.pop(i))
         ids = np.full(self.row_len, self.pad_id, dtype=np.int64)
-        seg = np.zeros(len(picked) + 2, dtype=np.int32)
-        pos = 0
-        for k, doc in enumerate(picked):
-            ids[pos : pos + len(doc)] = doc
-            pos += len(doc)
-            seg[k + 1] = pos
-        seg[-1] = self.row_len
-        cu = seg if pos < self.row_len else seg[:-1]
+        bounds = [0]
+        for doc in picked:
+            ids[bounds[-1] : bounds[-1] + len(doc)] = doc
+            bounds.append(bounds[-1] + len(doc))
+        pos = bounds[-1]
+        padding = range(pos + PAD_SEGMENT, self.row_len, PAD_SEGMENT)
+        cu = np.array([*bounds, *padding, self.row_len] if pos < self.row_len else bounds, dtype=np.int32)
         return PackedRow(ids=ids, cu_seqlens=cu, num_real_tokens=pos, num_docs=len(picked))
 
     def pack(self, docs: Iterable[np.ndarray]) -> Iterator[PackedRow]:

@@ -52,7 +52,7 @@ class LoaderConfig:
     num_workers: int = 0
     sequence_packing: bool = False
     packing_buffer_docs: int | None = (
-        None  # documents the best-fit packer chooses from (default: a few rows' worth)
+        None  # documents the best-fit packer chooses from (default: 4 rows' worth of tokens)
     )
     prefetch_factor: int = 2
     pin_memory: bool = True
