@@ -282,3 +282,20 @@ def test_budget_from_the_end_with_a_held_out_split(demo_corpus, tiny_tokenizer_d
         got = read_mds(tmp_path / f"{folder}" / "clinical")
         ref = read_mds(tmp_path / f"full{sub}" / "clinical")
         assert [s.tolist() for s in got] == [s.tolist() for s in ref[len(ref) - len(got) :]]
+
+
+def test_shards_are_byte_identical_to_streamings_own_writer(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    """The workers encode samples (MDSWriter.encode_sample) and the main process only appends bytes: the
+    shards and index must be exactly what a plain MDSWriter writes for the same samples."""
+    from streaming import MDSWriter
+
+    run_convert(demo_corpus["clinical"], tmp_path / "ours", tiny_tokenizer_dir, num_workers=2, batch_rows=16)
+    samples = read_mds(tmp_path / "ours" / "clinical")
+    ref = tmp_path / "ref"
+    with MDSWriter(out=str(ref), columns={"input_ids": "ndarray:uint16"}, size_limit=1 << 26) as w:
+        for s in samples:
+            w.write({"input_ids": s})
+    ours = sorted(p.name for p in (tmp_path / "ours" / "clinical").iterdir())
+    assert ours == sorted(p.name for p in ref.iterdir())
+    for name in ours:
+        assert (tmp_path / "ours" / "clinical" / name).read_bytes() == (ref / name).read_bytes(), name

@@ -146,15 +146,13 @@ class _Output:
                 )
 
     def open(self, dtype: str, compression: str | None) -> None:
-        from streaming import MDSWriter
-
         self.parent.mkdir(parents=True, exist_ok=True)
         stale = sorted(self.parent.glob(f".{self.name}.tmp-*"))
         if stale:
             print(
                 f"warning: {stale[0]} is left over from an interrupted conversion; delete it", file=sys.stderr
             )
-        self.writer = MDSWriter(
+        self.writer = _encoded_mds_writer()(
             out=str(self.tmp),
             columns={"input_ids": f"ndarray:{dtype}"},
             compression=compression,
@@ -162,9 +160,9 @@ class _Output:
             keep_local=True,
         )
 
-    def add(self, samples: list[np.ndarray]) -> None:
-        for sample in samples:
-            self.writer.write({"input_ids": sample})
+    def add(self, samples: list[np.ndarray], encoded: list[bytes] | None = None) -> None:
+        for i, sample in enumerate(samples):
+            self.writer.write(encoded[i] if encoded is not None else {"input_ids": sample})
             self.tokens += len(sample)
         self.documents += 1
         self.chunked_documents += len(samples) > 1
@@ -188,6 +186,18 @@ class _Output:
         if self.writer is not None:
             self.writer.cancel_future_jobs()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _encoded_mds_writer():
+    from streaming import MDSWriter
+
+    class EncodedMDSWriter(MDSWriter):
+        """MDSWriter that also takes samples the workers already encoded with ``encode_sample``."""
+
+        def encode_sample(self, sample):
+            return sample if isinstance(sample, bytes) else super().encode_sample(sample)
+
+    return EncodedMDSWriter
 
 
 class _Spill:
@@ -258,7 +268,7 @@ class _Router:
         self.tokens = 0
         self.exhausted = False  # take_from="start": the budget is spent, later rows are over_budget
 
-    def route(self, row_index: int, row: Row, samples: list[np.ndarray]) -> None:
+    def route(self, row_index: int, row: Row, samples: list[np.ndarray], encoded: list[bytes]) -> None:
         cfg = self.cfg
         if cfg.max_tokens is not None and cfg.take_from == "start":
             n = sum(len(s) for s in samples)
@@ -271,7 +281,7 @@ class _Router:
         if self.spill is not None:
             self.spill.add(role, samples)
         else:
-            self.outputs[role].add(samples)
+            self.outputs[role].add(samples, encoded)
 
 
 def _batches(
@@ -312,8 +322,9 @@ def _consume(results, tally: _Tally, router: _Router, bar) -> None:
             for n in result.sample_lens[sample_i : sample_i + result.doc_samples[k]]:
                 samples.append(result.ids[pos : pos + n])
                 pos += int(n)
+            encoded = result.encoded[sample_i : sample_i + result.doc_samples[k]]
             sample_i += result.doc_samples[k]
-            router.route(index, row, samples)
+            router.route(index, row, samples, encoded)
         bar.update(len(rows))
         bar.set_postfix_str(f"{sum(o.tokens for o in router.outputs.values()):,} tokens", refresh=False)
 
