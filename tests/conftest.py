@@ -18,3 +18,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def release_streaming_shared_memory(monkeypatch):
+    """Free the shared memory of the StreamingDatasets a test created, when the test ends.
+
+    streaming registers every SharedMemory's cleanup with ``atexit``, which keeps it (and its file
+    descriptor) alive until the process exits: ~400 descriptors per StreamingDataset, which exhausted the
+    open-file limit (20,000) within one pytest process. A training run creates two datasets, so this
+    matters to the test suite only.
+    """
+    import atexit
+
+    import streaming.base.shared.memory as memory
+
+    registered = []
+
+    class RecordingAtexit:
+        @staticmethod
+        def register(fn, *args, **kwargs):
+            registered.append(fn)
+            return atexit.register(fn, *args, **kwargs)
+
+    monkeypatch.setattr(memory, "atexit", RecordingAtexit)
+    yield
+    for fn in registered:
+        atexit.unregister(fn)
+        fn()
