@@ -213,9 +213,13 @@ def part_resume(r: Runner, roots: dict[int, Path], gpus: int) -> dict:
     return result
 
 
-def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int) -> dict:
+SCALING = {1024: 96, 8192: 12}  # max_seq_len: micro-batch (slots), as bench_train.py
+
+
+def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens: list[int]) -> dict:
     results = {}
-    for L, micro in ((1024, 96), (8192, 12)):
+    for L in lens:
+        micro = SCALING[L]
         per = {}
         for n in (1, gpus):
             recs = r.run(
@@ -248,6 +252,7 @@ def main() -> int:
     p.add_argument("--gpus", type=int, default=2)
     p.add_argument("--parts", default="parity,resume")
     p.add_argument("--steps", type=int, default=40, help="batches per scaling run (throughput: the last 10)")
+    p.add_argument("--scaling-lens", default="1024,8192", help="max_seq_lens of the scaling part")
     p.add_argument("--cpu", action="store_true", help="gloo processes on the CPU, tiny configs only")
     args = p.parse_args()
     parts = args.parts.split(",")
@@ -257,7 +262,8 @@ def main() -> int:
         p.error(f"{args.out} is not empty (runs there would autoresume from old checkpoints)")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lens = [128] + ([1024] if not args.cpu else []) + ([8192] if "scaling" in parts else [])
+    scaling_lens = [int(x) for x in args.scaling_lens.split(",")] if "scaling" in parts else []
+    lens = [128] + ([1024] if not args.cpu and "parity" in parts else []) + scaling_lens
     docs = 400 if args.cpu else (16000 if "scaling" in parts else 3000)
     tok, roots = build_data(args.out / "data", sorted(set(lens)), docs)
     print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -273,7 +279,7 @@ def main() -> int:
     if "resume" in parts:
         results["resume"] = part_resume(r, roots, args.gpus)
     if "scaling" in parts:
-        results["scaling"] = part_scaling(r, roots, args.gpus, args.steps)
+        results["scaling"] = part_scaling(r, roots, args.gpus, args.steps, scaling_lens)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

@@ -88,3 +88,28 @@ def test_fsdp_checkpoints_resume_across_world_sizes_and_export(tiny_mds, tmp_pat
     from transformers import AutoModelForMaskedLM
 
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").num_parameters() > 0
+
+
+def test_two_processes_train_exactly_like_one(tiny_mds, tmp_path):  # noqa: F811
+    """Same global batch on 1 and 2 processes: the same batches (one packed stream, each rank takes its rows),
+    so the same token counts and, in fp32 on the CPU, the same losses up to the order of gradient sums."""
+    runs = {}
+    for n in (1, 2):
+        y = tiny_yaml(
+            tiny_mds,
+            tmp_path,
+            f"world{n}",
+            max_duration="6ba",
+            save_interval="100ba",
+            eval_interval="100ba",
+            global_train_batch_size=8,
+            **{"model.model_config.attn_out_dropout_prob": 0.0},
+        )
+        proc = _launch(n, y)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        recs = [json.loads(x) for x in (tmp_path / f"world{n}" / "metrics.jsonl").read_text().splitlines()]
+        runs[n] = [r for r in recs if r["kind"] == "train"]
+    assert [r["tokens"] for r in runs[1]] == [r["tokens"] for r in runs[2]]
+    assert runs[1][0]["loss"] == runs[2][0]["loss"]
+    for a, b in zip(runs[1], runs[2], strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"])
