@@ -343,7 +343,7 @@ class BenchPackedDataset(PackedMLMDataset):
     Burn-in: best fit takes the longest buffered documents first, so the first rows after a cold start hold
     mostly long documents (at a 1024 context, nothing but 1024-token pieces); after a few buffers' worth the
     row mix is the steady state a training run sees. Skipping costs the workers a fraction of a second.
-    (Workers share the rank's packing stream and each builds every workers-th batch, as in training.)
+    (Workers share the packing stream and each builds every workers-th batch, as in training.)
     """
 
     def __init__(self, documents, *, burn_in: int, **kwargs):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from flex_bert.data.loaders import PackedMLMDataset
+from flex_bert.data.loaders import PackedMLMDataset, PackingState
 from flex_bert.data.masking import MaskingSpec
 
 SPEC = MaskingSpec(mask_token_id=4, vocab_size=500, special_ids=(0, 1, 2, 3, 4))
@@ -64,12 +64,28 @@ def test_the_global_batch_is_the_same_on_any_number_of_ranks(monkeypatch):
     # (each document is in exactly one row of the 1-rank epoch: test_every_document_once_per_epoch...)
 
 
-def test_a_short_last_batch_is_split_over_the_ranks(monkeypatch):
+@pytest.mark.filterwarnings("ignore:the epoch's last batch")
+def test_a_short_last_batch_is_split_evenly_over_the_ranks(monkeypatch):
+    """drop_last: false. Every rank takes n // world rows of the short last batch (the same number of
+    micro-batches on every rank, or FSDP would hang); the rest is dropped with a warning."""
     docs = _docs(301)
     ref = _rank_batches(docs, 0, 1, monkeypatch, drop_last=False)
-    assert ref[-1][0].shape[0] < 4, "the epoch ends with a short batch"
+    n = ref[-1][0].shape[0]
+    assert n == 3, "this corpus ends with a short batch of 3 rows"
     per_rank = [_rank_batches(docs, r, 2, monkeypatch, drop_last=False) for r in range(2)]
-    assert torch.equal(torch.cat([per_rank[0][-1][0], per_rank[1][-1][0]]), ref[-1][0])
+    assert [len(b) for b in per_rank] == [len(ref)] * 2
+    assert [b[-1][0].shape[0] for b in per_rank] == [1, 1]
+    assert torch.equal(torch.cat([per_rank[0][-1][0], per_rank[1][-1][0]]), ref[-1][0][:2])
+    # 4 ranks, 3 rows: nobody can take one; the batch is dropped on every rank alike
+    per_rank = [_rank_batches(docs, r, 4, monkeypatch, drop_last=False) for r in range(4)]
+    assert [len(b) for b in per_rank] == [len(ref) - 1] * 4
+
+
+def test_dropping_rows_of_the_short_last_batch_is_reported(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match=r"last batch has 3 packed rows for 2 ranks: 1 row\(s\)"):
+        list(_dataset(_docs(301), rows_per_batch=4, drop_last=False))
 
 
 def test_the_epoch_order_is_a_permutation_renewed_every_epoch():
@@ -128,3 +144,19 @@ def test_evaluation_covers_every_document_on_every_world_size():
         torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=r, shuffle=False) for r in (0, 1)
     ]
     assert sorted(i for s in samplers for i in s) == list(range(100))
+
+
+def test_a_checkpoint_of_the_per_rank_format_still_resumes():
+    """Before one stream was shared by all ranks, the state was one PackingState per rank. From one rank it
+    is the same stream (exact); from several, the epoch goes on where every rank had got to (a warning)."""
+    docs = _docs()
+    ref = _batches(_dataset(docs), 0)
+    resumed = _dataset(docs)
+    resumed.load_state_dict({"world": 1, "states": [vars(ref[4][2])]})
+    rest = _batches(resumed, 0)
+    assert len(rest) == len(ref) - 5 and all(torch.equal(a[0], b[0]) for a, b in zip(ref[5:], rest))
+    old = {"world": 2, "states": [vars(PackingState(0, 40, [1, 2, 3], 7)), vars(PackingState(0, 38, [5], 7))]}
+    ds = _dataset(docs)
+    with pytest.warns(UserWarning, match="continues after document 74 "):
+        ds.load_state_dict(old)
+    assert ds.resume == PackingState(0, 74, [], 7)

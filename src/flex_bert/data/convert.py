@@ -161,8 +161,10 @@ class _Output:
         )
 
     def add(self, samples: list[np.ndarray], encoded: list[bytes] | None = None) -> None:
+        if encoded and len(encoded) != len(samples):
+            raise RuntimeError(f"{len(encoded)} encoded samples for {len(samples)}: a processor bug")
         for i, sample in enumerate(samples):
-            self.writer.write(encoded[i] if encoded is not None else {"input_ids": sample})
+            self.writer.write(encoded[i] if encoded else {"input_ids": sample})
             self.tokens += len(sample)
         self.documents += 1
         self.chunked_documents += len(samples) > 1

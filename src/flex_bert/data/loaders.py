@@ -47,7 +47,8 @@ class PackedMLMDataset(IterableDataset):
     [r * R, (r + 1) * R), R = rows_per_batch / W (disjoint across ranks). Row j of global batch k is masked
     with a generator seeded by (seed, epoch, k, j). So the global batch, and with it the training run, is the
     same on any number of GPUs and loader workers: every worker follows the whole packing stream (it reads
-    every document, but packing decides on lengths only: cheap) and builds every workers-th batch from where
+    every document of the cluster's stream, ~19 us each: docs/PERFORMANCE.md gives the limit this puts on the
+    number of GPUs) and builds every workers-th batch from where
     the stream starts, in the round-robin order in which the DataLoader collects them. Each batch carries the
     ``PackingState`` after it, the same on every rank; the trainer reports the last one it consumed
     (``note_consumed``), and ``state_dict``/``load_state_dict`` (composer's dataset-resumption hooks) save and
@@ -143,26 +144,32 @@ class PackedMLMDataset(IterableDataset):
             if packer.has_row(exhausted):
                 rows.append(packer.next_row())
             last = exhausted and not packer.has_row(exhausted)
+            if last and rows and not self.drop_last and len(rows) < self.rows_per_batch:
+                mine = self._short_batch_rows(len(rows), rank, world, worker, batch - state.batch, workers)
+                if mine is None:
+                    break
             if len(rows) == self.rows_per_batch or (last and rows and not self.drop_last):
                 if (batch - state.batch) % workers == worker:
                     after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
-                    yield self._rank_batch(rows, mine, world, batch, after)
+                    rngs = [self._rng(state.epoch, batch, j) for j in range(mine.start, mine.stop)]
+                    yield self.collate(rows[mine], rngs, after)
                 batch, rows = batch + 1, []
             if last:
                 break
 
-    def _rank_batch(self, rows: list[PackedRow], mine: slice, world: int, batch: int, after) -> dict:
-        if len(rows) < self.rows_per_batch:  # the last, short batch of an epoch (drop_last: false)
-            if len(rows) < world:
-                raise ValueError(
-                    f"the epoch ends with {len(rows)} packed row(s), fewer than the {world} ranks: set "
-                    "train_loader.drop_last: true"
-                )
-            bounds = np.linspace(0, len(rows), world + 1).astype(int)
-            rank = mine.start // (self.rows_per_batch // world)
-            mine = slice(int(bounds[rank]), int(bounds[rank + 1]))
-        rngs = [self._rng(after.epoch, batch, j) for j in range(mine.start, mine.stop)]
-        return self.collate(rows[mine], rngs, after)
+    @staticmethod
+    def _short_batch_rows(n: int, rank: int, world: int, worker: int, k: int, workers: int) -> slice | None:
+        """The last, short batch of an epoch (drop_last: false): every rank takes n // world rows, so all
+        ranks run the same number of micro-batches (FSDP and synchronised DDP would hang otherwise); the
+        n % world rows left over are dropped, with a warning (they are not lost silently)."""
+        share = n // world
+        if n % world and rank == 0 and k % workers == worker:
+            warnings.warn(
+                f"the epoch's last batch has {n} packed rows for {world} ranks: {n % world} row(s) "
+                f"({n % world} x micro-batch) dropped so that every rank takes {share}",
+                stacklevel=3,
+            )
+        return slice(rank * share, (rank + 1) * share) if share else None
 
     def _rng(self, epoch: int, batch: int, row: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, batch, row])
@@ -176,12 +183,13 @@ class PackedMLMDataset(IterableDataset):
         return {"packing_state": asdict(self.consumed or PackingState(self.epoch, 0, [], 0))}
 
     def load_state_dict(self, state: dict | None) -> None:
+        if isinstance(state, dict) and "states" in state and "world" in state:
+            state = {"packing_state": _from_per_rank_states(state)}
         if not isinstance(state, dict) or "packing_state" not in state:
             if state:
                 warnings.warn(
                     "the checkpoint's data position is not in this project's format (an upstream "
-                    "checkpoint, or one saved before the data stream was shared by all ranks?): the data "
-                    "starts at the beginning",
+                    "checkpoint?): the data starts at the beginning",
                     stacklevel=2,
                 )
             return
@@ -214,6 +222,23 @@ class PackedMLMDataset(IterableDataset):
             "doc_lengths": [np.diff(r.cu_seqlens)[: r.num_docs].tolist() for r in rows],
             "packing_state": after,
         }
+
+
+def _from_per_rank_states(old: dict) -> dict:
+    """A checkpoint of the earlier format (one packing stream per rank, rank r reading every world-th
+    document) -> the shared stream's state. Exact from one rank (its order was the whole order); from W ranks,
+    the epoch continues after the documents every rank had trained on (the ranks' buffers are re-read)."""
+    states = [PackingState(**s) for s in old["states"]]
+    if old["world"] == 1:
+        return asdict(states[0])
+    done = min(s.position - len(s.buffer) for s in states)
+    warnings.warn(
+        f"the checkpoint holds {old['world']} per-rank data positions (an earlier format): the epoch "
+        f"continues after document {old['world'] * done} of its order (documents after that which some "
+        "rank had already trained on are seen again)",
+        stacklevel=3,
+    )
+    return asdict(PackingState(states[0].epoch, old["world"] * done, [], max(s.batch for s in states)))
 
 
 def _rank_world() -> tuple[int, int]:

@@ -222,7 +222,7 @@ def _sliding_document_mask(doc: torch.Tensor, half: int):
 def _compiled_flex_attention():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)  # automatic dynamic: eval batches vary T
 
 
 def flex_attention_backend(q, k, v, cu_seqlens, max_seqlen, window, *, block_mask=None):
