@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,11 +270,10 @@ def main() -> int:
     print(f"data ready in {time.perf_counter() - t0:.0f} s", flush=True)
     r = Runner(args.out, tok, args.cpu)
     results: dict = {"gpus": args.gpus, "cpu": args.cpu}
-    if not args.cpu:
-        import torch
-
-        results["device"] = torch.cuda.get_device_name(0)
-        results["torch"] = torch.__version__
+    if not args.cpu:  # asked of nvidia-smi: a CUDA context here would hold GPU 0 memory during every run
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"]
+        results["device"] = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+        results["torch"] = version("torch")
     if "parity" in parts:
         results["parity"] = part_parity(r, roots, args.gpus, args.cpu)
     if "resume" in parts:
