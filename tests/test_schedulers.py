@@ -81,3 +81,13 @@ def test_mixed_units_are_an_error():
     with pytest.raises(ValueError, match="one unit"):
         sched(_at(state, batch=1))
     assert Time.from_timestring("160_453_000_000tok").value == 160_453_000_000
+
+
+def test_the_guides_zero_warmup_in_tokens_goes_with_a_duration_in_batches():
+    """`t_warmup: 0tok` with `max_duration: 30ba` (a user who counts steps): composer refuses the mixed units
+    even for a zero warmup; it is the same schedule as 0ba."""
+    state = _state("30ba")
+    sched = build_scheduler({"name": "constant_with_warmup", "t_warmup": "0tok", "t_max": "30ba"})
+    assert [sched(_at(state, batch=b)) for b in (0, 15, 29)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="same units"):  # a real warmup in other units stays an error
+        build_scheduler({"name": "constant_with_warmup", "t_warmup": "10tok", "t_max": "30ba"})(state)

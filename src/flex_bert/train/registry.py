@@ -169,5 +169,12 @@ def check_section(section: str, cfg, table: dict) -> Any:
 
 
 def build_scheduler(cfg) -> Any:
+    """The scheduler. A zero warmup in any unit (the guide's ``t_warmup: 0tok``) is ``0dur``, so that it
+    goes with a ``max_duration``/``t_max`` in batches too (composer refuses mixed units, even for zero)."""
+    from composer.core import Time
+
     settings = check_section("scheduler", cfg, SCHEDULERS)
+    warmup = getattr(settings, "t_warmup", None)
+    if warmup is not None and Time.from_timestring(str(warmup)).value == 0:
+        settings.t_warmup = "0dur"
     return SCHEDULERS[cfg["name"]][1](settings)
