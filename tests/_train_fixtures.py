@@ -7,33 +7,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flex_bert.data.convert import ConvertConfig, convert_dataset
-from flex_bert.data.merge import merge_datasets
-
 DEMO_YAML = Path(__file__).resolve().parents[1] / "yamls" / "demo" / "pretrain.yml"
 
 
 @pytest.fixture(scope="session")
 def tiny_mds(tmp_path_factory) -> dict[str, Path]:
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer, tokenize_demo_corpus, write_demo_corpus
 
     root = tmp_path_factory.mktemp("train_data")
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=80, eval_docs=12)
     tok = root / "tokenizer"
     build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=512)
-    for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
-        convert_dataset(
-            ConvertConfig(
-                dataset=str(files[name]),
-                out_dir=str(root / "mds" / split),
-                tokenizer=str(tok),
-                max_seq_len=128,
-                num_workers=1,
-                progress=False,
-            )
-        )
-    for split in ("train", "eval"):
-        merge_datasets(root / "mds" / split)
+    tokenize_demo_corpus(files, tok, root / "mds", 128, num_workers=1)
     return {"root": root, "data": root / "mds", "tokenizer": tok}
 
 
@@ -65,6 +50,14 @@ def tiny_yaml(tiny_mds, tmp_path: Path, name: str = "run", **changes) -> Path:
     out = tmp_path / f"{name}.yml"
     out.write_text(yaml.safe_dump(cfg))
     return out
+
+
+def read_metrics(folder: Path, kind: str | None = "train") -> list[dict]:
+    """The records of ``folder/metrics.jsonl`` of one kind ("train", "eval"), or all with ``kind=None``."""
+    import json
+
+    recs = [json.loads(x) for x in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if kind is None or r["kind"] == kind]
 
 
 def free_port() -> int:

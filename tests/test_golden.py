@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flex_bert.train.run import train
-from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+from tests._train_fixtures import read_metrics, tiny_mds, tiny_yaml  # noqa: F401
 
 GOLDEN = Path(__file__).parent / "data" / "golden_tiny_losses.json"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -25,7 +25,7 @@ def test_tiny_run_reproduces_the_golden_losses(tiny_mds, tmp_path):  # noqa: F81
         **{"train_loader.num_workers": 0},
     )
     train([str(y)], [])
-    recs = [json.loads(x) for x in (tmp_path / "golden" / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(tmp_path / "golden", kind=None)
     got = {
         "train_loss": [r["loss"] for r in recs if r["kind"] == "train"],
         "lr": [r["lr"] for r in recs if r["kind"] == "train"],

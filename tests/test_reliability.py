@@ -1,6 +1,5 @@
 """Reliability rules: a non-finite loss stops (or skips) a batch; re-launching a phase after a crash continues it."""
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +7,13 @@ import torch
 
 from flex_bert.train.callbacks import NanGuard
 from flex_bert.train.run import train
-from tests._train_fixtures import free_port, tiny_mds, tiny_yaml, write_code_running_checkpoint  # noqa: F401
+from tests._train_fixtures import (  # noqa: F401
+    free_port,
+    read_metrics,
+    tiny_mds,
+    tiny_yaml,
+    write_code_running_checkpoint,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -64,8 +69,7 @@ def test_relaunching_a_phase_after_a_crash_continues_it(tiny_mds, tmp_path):  # 
     # the same command again, now running to its end: it must continue phase 2 from batch 4
     y = tiny_yaml(tiny_mds, tmp_path, "phase", max_duration="8ba", **common)
     trainer = train([str(y)], [])
-    recs = [json.loads(x) for x in (tmp_path / "phase" / "metrics.jsonl").read_text().splitlines()]
-    batches = [r["batch"] for r in recs if r["kind"] == "train"]
+    batches = [r["batch"] for r in read_metrics(tmp_path / "phase")]
     assert batches == [1, 2, 3, 4, 5, 6, 7, 8], "time continued, it was not reset to 0 again"
     assert trainer.flexbert_resuming
     assert int(trainer.state.optimizers[0].param_groups[1]["step"]) == 6 + 8
@@ -84,8 +88,7 @@ def test_autoresume_falls_back_past_a_corrupted_checkpoint(tiny_mds, tmp_path, c
     trainer = train([str(y)], [])
     assert "ep0-ba6-rank0.pt is truncated or corrupted" in capsys.readouterr().out
     assert (folder / "ep0-ba6-rank0.pt.corrupt").exists()
-    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    batches = [r["batch"] for r in recs if r["kind"] == "train"]
+    batches = [r["batch"] for r in read_metrics(folder)]
     assert batches[-2:] == [7, 8] and batches.count(4) == 2, (
         "resumed from batch 3, the newest intact checkpoint"
     )

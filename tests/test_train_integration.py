@@ -1,22 +1,15 @@
 """Training end to end on CPU: a from-scratch step 0, phase 1 from its checkpoint (reset_time,
 restart_override), phase 2 with the 1-sqrt decay; the loss falls; an upstream-layout checkpoint restores."""
 
-import json
 import math
 
 import pytest
 import torch
 
 from flex_bert.train.run import train
-from tests._train_fixtures import tiny_mds, tiny_yaml, write_code_running_checkpoint  # noqa: F401
+from tests._train_fixtures import read_metrics, tiny_mds, tiny_yaml, write_code_running_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _records(folder, kind="train"):
-    return [
-        r for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +52,14 @@ def phases(tiny_mds, tmp_path_factory):  # noqa: F811
 
 def test_step0_loss_falls(phases):
     tmp, _ = phases
-    losses = [r["loss"] for r in _records(tmp / "step0")]
+    losses = [r["loss"] for r in read_metrics(tmp / "step0")]
     assert len(losses) == 40
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
 
 
 def test_phase1_resets_time_and_overrides_lr_and_weight_decay(phases):
     tmp, trainer1 = phases
-    recs = _records(tmp / "phase1")
+    recs = read_metrics(tmp / "phase1")
     assert [r["batch"] for r in recs] == list(range(1, 13)), "reset_time: batches count from zero again"
     assert all(r["lr"] == pytest.approx(1e-3) for r in recs), "restart_override: the YAML's lr, constant"
     groups = trainer1.state.optimizers[0].param_groups
@@ -77,7 +70,7 @@ def test_phase1_resets_time_and_overrides_lr_and_weight_decay(phases):
 
 def test_phase2_follows_one_minus_sqrt(phases):
     tmp, _ = phases
-    recs = _records(tmp / "phase2")
+    recs = read_metrics(tmp / "phase2")
     lrs = [r["lr"] for r in recs]
     # composer steps the scheduler before advancing time: the lr used at batch b is the value at b-1
     expected = [1e-3 * (0.001 + 0.999 * (1 - math.sqrt(b / 10))) for b in range(0, 10)]
@@ -86,8 +79,8 @@ def test_phase2_follows_one_minus_sqrt(phases):
 
 def test_eval_loss_improves_across_phases(phases):
     tmp, _ = phases
-    first = _records(tmp / "step0", "eval")[-1]["metrics/eval/LanguageCrossEntropy"]
-    last = _records(tmp / "phase2", "eval")[-1]["metrics/eval/LanguageCrossEntropy"]
+    first = read_metrics(tmp / "step0", "eval")[-1]["metrics/eval/LanguageCrossEntropy"]
+    last = read_metrics(tmp / "phase2", "eval")[-1]["metrics/eval/LanguageCrossEntropy"]
     assert last < first
 
 
@@ -129,7 +122,7 @@ def test_upstream_layout_checkpoint_restores_like_ours(phases, tiny_mds, tmp_pat
             save_interval="3ba",
         )
         trainer = train([str(y)], [])
-        runs[label] = (trainer, [r["loss"] for r in _records(tmp_path / f"from_{label}")])
+        runs[label] = (trainer, [r["loss"] for r in read_metrics(tmp_path / f"from_{label}")])
     assert runs["ours"][1] == runs["upstream"][1], "same losses from either layout"
     p_ours = dict(runs["ours"][0].state.model.named_parameters())
     for name, p in runs["upstream"][0].state.model.named_parameters():
@@ -187,7 +180,7 @@ def test_weighted_mixture_from_the_yaml(tiny_mds, tmp_path):  # noqa: F811
         **{"train_loader.dataset.streams": streams},
     )
     train([str(y)], [])
-    assert len(_records(tmp_path / "mix")) == 4
+    assert len(read_metrics(tmp_path / "mix")) == 4
     y = tiny_yaml(
         tiny_mds,
         tmp_path,
@@ -225,7 +218,7 @@ def test_tapt_style_run_whole_words_across_epochs(tiny_mds, tmp_path):  # noqa: 
     )
     trainer = train([str(y)], [])
     assert int(trainer.state.timestamp.epoch) == 2
-    evals = [r for r in _records(tmp_path / "tapt", "eval")]
+    evals = [r for r in read_metrics(tmp_path / "tapt", "eval")]
     assert len(evals) >= 2
     assert sorted(p.name for p in (tmp_path / "tapt").glob("ep*-rank0.pt"))[:2] == sorted(
         f"ep{e}-ba{b}-rank0.pt" for e, b in [(1, evals[0]["batch"]), (2, evals[1]["batch"])]

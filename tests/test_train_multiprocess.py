@@ -1,12 +1,11 @@
 """`composer -n 2 main.py ...` on CPU (gloo): two processes, one global batch, one checkpoint."""
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests._train_fixtures import free_port, tiny_mds, tiny_yaml  # noqa: F401
+from tests._train_fixtures import free_port, read_metrics, tiny_mds, tiny_yaml  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +23,7 @@ def test_composer_launcher_two_processes(tiny_mds, tmp_path):  # noqa: F811
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    recs = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    recs = read_metrics(tmp_path / "ddp", kind=None)
     train = [r for r in recs if r["kind"] == "train"]
     assert [r["batch"] for r in train] == [1, 2, 3]
     # 4 slots of 128 tokens per global batch, split over 2 ranks: tokens are summed across ranks
@@ -69,8 +68,7 @@ def test_fsdp_checkpoints_resume_across_world_sizes_and_export(tiny_mds, tmp_pat
         extra = [] if fsdp2 else ["fsdp_config=null"]
         proc = _launch(n, y, duration, *extra, fsdp2=fsdp2)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    recs = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["batch"] for r in recs if r["kind"] == "train"] == list(range(1, 9))
+    assert [r["batch"] for r in read_metrics(tmp_path / "fsdp")] == list(range(1, 9))
     out = subprocess.run(
         [
             sys.executable,
@@ -107,8 +105,7 @@ def test_two_processes_train_exactly_like_one(tiny_mds, tmp_path):  # noqa: F811
         )
         proc = _launch(n, y)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        recs = [json.loads(x) for x in (tmp_path / f"world{n}" / "metrics.jsonl").read_text().splitlines()]
-        runs[n] = [r for r in recs if r["kind"] == "train"]
+        runs[n] = read_metrics(tmp_path / f"world{n}")
     assert [r["tokens"] for r in runs[1]] == [r["tokens"] for r in runs[2]]
     assert runs[1][0]["loss"] == runs[2][0]["loss"]
     for a, b in zip(runs[1], runs[2], strict=True):
