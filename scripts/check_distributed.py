@@ -60,29 +60,15 @@ def free_port() -> int:
 
 def build_data(root: Path, max_seq_lens: list[int], docs_per_domain: int) -> tuple[Path, dict[int, Path]]:
     """Demo corpus -> tiny tokenizer -> MDS train/eval splits (merged), one data root per max_seq_len."""
-    from flex_bert.data.convert import ConvertConfig, convert_dataset
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
-    from flex_bert.data.merge import merge_datasets
+    from flex_bert.data.demo_corpus import build_tiny_tokenizer, tokenize_demo_corpus, write_demo_corpus
 
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=docs_per_domain, eval_docs=64)
     tok = root / "tokenizer"
     build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=1024)
     roots = {}
     for L in max_seq_lens:
-        data = root / f"mds{L}"
-        for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
-            cfg = ConvertConfig(
-                dataset=str(files[name]),
-                out_dir=str(data / split),
-                tokenizer=str(tok),
-                max_seq_len=L,
-                num_workers=min(8, os.cpu_count() or 1),
-                progress=False,
-            )
-            convert_dataset(cfg)
-        for split in ("train", "eval"):
-            merge_datasets(data / split)
-        roots[L] = data
+        roots[L] = root / f"mds{L}"
+        tokenize_demo_corpus(files, tok, roots[L], L, num_workers=min(8, os.cpu_count() or 1))
     return tok, roots
 
 

@@ -27,31 +27,27 @@ def banner(text: str) -> None:
 
 
 def prepare_data() -> None:
-    from flex_bert.data.convert import ConvertConfig, convert_dataset, summary_line
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
-    from flex_bert.data.merge import merge_datasets
+    from flex_bert.data.convert import summary_line
+    from flex_bert.data.demo_corpus import (
+        DEMO_DATASETS,
+        build_tiny_tokenizer,
+        tokenize_demo_corpus,
+        write_demo_corpus,
+    )
 
     banner("1. corpus and tokenizer (generated; no hub)")
     files = write_demo_corpus(OUT / "corpus", seed=0)
     build_tiny_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
     banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
     tokenized = OUT / "tokenized"
-    for split, name in (("train", "clinical"), ("train", "finance"), ("eval", "eval")):
-        cfg = ConvertConfig(
-            dataset=str(files[name]),
-            out_dir=str(tokenized / split),
-            tokenizer=str(OUT / "tokenizer"),
-            max_seq_len=256,
-            num_workers=1,
-            overwrite=True,
-            progress=False,
-            out_token_counts=str(tokenized / split / "token_counts.txt"),
-        )
-        stats = convert_dataset(cfg)
-        print(summary_line(stats["train"], tokenized / split / name))
+    stats, merged = tokenize_demo_corpus(
+        files, OUT / "tokenizer", tokenized, 256, token_counts=True, num_workers=1, overwrite=True
+    )
+    for split, name in DEMO_DATASETS:
+        print(summary_line(stats[name], tokenized / split / name))
     banner("3. merge-index the splits (data/merge_index.py)")
     for split in ("train", "eval"):
-        print(json.dumps(merge_datasets(tokenized / split)))
+        print(json.dumps(merged[split]))
 
 
 def run_stage(stage: str) -> float:

@@ -305,3 +305,38 @@ def build_tiny_tokenizer(texts_or_files: Iterable[str | Path], out_dir: str | Pa
     )
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+DEMO_DATASETS = (("train", "clinical"), ("train", "finance"), ("eval", "eval"))  # (split, dataset name)
+
+
+def tokenize_demo_corpus(
+    files: dict[str, Path],
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    max_seq_len: int,
+    *,
+    token_counts: bool = False,
+    **convert_options,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The corpus of `write_demo_corpus` -> `out_dir/{train,eval}/<name>` MDS folders (the converter, as
+    data/convert_dataset_to_mds.py runs it), each split merge-indexed; `token_counts` also writes
+    `out_dir/<split>/token_counts.txt`. Returns (conversion stats by dataset name, merge result by split)."""
+    from .convert import ConvertConfig, convert_dataset
+    from .merge import merge_datasets
+
+    out = Path(out_dir)
+    stats = {}
+    for split, name in DEMO_DATASETS:
+        cfg = ConvertConfig(
+            dataset=str(files[name]),
+            out_dir=str(out / split),
+            tokenizer=str(tokenizer),
+            max_seq_len=max_seq_len,
+            progress=False,
+            out_token_counts=str(out / split / "token_counts.txt") if token_counts else None,
+            **convert_options,
+        )
+        stats[name] = convert_dataset(cfg)["train"]
+    merged = {split: merge_datasets(out / split) for split in ("train", "eval")}
+    return stats, merged
