@@ -42,7 +42,7 @@ next(iterator) / timed wall time), the last step's loss, and graphs compiled dur
 
 Usage (GPU, everything, < 8 min on one H100):  python scripts/bench_train.py --json $OUT/bench.json
       subset / options: --configs base@1024,large@8192 --steps 20 --warmup 5 --no-compile --backend varlen
-                        --profile DIR (Chrome trace of 3 FlexBERT steps + top-25 kernel table) --no-hf
+                        --profile DIR (Chrome trace + kernel time by category of 3 FlexBERT steps) --no-hf
 CPU smoke test:       python scripts/bench_train.py --tiny --device cpu
 """
 
@@ -78,6 +78,7 @@ from flex_bert.model import BACKENDS, FlexBertConfig, FlexBertForMaskedLM  # noq
 from flex_bert.model.flops import training_flops_per_token  # noqa: E402
 from flex_bert.train.composer_model import flatten_rows  # noqa: E402
 from flex_bert.train.optim import build_optimizer  # noqa: E402
+from flex_bert.train.profiling import kernel_summary  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100/H200 dense bf16, datasheet
 MLM_PROBABILITY = 0.3
@@ -449,18 +450,23 @@ def profile_steps(env: Env, batches: Iterator, step: Callable, out_dir: Path, na
 
     out_dir.mkdir(parents=True, exist_ok=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.cuda else [])
+    host_batches = [next(batches) for _ in range(PROFILE_STEPS)]  # the loader is measured elsewhere
+    env.sync()
     with profile(activities=activities) as prof:
-        for _ in range(PROFILE_STEPS):
-            step(next(batches))
+        t0 = time.perf_counter()
+        for batch in host_batches:
+            step(batch)
         env.sync()
+        wall = time.perf_counter() - t0
     path = out_dir / f"trace_flexbert_{name.replace('@', '_')}.json"
     prof.export_chrome_trace(str(path))
     log(f"[{name}] profiler: Chrome trace of {PROFILE_STEPS} steps -> {path}")
-    table = prof.key_averages()
-    for key in ("device_time_total", "cuda_time_total") if env.cuda else ("cpu_time_total",):
-        with contextlib.suppress(Exception):
-            log(table.table(sort_by=key, row_limit=25))
-            break
+    if env.cuda:
+        summary = kernel_summary(prof, PROFILE_STEPS, wall)
+        (out_dir / f"kernels_{name.replace('@', '_')}.json").write_text(json.dumps(summary, indent=2))
+        log(f"[{name}] kernels per step: " + json.dumps(summary, indent=1))
+    else:
+        log(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face

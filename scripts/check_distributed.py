@@ -203,7 +203,11 @@ def part_resume(r: Runner, roots: dict[int, Path], gpus: int) -> dict:
 SCALING = {1024: 96, 8192: 12}  # max_seq_len: micro-batch (slots), as bench_train.py
 
 
-def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens: list[int]) -> dict:
+def part_scaling(
+    r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens: list[int], profile: bool = False
+) -> dict:
+    """1 GPU vs `gpus` GPUs, same micro-batch per GPU. With `profile`, the `torch_profile` callback traces 3
+    batches per run (from batch steps - 8) and the per-rank kernel summaries are added to the results."""
     results = {}
     for L in lens:
         micro = SCALING[L]
@@ -219,6 +223,7 @@ def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens:
                     f"global_train_batch_size={micro * n}",
                     f"max_duration={steps}ba",
                     "model.model_config.compile_model=true",
+                    *([f"callbacks.torch_profile.start_batch={steps - 8}"] if profile else []),
                 ],
             )
             last = recs[-1]
@@ -227,6 +232,11 @@ def part_scaling(r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens:
                 "batches_per_s": last["throughput/batches_per_sec"],
                 "mfu": last.get("throughput/device/mfu"),
             }
+            if profile:
+                folder = r.out / f"scaling-{L}-{n}gpu" / "profile"
+                per[n]["profile"] = [
+                    json.loads(f.read_text()) for f in sorted(folder.glob("kernels_rank*.json"))
+                ]
         per["speedup"] = per[gpus]["tokens_per_s"] / per[1]["tokens_per_s"]
         per["passed"] = per["speedup"] >= 0.95 * gpus
         results[f"base@{L}"] = per
@@ -240,6 +250,9 @@ def main() -> int:
     p.add_argument("--parts", default="parity,resume")
     p.add_argument("--steps", type=int, default=40, help="batches per scaling run (throughput: the last 10)")
     p.add_argument("--scaling-lens", default="1024,8192", help="max_seq_lens of the scaling part")
+    p.add_argument(
+        "--profile", action="store_true", help="scaling: torch profiler summary of 3 batches per run"
+    )
     p.add_argument("--cpu", action="store_true", help="gloo processes on the CPU, tiny configs only")
     args = p.parse_args()
     parts = args.parts.split(",")
@@ -265,7 +278,7 @@ def main() -> int:
     if "resume" in parts:
         results["resume"] = part_resume(r, roots, args.gpus)
     if "scaling" in parts:
-        results["scaling"] = part_scaling(r, roots, args.gpus, args.steps, scaling_lens)
+        results["scaling"] = part_scaling(r, roots, args.gpus, args.steps, scaling_lens, args.profile)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

@@ -12,6 +12,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger, LoggerDestination
 
 from flex_bert.train import registry
+from flex_bert.train.profiling import TorchProfile
 
 
 class ScheduledGc(Callback):
@@ -222,6 +223,13 @@ def build_callbacks(cfg) -> list[Callback]:
         elif name == "nan_guard":
             folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
             out.append(NanGuard(s.action, folder))
+        elif name == "torch_profile":
+            folder = s.folder or (cfg.save_folder and os.path.join(cfg.save_folder, "profile"))
+            if not folder:
+                raise ValueError("callbacks.torch_profile needs a folder (or a save_folder)")
+            out.append(
+                TorchProfile(folder.format(run_name=cfg.run_name), s.start_batch, s.num_batches, s.trace)
+            )
     return out
 
 

@@ -113,6 +113,14 @@ class NanGuardSettings:
     action: str = "stop"  # stop | skip
 
 
+@dataclass
+class TorchProfileSettings:
+    folder: str | None = None  # default: <save_folder>/profile
+    start_batch: int = 10  # profile batches [start_batch, start_batch + num_batches)
+    num_batches: int = 3
+    trace: bool = False  # also write a Chrome trace per rank (tens of MB)
+
+
 CALLBACKS: dict[str, type] = {  # name -> settings; built in flex_bert.train.callbacks
     "speed_monitor": SpeedMonitorSettings,
     "lr_monitor": Empty,
@@ -121,6 +129,7 @@ CALLBACKS: dict[str, type] = {  # name -> settings; built in flex_bert.train.cal
     "packing_efficiency": PackingEfficiencySettings,
     "memory_monitor": Empty,
     "nan_guard": NanGuardSettings,
+    "torch_profile": TorchProfileSettings,
 }
 
 

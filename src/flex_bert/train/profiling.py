@@ -1,0 +1,146 @@
+"""Where a training step's GPU time goes: a torch.profiler window summarised per kernel category.
+
+`kernel_summary` reads a finished `torch.profiler.profile` and reports, per step: kernel time by category
+(matrix products, attention forward/backward, Inductor's fused kernels, optimizer, NCCL, ...), the 20 most
+expensive kernels, and from the kernels' own start/end times the GPU's busy time (the union of all kernel
+intervals on the device, so overlapping streams are not double-counted), the compute busy time, and the NCCL
+time that no compute kernel overlapped ("exposed" communication). Wall time minus busy time is the time the
+GPU sat idle (host-bound stretches, syncs, data loading).
+
+`TorchProfile` is the callback (`callbacks: torch_profile: {...}` in the YAML) that profiles a window of
+training batches on every rank and writes `<folder>/kernels_rank<r>.json` (and optionally a Chrome trace).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+from torch.autograd import DeviceType
+
+KERNEL_CATEGORIES = (  # first match wins; kernel names of cuBLAS, PyTorch's flash, flex, Inductor, optimi, NCCL
+    ("communication (NCCL)", r"nccl"),
+    ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd"),
+    ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd"),
+    ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
+    ("optimizer", r"stableadamw|adam|multi_tensor"),
+    ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
+    ("Inductor fused (norms, rotary, GLU, residual, loss)", r"^triton_"),
+    ("eager elementwise", r"elementwise|vectorized|unrolled"),
+    ("eager reductions and indexing", r"reduce|softmax|norm|index|scatter|gather|sort|scan"),
+)
+NCCL = KERNEL_CATEGORIES[0][0]
+
+
+def categorize(kernel_name: str) -> str:
+    return next((c for c, rx in KERNEL_CATEGORIES if re.search(rx, kernel_name, re.I)), "other")
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def _minus_us(intervals: list[tuple[float, float]], cover: list[tuple[float, float]]) -> float:
+    """Length of the union of `intervals` not covered by the union of `cover`."""
+    return _union_us(intervals + cover) - _union_us(cover)
+
+
+def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType = DeviceType.CUDA) -> dict:
+    """Per-step GPU kernel time by category, top kernels, busy/idle time and exposed NCCL time (ms)."""
+    kernels = [e for e in prof.events() if e.device_type == device_type]
+    by_cat: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    spans: dict[str, list[tuple[float, float]]] = {"compute": [], "nccl": []}
+    for e in kernels:
+        dur = e.time_range.end - e.time_range.start
+        cat = categorize(e.name)
+        by_cat[cat] = by_cat.get(cat, 0.0) + dur
+        acc = by_name.setdefault(e.name, [0.0, 0])
+        acc[0] += dur
+        acc[1] += 1
+        spans["nccl" if cat == NCCL else "compute"].append((e.time_range.start, e.time_range.end))
+    per_step = lambda us: round(us / 1e3 / steps, 3)  # noqa: E731
+    busy = _union_us(spans["compute"] + spans["nccl"])
+    wall_us = wall_s * 1e6
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:20]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": per_step(wall_us),
+        "kernel_ms_per_step": per_step(sum(by_cat.values())),
+        "gpu_busy_ms_per_step": per_step(busy),
+        "gpu_idle_ms_per_step": per_step(max(wall_us - busy, 0.0)),
+        "compute_busy_ms_per_step": per_step(_union_us(spans["compute"])),
+        "nccl_exposed_ms_per_step": per_step(_minus_us(spans["nccl"], spans["compute"])),
+        "categories_ms_per_step": {c: per_step(t) for c, t in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [
+            {"name": name[:160], "ms_per_step": per_step(t), "calls_per_step": n / steps}
+            for name, (t, n) in top
+        ],
+    }
+
+
+class TorchProfile(Callback):
+    """torch.profiler over batches [start_batch, start_batch + num_batches) on every rank.
+
+    Writes `folder/kernels_rank<r>.json` (`kernel_summary`) and, with `trace: true`, a Chrome trace
+    `folder/trace_rank<r>.json`. The window is timed from the first batch's start to the last one's end,
+    after a device synchronisation at both ends, so wall and busy times are comparable.
+    """
+
+    def __init__(self, folder: str, start_batch: int = 10, num_batches: int = 3, trace: bool = False):
+        if start_batch < 1 or num_batches < 1:
+            raise ValueError("callbacks.torch_profile: start_batch and num_batches must be >= 1")
+        self.folder = Path(folder)
+        self.start_batch, self.num_batches, self.trace = start_batch, num_batches, trace
+        self._prof = None
+        self._t0 = 0.0
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def batch_start(self, state: State, logger: Logger) -> None:
+        if int(state.timestamp.batch) != self.start_batch or self._prof is not None:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self._sync()
+        self._prof = profile(activities=activities)
+        self._prof.__enter__()
+        self._t0 = time.perf_counter()
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        if self._prof is None or int(state.timestamp.batch) != self.start_batch + self.num_batches:
+            return
+        from composer.utils import dist
+
+        self._sync()
+        wall = time.perf_counter() - self._t0
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        rank = dist.get_global_rank()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        device = DeviceType.CUDA if torch.cuda.is_available() else DeviceType.CPU
+        summary = kernel_summary(prof, self.num_batches, wall, device_type=device)
+        summary.update(rank=rank, world_size=dist.get_world_size(), first_batch=self.start_batch)
+        (self.folder / f"kernels_rank{rank}.json").write_text(json.dumps(summary, indent=1))
+        if self.trace:
+            prof.export_chrome_trace(str(self.folder / f"trace_rank{rank}.json"))
+        print(
+            f"torch_profile rank {rank}: batches {self.start_batch}..{self.start_batch + self.num_batches - 1}: "
+            f"{summary['wall_ms_per_step']} ms/step wall, GPU busy {summary['gpu_busy_ms_per_step']}, "
+            f"idle {summary['gpu_idle_ms_per_step']}, NCCL exposed {summary['nccl_exposed_ms_per_step']} "
+            f"-> {self.folder}",
+            flush=True,
+        )

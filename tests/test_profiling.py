@@ -1,0 +1,94 @@
+"""The step profiler: interval arithmetic against a brute-force count, kernel categories, the callback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd import DeviceType
+
+from flex_bert.train.profiling import _minus_us, _union_us, categorize, kernel_summary
+from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
+
+
+def _covered(intervals, n=200) -> np.ndarray:
+    cells = np.zeros(n, dtype=bool)
+    for a, b in intervals:
+        cells[a:b] = True
+    return cells
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_union_and_difference_match_a_brute_force_count(seed):
+    rng = np.random.default_rng(seed)
+
+    def draw(k):
+        starts = rng.integers(0, 180, k)
+        return [(int(a), int(a + rng.integers(0, 20))) for a in starts]
+
+    spans, cover = draw(int(rng.integers(0, 12))), draw(int(rng.integers(0, 12)))
+    assert _union_us(spans) == _covered(spans).sum()
+    assert _minus_us(spans, cover) == (_covered(spans) & ~_covered(cover)).sum()
+
+
+@pytest.mark.parametrize(
+    ("name", "category"),
+    [
+        ("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "communication (NCCL)"),
+        (
+            "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits<64>>",
+            "attention backward",
+        ),
+        ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention forward"),
+        ("nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNN", "matrix products"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matrix products"),
+        ("_stableadamw_exp_avg_kernel", "optimizer"),
+        (
+            "triton_red_fused__to_copy_add_native_layer_norm_0",
+            "Inductor fused (norms, rotary, GLU, residual, loss)",
+        ),
+        (
+            "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>",
+            "copies and fills",
+        ),
+        ("Memcpy HtoD (Pinned -> Device)", "copies and fills"),
+        ("void at::native::reduce_kernel<512, 1, ReduceOp<float>>", "eager reductions and indexing"),
+        ("some_custom_kernel", "other"),
+    ],
+)
+def test_kernel_names_fall_in_their_category(name, category):
+    assert categorize(name) == category
+
+
+def test_summary_of_a_cpu_profile_is_consistent():
+    from torch.profiler import profile
+
+    a = torch.randn(256, 256)
+    with profile() as prof:
+        for _ in range(3):
+            (a @ a).relu().sum()
+    s = kernel_summary(prof, 3, 10.0, device_type=DeviceType.CPU)
+    cats = s["categories_ms_per_step"]
+    assert sum(cats.values()) == pytest.approx(s["kernel_ms_per_step"], abs=0.01)
+    assert s["gpu_busy_ms_per_step"] <= s["kernel_ms_per_step"] + 1e-6  # nested CPU ops overlap
+    assert s["gpu_busy_ms_per_step"] > 0
+    assert s["wall_ms_per_step"] == pytest.approx(10.0 / 3 * 1e3)
+    assert s["nccl_exposed_ms_per_step"] == 0
+    names = {k["name"] for k in s["top_kernels"]}
+    assert "aten::mm" in names and all(k["calls_per_step"] > 0 for k in s["top_kernels"])
+
+
+def test_torch_profile_callback_writes_a_summary_for_its_window(tiny_mds, tmp_path):  # noqa: F811
+    from flex_bert.train.run import train
+
+    callbacks = {"torch_profile": {"start_batch": 2, "num_batches": 2}}
+    y = tiny_yaml(tiny_mds, tmp_path, "prof", max_duration="5ba", save_interval="5ba", callbacks=callbacks)
+    train([str(y)], [])
+    out = json.loads((tmp_path / "prof" / "profile" / "kernels_rank0.json").read_text())
+    assert out["steps"] == 2 and out["first_batch"] == 2 and out["world_size"] == 1
+    assert out["wall_ms_per_step"] > 0 and out["kernel_ms_per_step"] > 0
+    y = tiny_yaml(tiny_mds, tmp_path, "prof_bad", callbacks={"torch_profile": {"num_batchs": 2}})
+    with pytest.raises(ValueError, match="num_batches"):
+        train([str(y)], [])
