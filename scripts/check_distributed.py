@@ -204,15 +204,16 @@ SCALING = {1024: 96, 8192: 12}  # max_seq_len: micro-batch (slots), as bench_tra
 
 
 def part_scaling(
-    r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens: list[int], profile: bool = False
+    r: Runner, roots: dict[int, Path], gpus: int, steps: int, lens: list[int], profile: str = ""
 ) -> dict:
     """1 GPU vs `gpus` GPUs, same micro-batch per GPU. With `profile`, the `torch_profile` callback traces 3
-    batches per run (from batch steps - 8) and the per-rank kernel summaries are added to the results."""
+    batches per run (from batch steps - 15, before the throughput window of the last 10) and the per-rank kernel
+    summaries are added to the results; `profile="trace"` also writes Chrome traces."""
     results = {}
     for L in lens:
         micro = SCALING[L]
         per = {}
-        for n in (1, gpus):
+        for n in sorted({1, gpus}):
             recs = r.run(
                 f"scaling-{L}-{n}gpu",
                 n,
@@ -223,7 +224,8 @@ def part_scaling(
                     f"global_train_batch_size={micro * n}",
                     f"max_duration={steps}ba",
                     "model.model_config.compile_model=true",
-                    *([f"callbacks.torch_profile.start_batch={steps - 8}"] if profile else []),
+                    *([f"callbacks.torch_profile.start_batch={steps - 15}"] if profile else []),
+                    *(["callbacks.torch_profile.trace=true"] if profile == "trace" else []),
                 ],
             )
             last = recs[-1]
@@ -251,13 +253,20 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40, help="batches per scaling run (throughput: the last 10)")
     p.add_argument("--scaling-lens", default="1024,8192", help="max_seq_lens of the scaling part")
     p.add_argument(
-        "--profile", action="store_true", help="scaling: torch profiler summary of 3 batches per run"
+        "--profile",
+        nargs="?",
+        const="summary",
+        default="",
+        choices=["summary", "trace"],
+        help="scaling: torch profiler summary of 3 batches per run (--profile trace: also Chrome traces)",
     )
     p.add_argument("--cpu", action="store_true", help="gloo processes on the CPU, tiny configs only")
     args = p.parse_args()
     parts = args.parts.split(",")
     if args.cpu and "scaling" in parts:
         p.error("scaling needs GPUs")
+    if args.profile and args.steps < 25:
+        p.error("--profile needs --steps >= 25 (it profiles batches steps-15 .. steps-13)")
     if args.out.exists() and any(args.out.iterdir()):
         p.error(f"{args.out} is not empty (runs there would autoresume from old checkpoints)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -160,3 +160,20 @@ def test_a_checkpoint_of_the_per_rank_format_still_resumes():
     with pytest.warns(UserWarning, match="continues after document 74 "):
         ds.load_state_dict(old)
     assert ds.resume == PackingState(0, 74, [], 7)
+
+
+def test_host_counts_of_labels_and_tokens_match_the_tensors():
+    """num_labelled / num_tokens (host ints, so FLOPs and statistics need no device sync) agree with the
+    tensors, for packed training batches, their micro-batches, and flat evaluation batches."""
+    from flex_bert.data.loaders import MaskedDocuments, collate_flat
+    from flex_bert.train.builders import split_rows
+
+    for batch in DataLoader(_dataset(_docs(), rows_per_batch=4), batch_size=None):
+        labelled = (batch["labels"] != -100).sum(dim=1).tolist()
+        assert batch["num_labelled"] == labelled and sum(labelled) > 0
+        assert batch["num_tokens"] == sum(map(sum, batch["doc_lengths"]))
+        for micro in split_rows(batch, 3):
+            assert micro["num_labelled"] == (micro["labels"] != -100).sum(dim=1).tolist()
+    ds = MaskedDocuments(_docs(20), max_seq_len=128, masking=SPEC, mlm_probability=0.3, seed=0)
+    flat = collate_flat([ds[i] for i in range(20)])
+    assert flat["num_labelled"] == [int((flat["labels"] != -100).sum())]

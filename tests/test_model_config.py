@@ -188,6 +188,9 @@ def test_training_flops_closed_form():
     attention = 3 * 4 * H * (8 * L + 14 * 129)  # per token: 8 global layers, 14 local (129 keys)
     assert training_flops_per_token(cfg, [L, L], 0.3) == pytest.approx(matrices + head + attention, rel=1e-12)
     assert 0.82e9 < training_flops_per_token(cfg, [L], 0.3) < 0.83e9  # MODERNBERT_FACTS: about 0.83 GFLOP
+    docs = [1024, 100, 5000, 129, 130]  # per document: 8 global layers see L keys, 14 local min(L, 129)
+    attention = sum(3 * 4 * H * n * (8 * n + 14 * min(n, 129)) for n in docs) / sum(docs)
+    assert training_flops_per_token(cfg, docs, 0.3) == pytest.approx(matrices + head + attention, rel=1e-12)
     # Documents shorter than the window: local layers cost what global ones do.
     short = training_flops_per_token(cfg, [100], 0.0)
     all_global = training_flops_per_token(FlexBertConfig.base(sliding_window=-1), [100], 0.0)

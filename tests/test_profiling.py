@@ -92,3 +92,38 @@ def test_torch_profile_callback_writes_a_summary_for_its_window(tiny_mds, tmp_pa
     y = tiny_yaml(tiny_mds, tmp_path, "prof_bad", callbacks={"torch_profile": {"num_batchs": 2}})
     with pytest.raises(ValueError, match="num_batches"):
         train([str(y)], [])
+
+
+def test_idle_gaps_are_attributed_to_the_innermost_covering_host_event():
+    from flex_bert.train.profiling import idle_gaps
+
+    kernels = [(0, 10), (5, 20), (100, 110), (112, 120), (300, 310)]  # gaps 20..100, 110..112, 120..300
+    host = [
+        ("step", 0, 400),  # covers everything: outermost
+        ("aten::item", 15, 95),  # covers 75 of the 80-us gap: innermost
+        ("cudaLaunchKernel", 121, 125),  # too short to cover half of 120..300
+    ]
+    got, longest = idle_gaps(kernels, host, min_us=5, detail=1)
+    assert got == {"aten::item": [80.0, 1], "step": [180.0, 1]}  # the 2-us gap is under min_us
+    assert longest[0]["gap_ms"] == 0.18 and longest[0]["at_ms"] == 0.12
+    assert [h.split(" [")[0] for h in longest[0]["host"]] == ["step", "cudaLaunchKernel"]
+    assert idle_gaps(kernels, [], min_us=5)[0] == {"(host, unprofiled)": [260.0, 2]}
+
+
+def test_logged_grad_norm_equals_a_float64_reference():
+    from types import SimpleNamespace
+
+    from composer.core import Event
+
+    from flex_bert.train.callbacks import LogGradNorm
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(7, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 3, bias=False)
+    )
+    model(torch.randn(4, 7)).square().sum().backward()
+    model[0].bias.grad = None  # parameters without a gradient are skipped
+    logged = {}
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=20), model=model)
+    LogGradNorm(10).run_event(Event.AFTER_TRAIN_BATCH, state, SimpleNamespace(log_metrics=logged.update))
+    want = sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None) ** 0.5
+    assert logged["train/grad_norm"] == pytest.approx(want, rel=1e-6)

@@ -8,6 +8,7 @@ by best fit into rows and masked, in DataLoader workers. One yielded batch is on
     cu_seqlens  list of R int32 tensors, document boundaries within each row (then padding, in short segments)
     max_seqlen  list of R ints
     num_tokens  int            real (non-padding) tokens in the batch
+    num_labelled list of R ints: tokens with a label in each row (FLOPs and statistics without a device sync)
     doc_lengths list of R lists of ints: the real documents of each row (for FLOPs and statistics)
 
 Evaluation is not packed: each batch holds whole documents, laid out flat with ``cu_seqlens`` (the model
@@ -219,6 +220,7 @@ class PackedMLMDataset(IterableDataset):
             "cu_seqlens": cu,
             "max_seqlen": [int(np.diff(r.cu_seqlens).max()) for r in rows],
             "num_tokens": sum(r.num_real_tokens for r in rows),
+            "num_labelled": [int(np.count_nonzero(lab != IGNORE_INDEX)) for lab in labels],
             "doc_lengths": [np.diff(r.cu_seqlens)[: r.num_docs].tolist() for r in rows],
             "packing_state": after,
         }
@@ -278,11 +280,13 @@ def collate_flat(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     lengths = np.array([len(ids) for ids, _ in items], dtype=np.int64)
     cu = np.zeros(len(items) + 1, dtype=np.int32)
     np.cumsum(lengths, out=cu[1:])
+    labelled = sum(int(np.count_nonzero(lab != IGNORE_INDEX)) for _, lab in items)
     return {
         "input_ids": torch.from_numpy(np.concatenate([ids for ids, _ in items]))[None],
         "labels": torch.from_numpy(np.concatenate([lab for _, lab in items]))[None],
         "cu_seqlens": [torch.from_numpy(cu)],
         "max_seqlen": [int(lengths.max())],
         "num_tokens": int(lengths.sum()),
+        "num_labelled": [labelled],
         "doc_lengths": [lengths.tolist()],
     }

@@ -34,12 +34,17 @@ def head_flops_per_token(cfg: FlexBertConfig, masked_fraction: float) -> float:
 
 def attention_flops(cfg: FlexBertConfig, doc_length: int) -> float:
     """Training FLOPs of attention (scores and weighted sum) over all layers for one document."""
-    H, L = cfg.hidden_size, doc_length
-    total = 0.0
-    for i in range(cfg.num_hidden_layers):
-        keys = min(L, cfg.sliding_window + 1) if cfg.is_local_layer(i) else L
-        total += 3 * 4.0 * L * keys * H
-    return total
+    return _attention_flops(cfg, [doc_length])
+
+
+def _attention_flops(cfg: FlexBertConfig, lengths: list[int]) -> float:
+    """Sum of `attention_flops` over documents, without a Python loop over layers per document (it runs on the
+    training loop's host path once per batch, for hundreds of documents)."""
+    n_local = sum(cfg.is_local_layer(i) for i in range(cfg.num_hidden_layers))
+    n_global = cfg.num_hidden_layers - n_local
+    squares = sum(L * L for L in lengths)
+    banded = sum(L * min(L, cfg.sliding_window + 1) for L in lengths) if n_local else 0
+    return 3 * 4.0 * cfg.hidden_size * (n_global * squares + n_local * banded)
 
 
 def training_flops_per_token(
@@ -50,5 +55,5 @@ def training_flops_per_token(
     if not lengths:
         raise ValueError("doc_lengths must hold at least one positive length")
     tokens = sum(lengths)
-    attention = sum(attention_flops(cfg, n) for n in lengths) / tokens
+    attention = _attention_flops(cfg, lengths) / tokens
     return matrix_flops_per_token(cfg) + head_flops_per_token(cfg, masked_fraction) + attention

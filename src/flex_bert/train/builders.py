@@ -174,6 +174,7 @@ def split_rows(batch: dict, microbatch_size: int | float) -> list[dict]:
                 "cu_seqlens": batch["cu_seqlens"][sl],
                 "max_seqlen": batch["max_seqlen"][sl],
                 "num_tokens": sum(sum(d) for d in doc_lengths),
+                "num_labelled": batch["num_labelled"][sl],
                 "doc_lengths": doc_lengths,
             }
         )

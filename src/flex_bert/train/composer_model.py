@@ -60,10 +60,13 @@ class FlexBertComposer(ComposerModel):
         return self.train_metrics if is_train else self.val_metrics
 
     def flops_per_batch(self, batch: dict) -> float:
-        """Training FLOPs of this batch (composer's SpeedMonitor turns it into MFU); padding does no work."""
+        """Training FLOPs of this batch (composer's SpeedMonitor turns it into MFU); padding does no work.
+
+        Host numbers only (the loader's counts): SpeedMonitor calls this every batch, and a count of the labels
+        on the GPU would cost a device sync and a few kernels while the GPU waits between steps."""
         from flex_bert.model.flops import training_flops_per_token
 
         lengths = [n for row in batch["doc_lengths"] for n in row]
         n_tokens = sum(lengths)
-        masked_fraction = float((batch["labels"] != IGNORE_INDEX).sum()) / max(1, n_tokens)
+        masked_fraction = sum(batch["num_labelled"]) / max(1, n_tokens)
         return training_flops_per_token(self.config, lengths, masked_fraction) * n_tokens

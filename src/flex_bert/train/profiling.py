@@ -55,9 +55,72 @@ def _minus_us(intervals: list[tuple[float, float]], cover: list[tuple[float, flo
     return _union_us(intervals + cover) - _union_us(cover)
 
 
+def _merged(spans: list[tuple[float, float]]) -> list[list[float]]:
+    merged: list[list[float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return merged
+
+
+def idle_gaps(
+    kernel_spans: list[tuple[float, float]], host_events: list[tuple], min_us: float = 50.0, detail: int = 0
+) -> tuple[dict[str, list[float]], list[dict]]:
+    """Idle stretches of the device between kernels (>= `min_us`), attributed to the innermost host event that
+    covers at least half of each gap (what the CPU was doing while the GPU waited): name -> [us, count].
+    "(host, unprofiled)" when no recorded op covers it (Python between ops). `host_events` are
+    (name, start, end[, thread]) tuples. The `detail` longest gaps are also listed with every host event that
+    overlaps them (name, thread, duration), longest first."""
+    import numpy as np
+
+    names = [e[0] for e in host_events]
+    threads = [e[3] if len(e) > 3 else None for e in host_events]
+    starts = np.array([e[1] for e in host_events], dtype=np.float64)
+    ends = np.array([e[2] for e in host_events], dtype=np.float64)
+    merged = _merged(kernel_spans)
+    out: dict[str, list[float]] = {}
+    gaps = []
+    for (_, a), (b, _) in zip(merged, merged[1:]):
+        if b - a < min_us:
+            continue
+        overlap = np.minimum(ends, b) - np.maximum(starts, a)
+        cover = np.flatnonzero(overlap >= 0.5 * (b - a))
+        name = names[cover[np.argmin(ends[cover] - starts[cover])]] if cover.size else "(host, unprofiled)"
+        acc = out.setdefault(name, [0.0, 0])
+        acc[0] += b - a
+        acc[1] += 1
+        gaps.append((b - a, a, np.flatnonzero(overlap > 0)))
+    t0 = merged[0][0] if merged else 0.0
+    longest = []
+    for dur, a, over in sorted(gaps, key=lambda g: -g[0])[:detail]:
+        ev = sorted(over, key=lambda i: -(ends[i] - starts[i]))[:10]
+        longest.append(
+            {
+                "gap_ms": round(dur / 1e3, 3),
+                "at_ms": round((a - t0) / 1e3, 3),
+                "host": [
+                    f"{names[i][:80]} [tid {threads[i]}] {(ends[i] - starts[i]) / 1e3:.3f} ms" for i in ev
+                ],
+            }
+        )
+    return out, longest
+
+
 def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType = DeviceType.CUDA) -> dict:
-    """Per-step GPU kernel time by category, top kernels, busy/idle time and exposed NCCL time (ms)."""
-    kernels = [e for e in prof.events() if e.device_type == device_type]
+    """Per-step GPU kernel time by category, top kernels, busy/idle time, exposed NCCL time and the idle gaps
+    between kernels with the host work that filled them (ms)."""
+    events = prof.events()
+    # the device rows of record_function ranges ("Optimizer.step#...", "nccl:all_reduce") are not kernels
+    kernels = [
+        e for e in events if e.device_type == device_type and not getattr(e, "is_user_annotation", False)
+    ]
+    host = [
+        (e.name, e.time_range.start, e.time_range.end, getattr(e, "thread", None))
+        for e in events
+        if e.device_type == DeviceType.CPU
+    ]
     by_cat: dict[str, float] = {}
     by_name: dict[str, list] = {}
     spans: dict[str, list[tuple[float, float]]] = {"compute": [], "nccl": []}
@@ -73,6 +136,11 @@ def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType =
     busy = _union_us(spans["compute"] + spans["nccl"])
     wall_us = wall_s * 1e6
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:20]
+    gaps, longest = (
+        idle_gaps(spans["compute"] + spans["nccl"], host, detail=5)
+        if device_type != DeviceType.CPU
+        else ({}, [])
+    )
     return {
         "steps": steps,
         "wall_ms_per_step": per_step(wall_us),
@@ -86,6 +154,11 @@ def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType =
             {"name": name[:160], "ms_per_step": per_step(t), "calls_per_step": n / steps}
             for name, (t, n) in top
         ],
+        "idle_gaps_between_kernels": [
+            {"host": name[:120], "ms_per_step": per_step(t), "gaps_per_step": n / steps}
+            for name, (t, n) in sorted(gaps.items(), key=lambda kv: -kv[1][0])[:15]
+        ],
+        "longest_idle_gaps": longest,
     }
 
 
