@@ -8,7 +8,6 @@ to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a glo
   flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
   mask only         `flex_block_mask` alone, eager (no FLOPs)
-  cudnn             global layer only: cuDNN's fused attention with ragged offsets (aten._cudnn_attention_forward)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
 (`--check-tokens`, documents clipped to 2048 so the padded reference fits in memory).
@@ -56,17 +55,6 @@ def useful_pairs(lengths: list[int], window: int | None) -> int:
     """Allowed (query, key) pairs: L^2 per document, minus those farther apart than window // 2."""
     h = None if window is None else window // 2
     return sum(L * L - (0 if h is None else max(L - h - 1, 0) * max(L - h, 0)) for L in lengths)
-
-
-def cudnn_attention(q, k, v, cu, max_len, window):
-    """cuDNN's fused attention on the packed row (ragged cum_seq offsets; global layers only), as torch's
-    varlen_attn picks it itself for global attention from torch 2.14 on Hopper with cuDNN >= 9.18."""
-    if window is not None:
-        raise ValueError("cuDNN attention has no sliding window")
-    out = torch.ops.aten._cudnn_attention_forward(
-        q, k, v, None, cu, cu, max_len, max_len, True, 0.0, False, False
-    )
-    return out[0]
 
 
 def make_inputs(lengths, H, D, dtype, device, seed=0):
@@ -155,23 +143,22 @@ def main(argv=None) -> int:
             "flex compiled": compiled,
             "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
         }
-        if window is None and cuda:
-            kernels["cudnn"] = cudnn_attention
         if not cuda:
             del kernels["varlen"]
         rows = []
         for name, fn in kernels.items():
-            try:
-                fn(*inputs, cu, max_len, window)
-            except Exception as e:  # noqa: BLE001 (an unsupported kernel is a result, not a crash)
+            try:  # an unsupported kernel (forward or backward) is a result, not a crash
+                ms = time_ms(
+                    lambda fn=fn, w=window: fn(*inputs, cu, max_len, w), inputs, backward, args.iters
+                )
+                check_fn = flex_attention_backend if name == "flex premask" else fn
+                err = max_errors(check_fn, check_lengths, H, D, dtype, args.device, window, backward)
+            except Exception as e:  # noqa: BLE001
                 rows.append(
                     dict(layer=layer, window=window, kernel=name, error=f"{type(e).__name__}: {e}"[:300])
                 )
                 print(f"{layer:<8}{name:<16} failed: {rows[-1]['error']}")
                 continue
-            ms = time_ms(lambda fn=fn, w=window: fn(*inputs, cu, max_len, w), inputs, backward, args.iters)
-            check_fn = flex_attention_backend if name == "flex premask" else fn
-            err = max_errors(check_fn, check_lengths, H, D, dtype, args.device, window, backward)
             rows.append(dict(layer=layer, window=window, kernel=name, ms=ms, tflops=flops / ms / 1e9, **err))
         rows.append(
             dict(layer=layer, window=window, kernel="mask only", ms=time_ms(build, inputs, False, 20))

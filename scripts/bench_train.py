@@ -702,6 +702,11 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny model on a 128 context (CPU smoke test)")
     ap.add_argument("--log-recompiles", action="store_true", help="print why each graph was recompiled")
     ap.add_argument(
+        "--coordinate-descent",
+        action="store_true",
+        help="Inductor's coordinate-descent tuning of its kernels' launch configs (longer compile)",
+    )
+    ap.add_argument(
         "--time-budget",
         type=float,
         default=400.0,
@@ -719,7 +724,7 @@ def parse_args(argv=None):
     return args
 
 
-def configure_compiler(log_recompiles: bool) -> None:
+def configure_compiler(log_recompiles: bool, coordinate_descent: bool = False) -> None:
     """Compile each shape class once, in warm-up.
 
     - room for the graphs of three configurations (FlexBERT layers: local/global x base/large, dynamic);
@@ -736,6 +741,7 @@ def configure_compiler(log_recompiles: bool) -> None:
         triton_cfg.mix_order_reduction_non_strict_mode = True
     if log_recompiles:
         torch._logging.set_logs(recompiles=True)
+    inductor_config.coordinate_descent_tuning = coordinate_descent
 
 
 def environment(env: Env) -> dict:
@@ -753,7 +759,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     env = Env(torch.device(args.device))
     header = environment(env)
-    configure_compiler(args.log_recompiles)
+    configure_compiler(args.log_recompiles, args.coordinate_descent)
     benches = [TINY] if args.tiny else [CONFIGS[c] for c in args.configs.split(",")]
     ids = TINY_IDS if args.tiny else REAL_IDS
     log(f"bench_train: {header}; configs {[b.name for b in benches]}; compile={args.compile}; HF={args.hf}")
