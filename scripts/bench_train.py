@@ -405,10 +405,10 @@ def flex_stats(batch: dict) -> dict:
     }
 
 
-def compile_flexbert(model: FlexBertForMaskedLM) -> str:
+def compile_flexbert(model: FlexBertForMaskedLM, tune: bool | None = None) -> str:
     if hasattr(model, "compile_layers"):
-        model.compile_layers()
-        return "compile_layers()"
+        model.compile_layers(tune=tune)
+        return f"compile_layers(tune={tune})"
     model.compile()
     return "torch.compile(model)"
 
@@ -421,7 +421,7 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
     with torch.device(env.device):
         model = FlexBertForMaskedLM(cfg)
     opt = build_optimizer(model, OPTIMIZER)
-    how = compile_flexbert(model) if args.compile else "no compile"
+    how = compile_flexbert(model, args.compile_tuning) if args.compile else "no compile"
     log(
         f"[{bench.name}] FlexBERT-{bench.size}: {model.num_parameters():,} parameters, backend "
         f"{cfg.attention_backend}, {how}, rows of {bench.micro} x {bench.max_seq_len} = {bench.row_len:,} "
@@ -702,9 +702,10 @@ def parse_args(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny model on a 128 context (CPU smoke test)")
     ap.add_argument("--log-recompiles", action="store_true", help="print why each graph was recompiled")
     ap.add_argument(
-        "--coordinate-descent",
-        action="store_true",
-        help="Inductor's coordinate-descent tuning of its kernels' launch configs (longer compile)",
+        "--compile-tuning",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="FlexBERT: compile_layers(tune=...), Inductor's coordinate-descent tuning (default: on CUDA)",
     )
     ap.add_argument(
         "--time-budget",
@@ -724,7 +725,7 @@ def parse_args(argv=None):
     return args
 
 
-def configure_compiler(log_recompiles: bool, coordinate_descent: bool = False) -> None:
+def configure_compiler(log_recompiles: bool) -> None:
     """Compile each shape class once, in warm-up.
 
     - room for the graphs of three configurations (FlexBERT layers: local/global x base/large, dynamic);
@@ -741,7 +742,6 @@ def configure_compiler(log_recompiles: bool, coordinate_descent: bool = False) -
         triton_cfg.mix_order_reduction_non_strict_mode = True
     if log_recompiles:
         torch._logging.set_logs(recompiles=True)
-    inductor_config.coordinate_descent_tuning = coordinate_descent
 
 
 def environment(env: Env) -> dict:
@@ -759,7 +759,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     env = Env(torch.device(args.device))
     header = environment(env)
-    configure_compiler(args.log_recompiles, args.coordinate_descent)
+    configure_compiler(args.log_recompiles)
     benches = [TINY] if args.tiny else [CONFIGS[c] for c in args.configs.split(",")]
     ids = TINY_IDS if args.tiny else REAL_IDS
     log(f"bench_train: {header}; configs {[b.name for b in benches]}; compile={args.compile}; HF={args.hf}")

@@ -35,3 +35,23 @@ def test_compiled_layers_never_recompile_or_fall_back_to_eager():
         model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels).loss.backward()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] == graphs[-1] == 5, graphs
+
+
+def test_compile_tuning_reaches_every_compiled_piece(monkeypatch):
+    """`tune=True` passes Inductor's coordinate-descent option to each compiled piece (embeddings, every
+    layer, head+loss); `tune=False` passes none; a `mode` is kept (torch.compile takes mode or options)."""
+    from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: calls.append(kw) or fn)
+    cfg = FlexBertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+        sliding_window=8, pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
+    )  # fmt: skip
+    for tune, mode, want in ((True, None, True), (False, None, False), (True, "max-autotune", False)):
+        calls.clear()
+        kwargs = {"mode": mode} if mode else {}
+        FlexBertForMaskedLM(cfg).compile_layers(tune=tune, **kwargs)
+        assert len(calls) == 1 + 3 + 1
+        assert all(c.get("options", {}).get("coordinate_descent_tuning", False) == want for c in calls)
+        assert all(c["dynamic"] is True and c.get("mode") == mode for c in calls)
