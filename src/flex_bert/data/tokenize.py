@@ -17,6 +17,7 @@ Rules (see docs/CONTRACTS.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -163,6 +164,7 @@ class BatchResult:
     encoded: list[bytes] = field(default_factory=list)  # each sample as MDSWriter encodes it (see below)
 
 
+@functools.cache
 def mds_sample_encoder(dtype: str):
     """``ids -> bytes``: streaming's own ``MDSWriter.encode_sample`` for the converter's one column
     (``input_ids`` as ``ndarray:<dtype>``). The workers encode, so the main process, which must write the
