@@ -89,6 +89,15 @@ def test_torch_profile_callback_writes_a_summary_for_its_window(tiny_mds, tmp_pa
     out = json.loads((tmp_path / "prof" / "profile" / "kernels_rank0.json").read_text())
     assert out["steps"] == 2 and out["first_batch"] == 2 and out["world_size"] == 1
     assert out["wall_ms_per_step"] > 0 and out["kernel_ms_per_step"] > 0
+    # a run that ends inside the window: the profiler is closed and the batches so far are summarised
+    callbacks = {"torch_profile": {"start_batch": 3, "num_batches": 10}}
+    y = tiny_yaml(
+        tiny_mds, tmp_path, "prof_short", max_duration="5ba", save_interval="5ba", callbacks=callbacks
+    )
+    train([str(y)], [])
+    out = json.loads((tmp_path / "prof_short" / "profile" / "kernels_rank0.json").read_text())
+    assert out["steps"] == 2 and out["first_batch"] == 3
+    assert torch.autograd.profiler._is_profiler_enabled is False
     y = tiny_yaml(tiny_mds, tmp_path, "prof_bad", callbacks={"torch_profile": {"num_batchs": 2}})
     with pytest.raises(ValueError, match="num_batches"):
         train([str(y)], [])

@@ -194,24 +194,41 @@ class TorchProfile(Callback):
         self._t0 = time.perf_counter()
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        if self._prof is None or int(state.timestamp.batch) != self.start_batch + self.num_batches:
-            return
+        if self._prof is not None and int(state.timestamp.batch) == self.start_batch + self.num_batches:
+            self._finish(self.num_batches)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        """Training ended inside the window: summarise the batches profiled so far (or say none were)."""
+        done = int(state.timestamp.batch) - self.start_batch
+        if self._prof is not None:
+            self._finish(done) if done > 0 else self._stop()
+        elif done <= 0:
+            print(
+                f"torch_profile: training stopped before batch {self.start_batch}: nothing profiled",
+                flush=True,
+            )
+
+    def _stop(self):
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        return prof
+
+    def _finish(self, batches: int) -> None:
         from composer.utils import dist
 
         self._sync()
         wall = time.perf_counter() - self._t0
-        prof, self._prof = self._prof, None
-        prof.__exit__(None, None, None)
+        prof = self._stop()
         rank = dist.get_global_rank()
         self.folder.mkdir(parents=True, exist_ok=True)
         device = DeviceType.CUDA if torch.cuda.is_available() else DeviceType.CPU
-        summary = kernel_summary(prof, self.num_batches, wall, device_type=device)
+        summary = kernel_summary(prof, batches, wall, device_type=device)
         summary.update(rank=rank, world_size=dist.get_world_size(), first_batch=self.start_batch)
         (self.folder / f"kernels_rank{rank}.json").write_text(json.dumps(summary, indent=1))
         if self.trace:
             prof.export_chrome_trace(str(self.folder / f"trace_rank{rank}.json"))
         print(
-            f"torch_profile rank {rank}: batches {self.start_batch}..{self.start_batch + self.num_batches - 1}: "
+            f"torch_profile rank {rank}: batches {self.start_batch}..{self.start_batch + batches - 1}: "
             f"{summary['wall_ms_per_step']} ms/step wall, GPU busy {summary['gpu_busy_ms_per_step']}, "
             f"idle {summary['gpu_idle_ms_per_step']}, NCCL exposed {summary['nccl_exposed_ms_per_step']} "
             f"-> {self.folder}",
