@@ -35,6 +35,7 @@ def main() -> None:
             for _ in range(3):
                 dist.all_reduce(x)
             torch.cuda.synchronize()
+            dist.barrier()  # both ranks start the timed loop together
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(args.iters):

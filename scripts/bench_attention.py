@@ -154,6 +154,8 @@ def main(argv=None) -> int:
                 check_fn = flex_attention_backend if name == "flex premask" else fn
                 err = max_errors(check_fn, check_lengths, H, D, dtype, args.device, window, backward)
             except Exception as e:  # noqa: BLE001
+                if "CUDA error" in str(e) or type(e).__name__ == "AcceleratorError":
+                    raise  # sticky: every later kernel would "fail" too
                 rows.append(
                     dict(layer=layer, window=window, kernel=name, error=f"{type(e).__name__}: {e}"[:300])
                 )

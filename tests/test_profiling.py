@@ -136,3 +136,32 @@ def test_logged_grad_norm_equals_a_float64_reference():
     LogGradNorm(10).run_event(Event.AFTER_TRAIN_BATCH, state, SimpleNamespace(log_metrics=logged.update))
     want = sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None) ** 0.5
     assert logged["train/grad_norm"] == pytest.approx(want, rel=1e-6)
+
+
+def test_the_window_holds_exactly_its_batches_and_not_the_warm_up_one(tmp_path):
+    """Batch start_batch - 1 runs under the profiler (CUPTI start-up) but is discarded; batches
+    start_batch .. start_batch + n - 1 are summarised, nothing after them."""
+    from types import SimpleNamespace
+
+    from composer.devices import DeviceCPU
+
+    from flex_bert.train.profiling import TorchProfile
+
+    cb = TorchProfile(str(tmp_path), start_batch=2, num_batches=3)
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=0), device=DeviceCPU())
+    a = torch.randn(128, 128)
+    for batch in range(7):
+        state.timestamp.batch = batch
+        cb.batch_start(state, None)
+        if batch == 1:  # the warm-up batch: a big, distinctive op that must not be counted
+            torch.linalg.qr(torch.randn(512, 512))
+        else:
+            for _ in range(batch):  # batch k runs k matrix products: 2 + 3 + 4 in the window
+                a @ a
+        state.timestamp.batch = batch + 1
+        cb.batch_end(state, None)
+    cb.fit_end(state, None)
+    out = json.loads((tmp_path / "kernels_rank0.json").read_text())
+    calls = {k["name"]: k["calls_per_step"] for k in out["top_kernels"]}
+    assert out["steps"] == 3 and calls["aten::mm"] == pytest.approx((2 + 3 + 4) / 3)
+    assert not any("qr" in name or "geqrf" in name for name in calls)

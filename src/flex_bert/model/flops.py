@@ -40,6 +40,7 @@ def attention_flops(cfg: FlexBertConfig, doc_length: int) -> float:
 def _attention_flops(cfg: FlexBertConfig, lengths: list[int]) -> float:
     """Sum of `attention_flops` over documents, without a Python loop over layers per document (it runs on the
     training loop's host path once per batch, for hundreds of documents)."""
+    lengths = [int(n) for n in lengths]  # Python ints: numpy int32 squares would overflow
     n_local = sum(cfg.is_local_layer(i) for i in range(cfg.num_hidden_layers))
     n_global = cfg.num_hidden_layers - n_local
     squares = sum(L * L for L in lengths)

@@ -162,12 +162,18 @@ class FlexBertForMaskedLM(nn.Module):
         `tune` (default: when CUDA is available) turns on Inductor's coordinate-descent tuning of the launch
         configuration of every generated kernel: the layers' fused norm/residual/dropout/GELU kernels are
         memory-bound and their default configurations leave bandwidth unused. Measured on an H100, base at
-        1024 context: +4.9% tokens/s, for about 3 minutes more compilation (docs/PERFORMANCE.md).
+        1024 context: +4.9% tokens/s, for about 3 minutes more compilation (docs/PERFORMANCE.md). The tuning
+        picks launch configurations by timing them (Inductor caches its choice on disk), so compiled runs on
+        different machines may sum reductions in a different order: use `tune=False` where bitwise
+        reproducibility across machines matters. Only for the Inductor backend.
         """
         compile_kwargs.setdefault("dynamic", True)
         if tune is None:
             tune = torch.cuda.is_available()
-        if tune and "mode" not in compile_kwargs:  # torch.compile takes a mode or options, not both
+        inductor = compile_kwargs.get("backend", "inductor") == "inductor"
+        # torch.compile takes a mode or options, not both; the max-autotune modes tune by themselves
+        if tune and inductor and compile_kwargs.get("mode") in (None, "default"):
+            compile_kwargs.pop("mode", None)
             compile_kwargs["options"] = {
                 **compile_kwargs.get("options", {}),
                 "coordinate_descent_tuning": True,
