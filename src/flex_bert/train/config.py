@@ -66,7 +66,8 @@ class ModelSection:
     disable_train_metrics: bool = True
     pretrained_checkpoint: str | None = None  # weights only, e.g. from scripts/convert_from_hf.py
     # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels
-    # (+5% tokens/s for base at 1024 on an H100; about 3 minutes more compilation at startup)
+    # (+5% tokens/s for base at 1024 on an H100; about 3 minutes more compilation at startup; the kernels'
+    # launch configurations are chosen by timing, so false where runs must match bit for bit across machines)
     compile_tuning: bool = True
     model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
 
