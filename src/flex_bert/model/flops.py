@@ -32,15 +32,10 @@ def head_flops_per_token(cfg: FlexBertConfig, masked_fraction: float) -> float:
     return 6.0 * (H * H + H * cfg.vocab_size) * masked_fraction
 
 
-def attention_flops(cfg: FlexBertConfig, doc_length: int) -> float:
-    """Training FLOPs of attention (scores and weighted sum) over all layers for one document."""
-    return _attention_flops(cfg, [doc_length])
-
-
 def _attention_flops(cfg: FlexBertConfig, lengths: list[int]) -> float:
-    """Sum of `attention_flops` over documents, without a Python loop over layers per document (it runs on the
-    training loop's host path once per batch, for hundreds of documents)."""
-    lengths = [int(n) for n in lengths]  # Python ints: numpy int32 squares would overflow
+    """Training FLOPs of attention (scores and weighted sum) over all layers for documents of these lengths
+    (Python ints), without a Python loop over layers per document: it runs on the training loop's host path
+    once per batch, for hundreds of documents."""
     n_local = sum(cfg.is_local_layer(i) for i in range(cfg.num_hidden_layers))
     n_global = cfg.num_hidden_layers - n_local
     squares = sum(L * L for L in lengths)
@@ -52,7 +47,7 @@ def training_flops_per_token(
     cfg: FlexBertConfig, doc_lengths: Iterable[int], masked_fraction: float
 ) -> float:
     """Average training FLOPs per (real) token over the given documents; see the module docstring."""
-    lengths = [int(n) for n in doc_lengths if n > 0]
+    lengths = [int(n) for n in doc_lengths if n > 0]  # Python ints: numpy int32 squares would overflow
     if not lengths:
         raise ValueError("doc_lengths must hold at least one positive length")
     tokens = sum(lengths)

@@ -42,12 +42,7 @@ def categorize(kernel_name: str) -> str:
 
 
 def _union_us(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for a, b in sorted(intervals):
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total
+    return sum(b - a for a, b in _merged(intervals))
 
 
 def _minus_us(intervals: list[tuple[float, float]], cover: list[tuple[float, float]]) -> float:
@@ -116,11 +111,6 @@ def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType =
     kernels = [
         e for e in events if e.device_type == device_type and not getattr(e, "is_user_annotation", False)
     ]
-    host = [
-        (e.name, e.time_range.start, e.time_range.end, getattr(e, "thread", None))
-        for e in events
-        if e.device_type == DeviceType.CPU
-    ]
     by_cat: dict[str, float] = {}
     by_name: dict[str, list] = {}
     spans: dict[str, list[tuple[float, float]]] = {"compute": [], "nccl": []}
@@ -136,11 +126,14 @@ def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType =
     busy = _union_us(spans["compute"] + spans["nccl"])
     wall_us = wall_s * 1e6
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:20]
-    gaps, longest = (
-        idle_gaps(spans["compute"] + spans["nccl"], host, detail=5)
-        if device_type != DeviceType.CPU
-        else ({}, [])
-    )
+    gaps, longest = {}, []
+    if device_type != DeviceType.CPU:  # on the CPU the "kernels" are the host events themselves
+        host = [
+            (e.name, e.time_range.start, e.time_range.end, getattr(e, "thread", None))
+            for e in events
+            if e.device_type == DeviceType.CPU
+        ]
+        gaps, longest = idle_gaps(spans["compute"] + spans["nccl"], host, detail=5)
     return {
         "steps": steps,
         "wall_ms_per_step": per_step(wall_us),
