@@ -146,8 +146,9 @@ REAL_IDS = Ids(cls=50281, sep=50282, pad=50283, mask=50284, low=5, high=50000, r
 TINY_IDS = Ids(cls=1, sep=2, pad=3, mask=4, low=5, high=500, replace_vocab=500)
 
 
-def flex_config(size: str, backend: str | None) -> FlexBertConfig:
+def flex_config(size: str, backend: str | None, fused: bool = True) -> FlexBertConfig:
     over = {"attention_backend": backend} if backend else {}
+    over["fused_kernels"] = fused
     if size == "tiny":
         return FlexBertConfig(
             vocab_size=512,
@@ -414,7 +415,7 @@ def compile_flexbert(model: FlexBertForMaskedLM, tune: bool | None = None) -> st
 
 
 def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dict]]:
-    cfg = flex_config(bench.size, args.backend)
+    cfg = flex_config(bench.size, args.backend, args.fused)
     n_batches = 3 * args.warmup + args.steps + (PROFILE_STEPS if args.profile else 0) + 2
     loader = make_loader(bench, ids, n_batches, args.workers, pin=env.cuda)
     torch.manual_seed(0)
@@ -424,7 +425,7 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
     how = compile_flexbert(model, args.compile_tuning) if args.compile else "no compile"
     log(
         f"[{bench.name}] FlexBERT-{bench.size}: {model.num_parameters():,} parameters, backend "
-        f"{cfg.attention_backend}, {how}, rows of {bench.micro} x {bench.max_seq_len} = {bench.row_len:,} "
+        f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, {how}, rows of {bench.micro} x {bench.max_seq_len} = {bench.row_len:,} "
         f"tokens, {args.workers} loader workers; warmup {args.warmup} + {args.steps} timed steps"
     )
     step = lambda batch: flex_step(model, opt, env, batch)  # noqa: E731
@@ -432,7 +433,9 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
     try:
         timing = run_timed(env, batches, step, args.warmup, args.steps)
         result = summarize("FlexBERT", bench, cfg, timing, [flex_stats(b) for b in timing.batches], env)
-        result.update(backend=cfg.attention_backend, compile=how, params=model.num_parameters())
+        result.update(
+            backend=cfg.attention_backend, fused=cfg.fused_kernels, compile=how, params=model.num_parameters()
+        )
         print_result(result)
         if args.profile:
             try:
@@ -693,6 +696,12 @@ def parse_args(argv=None):
     )
     ap.add_argument(
         "--backend", choices=sorted(BACKENDS), help="attention_backend override (default: config's)"
+    )
+    ap.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="FlexBERT: fused_kernels (Triton residual + dropout + LayerNorm; default on)",
     )
     ap.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True, help="run the HF baselines")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")

@@ -1,6 +1,12 @@
 import os
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU, this package's Triton kernels run in Triton's interpreter (tests/test_fused_norm.py). It is
+    # chosen when triton is imported, so here, before any test module imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tests never reach the network or the model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,8 +16,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (run on the device machine)")

@@ -42,6 +42,11 @@ from torch import nn
 from .config import ATTENTION_BACKENDS, FlexBertConfig
 from .rotary import apply_rotary, positions_from_cu_seqlens
 
+try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
+    from . import fused_rotary
+except ImportError:  # pragma: no cover
+    fused_rotary = None
+
 AttentionFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, "int | None"], torch.Tensor
 ]
@@ -291,19 +296,22 @@ class Attention(nn.Module):
         self.is_local = config.is_local_layer(layer_id)
         self.window = config.sliding_window if self.is_local else None
         self.Wqkv = nn.Linear(H, 3 * H, bias=config.attn_qkv_bias)
-        self.Wo = nn.Linear(H, H, bias=config.attn_out_bias)
-        self.out_drop = nn.Dropout(config.attn_out_dropout_prob)
+        self.Wo = nn.Linear(H, H, bias=config.attn_out_bias)  # its dropout is the layer's (add_norm)
         self.backend_name = config.attention_backend
         self.backend = get_backend(config.attention_backend)
+        self.fused = config.fused_kernels
 
     def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
         T = x_TC.shape[0]
         qkv = self.Wqkv(x_TC).view(T, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.unbind(dim=1)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.fused and fused_rotary is not None and fused_rotary.supported(qkv, cos):
+            q, k, v = fused_rotary.rotary_qkv(qkv, cos, sin)  # one Triton kernel each way
+        else:
+            q, k, v = qkv.unbind(dim=1)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out_THD = self.backend(q, k, v, cu_seqlens, max_seqlen, self.window)
-        return self.out_drop(self.Wo(out_THD.reshape(T, -1)))
+        return self.Wo(out_THD.reshape(T, -1))
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, window={self.window}, backend={self.backend_name}"

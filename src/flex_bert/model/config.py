@@ -122,6 +122,9 @@ class FlexBertConfig:
     init_cutoff_factor: float = 2.0
     # --- this implementation ---
     attention_backend: str = "auto"
+    # Residual add + dropout + LayerNorm as one Triton kernel each way on CUDA (model/fused_norm.py); false:
+    # the PyTorch composition (the same computation, another dropout mask). CPU always runs the composition.
+    fused_kernels: bool = True
     max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
     gradient_checkpointing: bool = False
     pad_token_id: int = 50283

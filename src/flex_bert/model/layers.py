@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import Attention
 from .config import FlexBertConfig
+
+try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
+    from . import fused_glu, fused_norm
+except ImportError:  # pragma: no cover
+    fused_glu = fused_norm = None
 
 
 def layer_norm(config: FlexBertConfig) -> nn.LayerNorm:
@@ -29,25 +35,54 @@ class Embeddings(nn.Module):
 
 
 class GLU(nn.Module):
-    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate."""
+    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. With
+    `config.fused_kernels` on CUDA the gate is one Triton kernel each way (`fused_glu.gelu_gate`)."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__()
+        self.fused = config.fused_kernels
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_in_bias)
         self.act = nn.GELU(approximate="none")  # exact erf GELU, as HF's ACT2FN["gelu"]
         self.drop = nn.Dropout(config.mlp_dropout_prob)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
 
     def forward(self, x_TC: torch.Tensor) -> torch.Tensor:
-        a, g = self.Wi(x_TC).chunk(2, dim=-1)
+        h_TN = self.Wi(x_TC)
+        if self.fused and fused_glu is not None and fused_glu.supported(h_TN):
+            return self.Wo(self.drop(fused_glu.gelu_gate(h_TN)))
+        a, g = h_TN.chunk(2, dim=-1)
         return self.Wo(self.drop(self.act(a) * g))
 
 
-class EncoderLayer(nn.Module):
-    """Pre-norm block: `x + attn(attn_norm(x))`, then `x + mlp(mlp_norm(x))`.
+def add_norm(
+    x_TC: torch.Tensor,
+    branch_TC: torch.Tensor | None,
+    norm: nn.Module,
+    dropout: float | None,
+    training: bool,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A joint of the residual stream: `x = x + dropout(branch)` (no dropout if `dropout` is None; `branch` None
+    adds nothing), then `(x, norm(x))`. With `fused` on CUDA it is one Triton kernel each way
+    (`fused_norm.add_dropout_layer_norm`), the same computation with another dropout mask."""
+    if branch_TC is None:
+        return x_TC, norm(x_TC)
+    if fused and fused_norm is not None and isinstance(norm, nn.LayerNorm) and fused_norm.supported(x_TC):
+        p = dropout if dropout is not None and training else 0.0
+        return fused_norm.add_dropout_layer_norm(x_TC, branch_TC, norm, p)
+    if dropout is not None:
+        branch_TC = F.dropout(branch_TC, dropout, training)
+    x_TC = x_TC + branch_TC
+    return x_TC, norm(x_TC)
 
-    Layer 0's `attn_norm` is Identity when `skip_first_prenorm` (the embedding norm already normalised x), so
-    it has no parameter, as upstream.
+
+class EncoderLayer(nn.Module):
+    """Pre-norm block: `x + drop(attn(attn_norm(x)))`, then `x + mlp(mlp_norm(x))`, as upstream.
+
+    The MLP output joins the stream in the *next* layer (or the final norm), so that each join and the norm
+    after it are one `add_norm`: `forward(x, mlp_out_prev) -> (x, mlp_out)`, where x does not yet hold
+    mlp_out. Layer 0 gets `mlp_out_prev=None`. Its `attn_norm` is Identity when `skip_first_prenorm` (the
+    embedding norm already normalised x), so it has no parameter, as upstream.
     """
 
     def __init__(self, config: FlexBertConfig, layer_id: int):
@@ -55,13 +90,19 @@ class EncoderLayer(nn.Module):
         skip = layer_id == 0 and config.skip_first_prenorm
         self.attn_norm = nn.Identity() if skip else layer_norm(config)
         self.attn = Attention(config, layer_id)
+        self.attn_out_dropout = config.attn_out_dropout_prob
         self.mlp_norm = layer_norm(config)
         self.mlp = GLU(config)
+        self.fused = config.fused_kernels
 
     @property
     def is_local(self) -> bool:
         return self.attn.is_local
 
-    def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
-        x_TC = x_TC + self.attn(self.attn_norm(x_TC), rope, cu_seqlens, max_seqlen)
-        return x_TC + self.mlp(self.mlp_norm(x_TC))
+    def forward(
+        self, x_TC, mlp_out_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x_TC, h_TC = add_norm(x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused)
+        attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen)
+        x_TC, h_TC = add_norm(x_TC, attn_TC, self.mlp_norm, self.attn_out_dropout, self.training, self.fused)
+        return x_TC, self.mlp(h_TC)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import FlexBertConfig
-from .layers import Embeddings, EncoderLayer, layer_norm
+from .layers import Embeddings, EncoderLayer, add_norm, layer_norm
 from .padding import cu_seqlens_from_lengths, repad, unpad
 from .rotary import positions_from_cu_seqlens, rotary_cos_sin
 
@@ -54,13 +54,14 @@ class FlexBertModel(nn.Module):
         positions_T = positions_from_cu_seqlens(cu_seqlens, input_ids_T.shape[0])
         rope_global = rotary_cos_sin(positions_T, cfg.head_dim, cfg.rotary_emb_base)
         rope_local = rotary_cos_sin(positions_T, cfg.head_dim, cfg.local_rope_theta)
+        mlp_out_TC = None  # each layer's MLP output joins the stream in the next layer (EncoderLayer)
         for layer in self.encoder.layers:
-            rope = rope_local if layer.is_local else rope_global
+            args = (x_TC, mlp_out_TC, rope_local if layer.is_local else rope_global, cu_seqlens, max_seqlen)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x_TC = checkpoint(layer, x_TC, rope, cu_seqlens, max_seqlen, use_reentrant=False)
+                x_TC, mlp_out_TC = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x_TC = layer(x_TC, rope, cu_seqlens, max_seqlen)
-        return self.final_norm(x_TC)
+                x_TC, mlp_out_TC = layer(*args)
+        return add_norm(x_TC, mlp_out_TC, self.final_norm, None, self.training, cfg.fused_kernels)[1]
 
 
 class PredictionHead(nn.Module):

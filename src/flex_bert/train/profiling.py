@@ -25,12 +25,13 @@ from torch.autograd import DeviceType
 
 KERNEL_CATEGORIES = (  # first match wins; kernel names of cuBLAS, PyTorch's flash, flex, Inductor, optimi, NCCL
     ("communication (NCCL)", r"nccl"),
+    ("FlexBERT's Triton kernels (residual joints, GLU gate)", r"^_add_norm_|^_gelu_gate_"),
     ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd"),
     ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd"),
     ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
     ("optimizer", r"stableadamw|adam"),
     ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
-    ("Inductor fused (norms, rotary, GLU, residual, loss)", r"^triton_"),
+    ("Inductor fused (rotary, head norm, loss, ...)", r"^triton_"),
     ("eager elementwise", r"elementwise|vectorized|unrolled"),
     ("eager reductions and indexing", r"reduce|softmax|norm|index|scatter|gather|sort|scan"),
 )

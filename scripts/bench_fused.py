@@ -1,0 +1,148 @@
+"""The fused kernels (model/fused_norm.py, model/fused_glu.py) against Inductor's compiled composition, alone.
+
+For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the residual joint
+`x + dropout(branch)` -> LayerNorm (fp32 stream, bf16 branch and output, p = 0.1) and the GLU gate
+`gelu(a) * g` (bf16), forward and backward, in ms (triton.testing.do_bench, median) and in TB/s of the bytes
+each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes per gate
+element). `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps, backward programs
+per SM) at ModernBERT-base's width, to choose `fused_norm`'s defaults.
+
+Usage (GPU): python scripts/bench_fused.py [--tokens 98304] [--sweep] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from flex_bert.model import fused_glu, fused_norm  # noqa: E402
+
+
+def _bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _fwd_bwd_ms(fn, inputs) -> tuple[float, float]:
+    """Median ms of fn(*inputs), and of the backward from random gradients of all its outputs."""
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = [torch.randn_like(o) for o in outs]
+    fwd = _bench(lambda: fn(*inputs))
+    bwd = _bench(lambda: torch.autograd.grad(outs, inputs, grads, retain_graph=True))
+    return fwd, bwd
+
+
+def joint_inputs(T: int, C: int):
+    x = torch.randn(T, C, device="cuda", requires_grad=True)
+    br = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    norm = nn.LayerNorm(C, bias=False).cuda()
+    return x, br, norm
+
+
+def bench_joint(T: int, C: int, p: float) -> dict:
+    x, br, norm = joint_inputs(T, C)
+
+    def fused(x, br):
+        return fused_norm.add_dropout_layer_norm(x, br, norm, p, torch.bfloat16)
+
+    @torch.compile(dynamic=True)
+    def composed(x, br):
+        x_new = x + F.dropout(br, p, True)
+        return x_new, F.layer_norm(x_new, (C,), norm.weight, None, norm.eps).to(torch.bfloat16)
+
+    elems = T * C
+    out = {}
+    for name, fn in (("fused", fused), ("inductor", composed)):
+        fwd, bwd = _fwd_bwd_ms(fn, (x, br))
+        out[name] = {
+            "fwd_ms": round(fwd, 4),
+            "bwd_ms": round(bwd, 4),
+            "fwd_TBps": round(12 * elems / fwd / 1e9, 2),
+            "bwd_TBps": round(16 * elems / bwd / 1e9, 2),
+        }
+    return out
+
+
+def bench_gate(T: int, N: int) -> dict:
+    h = torch.randn(T, 2 * N, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+
+    @torch.compile(dynamic=True)
+    def composed(h):
+        a, g = h.chunk(2, dim=-1)
+        return F.gelu(a) * g
+
+    elems = T * N
+    out = {}
+    for name, fn in (("fused", fused_glu.gelu_gate), ("inductor", composed)):
+        fwd, bwd = _fwd_bwd_ms(fn, (h,))
+        out[name] = {
+            "fwd_ms": round(fwd, 4),
+            "bwd_ms": round(bwd, 4),
+            "fwd_TBps": round(6 * elems / fwd / 1e9, 2),
+            "bwd_TBps": round(10 * elems / bwd / 1e9, 2),
+        }
+    return out
+
+
+def sweep_joint(T: int, C: int, p: float) -> list[dict]:
+    """Rows per tile x warps (4 backward programs per SM), then programs per SM for the best of those."""
+    import triton
+
+    x, br, norm = joint_inputs(T, C)
+    block_c = triton.next_power_of_2(C)
+    default_blocks, default_programs = fused_norm._blocks, fused_norm._bwd_programs
+
+    def run(rows, warps, per_sm):
+        fused_norm._blocks = lambda C: (rows, block_c, warps)
+        fused_norm._bwd_programs = lambda device: per_sm * fused_norm._num_sms(0)
+        fwd, bwd = _fwd_bwd_ms(
+            lambda x, br: fused_norm.add_dropout_layer_norm(x, br, norm, p, torch.bfloat16), (x, br)
+        )
+        return {"rows": rows, "warps": warps, "programs_per_sm": per_sm, "fwd_ms": fwd, "bwd_ms": bwd}
+
+    try:
+        shapes = [(r, w) for r in (1, 2, 4, 8) for w in (2, 4, 8, 16) if r * block_c // (32 * w) >= 4]
+        results = sorted((run(r, w, 4) for r, w in shapes), key=lambda r: r["fwd_ms"] + r["bwd_ms"])
+        best = results[0]
+        results += [run(best["rows"], best["warps"], k) for k in (1, 2, 8, 16)]
+    finally:
+        fused_norm._blocks, fused_norm._bwd_programs = default_blocks, default_programs
+    return sorted(results, key=lambda r: r["fwd_ms"] + r["bwd_ms"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=98_304)
+    ap.add_argument("--sweep", action="store_true", help="time the joint's kernels over tile shapes")
+    ap.add_argument("--json", metavar="OUT")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_fused.py needs a CUDA GPU")
+        return 1
+    torch._functorch.config.donated_buffer = False  # the compiled backward is replayed (retain_graph)
+    T = args.tokens
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": T}
+    for C, N in ((768, 1152), (1024, 2624)):  # ModernBERT-base, -large
+        res[f"joint_C{C}"] = bench_joint(T, C, 0.1)
+        res[f"gate_N{N}"] = bench_gate(T, N)
+        print(f"joint C={C}: {res[f'joint_C{C}']}\ngate N={N}: {res[f'gate_N{N}']}", flush=True)
+        if args.sweep and C == 768:  # the tile defaults are chosen on ModernBERT-base
+            res[f"sweep_C{C}"] = sweep = sweep_joint(T, C, 0.1)
+            print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

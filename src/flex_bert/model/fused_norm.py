@@ -1,0 +1,230 @@
+"""Residual add + dropout + LayerNorm in one Triton kernel each way: the joints of the pre-norm stream.
+
+    x_new = x + dropout_p(branch)                        stored in x's dtype (the fp32 residual under autocast)
+    out   = (x_new - mean) * rstd * weight (+ bias)      stored in `out_dtype` (the dtype the next matmul reads)
+
+Every layer has two such joints (the attention output joining the stream before `mlp_norm`; the MLP output
+joining it before the next layer's `attn_norm`, or `final_norm`). Unfused, Inductor spends about 2.1 ms a layer
+on them at 98k tokens x 768 on an H100, half the HBM bandwidth (docs/PERFORMANCE.md); here one kernel reads
+x and branch and writes x_new and out (12 bytes per element with an fp32 stream), and one backward kernel reads
+d_out, d_x_new and x_new and writes d_x and d_branch (16 bytes per element). The dropout mask is never stored:
+both kernels draw it from Philox with the same seed and element offsets.
+
+It computes what the PyTorch composition `x + F.dropout(branch)` then `F.layer_norm` computes, including the
+roundings of the composition under autocast: the scaled dropout output is rounded to branch's dtype before the
+add (as F.dropout does), x_new is rounded to x's dtype before it is normalised, the gradient reaching branch is
+rounded to branch's dtype before the dropout scale (as autograd casts it for the add). Only the dropout mask
+differs (another random stream); the LayerNorm sums are fp32 in another order.
+
+`triton_op` makes the kernels visible to torch.compile (no graph break; Inductor schedules them like its own).
+`supported(x)` says where it runs: CUDA with Triton. Tests also run the same kernels on the CPU through Triton's
+interpreter (TRITON_INTERPRET=1, set before this module is imported).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+_MAX_HIDDEN = 8192  # one row lives in registers: beyond this the kernels would spill
+_BWD_PROGRAMS_PER_SM = 4
+
+
+@triton.jit
+def _add_norm_fwd(
+    X, BR, XNEW, OUT, W, B, MEAN, RSTD, SEED,
+    T, C, eps, p, scale,
+    HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_C)
+    rmask, cmask = rows < T, cols < C
+    m = rmask[:, None] & cmask[None, :]
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+    br = tl.load(BR + offs, mask=m, other=0.0)
+    if DROPOUT:
+        keep = tl.rand(tl.load(SEED), offs) > p
+        br = tl.where(keep, br.to(tl.float32) * scale, 0.0).to(BR.dtype.element_ty)
+    x_new = (x + br.to(tl.float32)).to(XNEW.dtype.element_ty)
+    tl.store(XNEW + offs, x_new, mask=m)
+    x = x_new.to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(m, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / C + eps)
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    out = xc * rstd[:, None] * w[None, :]
+    if HAS_BIAS:
+        out += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+    tl.store(MEAN + rows, mean, mask=rmask)
+    tl.store(RSTD + rows, rstd, mask=rmask)
+
+
+@triton.jit
+def _add_norm_bwd(
+    DOUT, DXNEW, XNEW, W, MEAN, RSTD, SEED, DX, DBR, DW, DB,
+    T, C, p, scale, rows_per_program,
+    HAS_DXNEW: tl.constexpr, DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr, BR_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Each program takes `rows_per_program` consecutive rows and writes its partial weight (and bias)
+    gradients to row `program_id` of DW (DB); the caller sums them."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    first = pid * rows_per_program
+    end = tl.minimum(first + rows_per_program, T)
+    for start in range(first, end, BLOCK_R):
+        rows = start + tl.arange(0, BLOCK_R)
+        rmask = rows < end
+        m = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+        mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        x = tl.load(XNEW + offs, mask=m, other=0.0).to(tl.float32)
+        xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dout = tl.load(DOUT + offs, mask=m, other=0.0).to(tl.float32)
+        wdout = dout * w[None, :]
+        c1 = tl.sum(xhat * wdout, axis=1) / C
+        c2 = tl.sum(wdout, axis=1) / C
+        dx = (wdout - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DXNEW:
+            dx += tl.load(DXNEW + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=m)
+        dbr = dx.to(BR_DTYPE)
+        if DROPOUT:
+            keep = tl.rand(tl.load(SEED), offs) > p
+            dbr = tl.where(keep, dbr.to(tl.float32) * scale, 0.0).to(BR_DTYPE)
+        tl.store(DBR + offs, dbr, mask=m)
+        dw += tl.sum(dout * xhat, axis=0)
+        if HAS_BIAS:
+            db += tl.sum(dout, axis=0)
+    tl.store(DW + pid * C + cols, dw, mask=cmask)
+    if HAS_BIAS:
+        tl.store(DB + pid * C + cols, db, mask=cmask)
+
+
+def _blocks(C: int) -> tuple[int, int, int]:
+    """(rows per tile, padded hidden, warps): about 2048 elements a tile, 4 warps (16 elements a thread). On an
+    H200 at 98k x 768 this beat 1, 4 and 8 rows and 2, 8 and 16 warps (`scripts/bench_fused.py --sweep`)."""
+    block_c = triton.next_power_of_2(C)
+    return max(1, 2048 // block_c), block_c, 4 if block_c <= 2048 else 8
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _bwd_programs(device: torch.device) -> int:
+    return _BWD_PROGRAMS_PER_SM * (_num_sms(device.index or 0) if device.type == "cuda" else 4)
+
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton_op("flex_bert::add_dropout_layer_norm_fwd", mutates_args=())
+def _fwd(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    p: float,
+    eps: float,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    T, C = x.shape
+    x_new = torch.empty_like(x)
+    out = torch.empty((T, C), dtype=out_dtype, device=x.device)
+    mean = torch.empty((T,), dtype=torch.float32, device=x.device)
+    rstd = torch.empty((T,), dtype=torch.float32, device=x.device)
+    block_r, block_c, warps = _blocks(C)
+    wrap_triton(_add_norm_fwd)[(triton.cdiv(T, block_r),)](
+        x, branch, x_new, out, weight, bias, mean, rstd, seed,
+        T, C, eps, p, 1.0 / (1.0 - p),
+        HAS_BIAS=bias is not None, DROPOUT=seed is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        num_warps=warps,
+    )  # fmt: skip
+    return x_new, out, mean, rstd
+
+
+@triton_op("flex_bert::add_dropout_layer_norm_bwd", mutates_args=())
+def _bwd(
+    d_out: torch.Tensor,
+    d_x_new: torch.Tensor | None,
+    x_new: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    seed: torch.Tensor | None,
+    p: float,
+    branch_dtype: torch.dtype,
+    has_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    T, C = x_new.shape
+    programs = _bwd_programs(x_new.device)
+    d_x = torch.empty_like(x_new)
+    d_branch = torch.empty((T, C), dtype=branch_dtype, device=x_new.device)
+    d_w = torch.empty((programs, C), dtype=torch.float32, device=x_new.device)
+    d_b = torch.empty((programs if has_bias else 1, C), dtype=torch.float32, device=x_new.device)
+    block_r, block_c, warps = _blocks(C)
+    wrap_triton(_add_norm_bwd)[(programs,)](
+        d_out, d_x_new, x_new, weight, mean, rstd, seed, d_x, d_branch, d_w, d_b,
+        T, C, p, 1.0 / (1.0 - p), triton.cdiv(T, programs),
+        HAS_DXNEW=d_x_new is not None, DROPOUT=seed is not None, HAS_BIAS=has_bias,
+        BR_DTYPE=_TRITON_DTYPES[branch_dtype], BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
+    )  # fmt: skip
+    return d_x, d_branch, d_w.sum(0), d_b.sum(0)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, branch, weight, bias, seed, p, _eps, _out_dtype = inputs
+    x_new, _out, mean, rstd = output
+    ctx.save_for_backward(x_new, weight, mean, rstd, seed)
+    ctx.p, ctx.branch_dtype, ctx.has_bias = p, branch.dtype, bias is not None
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, d_x_new, d_out, _d_mean, _d_rstd):
+    x_new, weight, mean, rstd, seed = ctx.saved_tensors
+    d_x, d_branch, d_w, d_b = _bwd(
+        d_out, d_x_new, x_new, weight, mean, rstd, seed, ctx.p, ctx.branch_dtype, ctx.has_bias
+    )
+    return d_x, d_branch, d_w.to(weight.dtype), d_b if ctx.has_bias else None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "flex_bert::add_dropout_layer_norm_fwd", _backward, setup_context=_setup_context
+)
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Where the fused kernels run: CUDA tensors (Triton), a hidden size whose row fits in registers."""
+    return x.is_cuda and x.dim() == 2 and x.shape[-1] <= _MAX_HIDDEN
+
+
+def add_dropout_layer_norm(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    norm: torch.nn.LayerNorm,
+    p: float,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + dropout_p(branch), norm(that)) for (tokens, hidden) tensors; `p` is the dropout probability in
+    effect (0 in eval). `out_dtype` defaults to the CUDA autocast dtype when autocast is on, else x's dtype."""
+    if out_dtype is None:
+        out_dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64) if p > 0 else None
+    x_new, out, _, _ = _fwd(
+        x.contiguous(), branch.contiguous(), norm.weight, norm.bias, seed, float(p), norm.eps, out_dtype
+    )
+    return x_new, out
