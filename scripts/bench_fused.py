@@ -42,6 +42,20 @@ def _fwd_bwd_ms(fn, inputs) -> tuple[float, float]:
     return fwd, bwd
 
 
+def _compare(fns, inputs, fwd_bytes: int, bwd_bytes: int) -> dict:
+    """{name: fwd/bwd ms and TB/s} for each (name, fn) computing the same op on `inputs`."""
+    out = {}
+    for name, fn in fns:
+        fwd, bwd = _fwd_bwd_ms(fn, inputs)
+        out[name] = {
+            "fwd_ms": round(fwd, 4),
+            "bwd_ms": round(bwd, 4),
+            "fwd_TBps": round(fwd_bytes / fwd / 1e9, 2),
+            "bwd_TBps": round(bwd_bytes / bwd / 1e9, 2),
+        }
+    return out
+
+
 def joint_inputs(T: int, C: int):
     x = torch.randn(T, C, device="cuda", requires_grad=True)
     br = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -60,17 +74,7 @@ def bench_joint(T: int, C: int, p: float) -> dict:
         x_new = x + F.dropout(br, p, True)
         return x_new, F.layer_norm(x_new, (C,), norm.weight, None, norm.eps).to(torch.bfloat16)
 
-    elems = T * C
-    out = {}
-    for name, fn in (("fused", fused), ("inductor", composed)):
-        fwd, bwd = _fwd_bwd_ms(fn, (x, br))
-        out[name] = {
-            "fwd_ms": round(fwd, 4),
-            "bwd_ms": round(bwd, 4),
-            "fwd_TBps": round(12 * elems / fwd / 1e9, 2),
-            "bwd_TBps": round(16 * elems / bwd / 1e9, 2),
-        }
-    return out
+    return _compare((("fused", fused), ("inductor", composed)), (x, br), 12 * T * C, 16 * T * C)
 
 
 def bench_gate(T: int, N: int) -> dict:
@@ -81,17 +85,7 @@ def bench_gate(T: int, N: int) -> dict:
         a, g = h.chunk(2, dim=-1)
         return F.gelu(a) * g
 
-    elems = T * N
-    out = {}
-    for name, fn in (("fused", fused_glu.gelu_gate), ("inductor", composed)):
-        fwd, bwd = _fwd_bwd_ms(fn, (h,))
-        out[name] = {
-            "fwd_ms": round(fwd, 4),
-            "bwd_ms": round(bwd, 4),
-            "fwd_TBps": round(6 * elems / fwd / 1e9, 2),
-            "bwd_TBps": round(10 * elems / bwd / 1e9, 2),
-        }
-    return out
+    return _compare((("fused", fused_glu.gelu_gate), ("inductor", composed)), (h,), 6 * T * N, 10 * T * N)
 
 
 def sweep_joint(T: int, C: int, p: float) -> list[dict]:

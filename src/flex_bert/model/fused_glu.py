@@ -24,26 +24,29 @@ BLOCK_ROWS, BLOCK_COLS, WARPS = 16, 128, 4
 
 
 @triton.jit
-def _gelu_gate_fwd(Hin, Z, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+def _load_gate(Hin, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's tile: a and g (fp32) from the two halves of Hin (T, 2N), their offset in Hin, the
+    tile's offset in a (T, N) tensor, and the mask."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m = (rows < T)[:, None] & (cols < N)[None, :]
     a_offs = rows[:, None].to(tl.int64) * (2 * N) + cols[None, :]
     a = tl.load(Hin + a_offs, mask=m, other=0.0).to(tl.float32)
     g = tl.load(Hin + a_offs + N, mask=m, other=0.0).to(tl.float32)
+    return a, g, a_offs, rows[:, None].to(tl.int64) * N + cols[None, :], m
+
+
+@triton.jit
+def _gelu_gate_fwd(Hin, Z, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+    a, g, _, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
     z = 0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g
-    tl.store(Z + rows[:, None].to(tl.int64) * N + cols[None, :], z.to(Z.dtype.element_ty), mask=m)
+    tl.store(Z + z_offs, z.to(Z.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _gelu_gate_bwd(DZ, Hin, DH, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m = (rows < T)[:, None] & (cols < N)[None, :]
-    a_offs = rows[:, None].to(tl.int64) * (2 * N) + cols[None, :]
-    a = tl.load(Hin + a_offs, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(Hin + a_offs + N, mask=m, other=0.0).to(tl.float32)
-    dz = tl.load(DZ + rows[:, None].to(tl.int64) * N + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    a, g, a_offs, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
+    dz = tl.load(DZ + z_offs, mask=m, other=0.0).to(tl.float32)
     cdf = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2))
     pdf = tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
     tl.store(DH + a_offs, (dz * g * (cdf + a * pdf)).to(DH.dtype.element_ty), mask=m)
