@@ -7,6 +7,7 @@ to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a glo
   flex              the "flex" backend called eagerly: block mask built per call + compiled flex_attention
   flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
+  band              FlexBERT's Triton sliding-window kernel (model/band_attention.py; local layers, CUDA)
   mask only         `flex_block_mask` alone, eager (no FLOPs)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
@@ -14,6 +15,7 @@ abs error of output and input gradients against the exact `sdpa` backend (fp32) 
 
 On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
   python scripts/bench_attention.py [--tokens 98304] [--iters 20] [--block-size 128] [--json OUT.json]
+  python scripts/bench_attention.py --sweep     # the band kernel's tile shapes, forward and backward
   python scripts/bench_attention.py --device cpu --tokens 2048
 """
 
@@ -31,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flex_bert.model import attention  # noqa: E402
+from flex_bert.model import attention, band_attention  # noqa: E402
 from flex_bert.model.attention import (  # noqa: E402
     flex_attention_backend,
     flex_block_mask,
@@ -108,6 +110,37 @@ def max_errors(fn, lengths, H, D, dtype, device, window, backward):
     return err
 
 
+def sweep(inputs, cu, iters: int) -> list[dict]:
+    """Every tile shape and launch setting of each of the band kernel's three kernels (the other two at their
+    defaults), for a local layer (window 128): the forward timed alone, the backward kernels by forward +
+    backward. Restores the defaults."""
+    import itertools
+
+    names = ("FWD", "DKDV", "DQ")
+    defaults = {n: dict(getattr(band_attention, n)) for n in names}
+    fn = lambda: band_attention.band_attention(*inputs, cu, 128)  # noqa: E731
+    rows = []
+    tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
+    launches = [(4, 2), (4, 3), (4, 4), (8, 3)]  # (num_warps, num_stages)
+    for which in names:
+        for (bm, bn), (warps, stages) in itertools.product(tiles, launches):
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+            for n in names:
+                setattr(band_attention, n, dict(cfg if n == which else defaults[n]))
+            try:
+                ms = time_ms(fn, inputs, which != "FWD", iters)
+            except Exception as e:  # noqa: BLE001  (e.g. out of shared memory)
+                print(f"{which} {cfg} failed: {type(e).__name__}: {str(e)[-200:]}")
+                continue
+            rows.append(dict(kernel=which, ms=ms, **cfg))
+            print(f"{which:<5}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
+    for n in names:
+        setattr(band_attention, n, defaults[n])
+        best = min((r for r in rows if r["kernel"] == n), key=lambda r: r["ms"])
+        print(f"best {n}: {best}")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -118,6 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--block-size", type=int, default=128, help="flex sparse block (power of two >= 16)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sweep", action="store_true", help="only sweep the band kernel's tile shapes (CUDA)")
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -128,6 +162,11 @@ def main(argv=None) -> int:
     check_lengths = packed_lengths(min(args.check_tokens, args.tokens), args.seed + 1, hi=2048)
     q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, args.device)
     inputs = [t.requires_grad_(backward) for t in (q, k, v)]
+    if args.sweep:
+        rows = sweep(inputs, cu, args.iters)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"sweep": rows}, indent=2))
+        return 0
     compiled = torch.compile(flex_attention_backend, dynamic=False)
     print(f"{args.tokens:,} tokens, {len(lengths)} documents (max {max_len}), H={H} D={D} {dtype}, "
           f"flex block {bs}, {'fwd+bwd' if backward else 'fwd only'}, median of {args.iters}")  # fmt: skip
@@ -143,8 +182,11 @@ def main(argv=None) -> int:
             "flex compiled": compiled,
             "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
         }
+        if window is not None:
+            kernels["band"] = lambda q, k, v, cu, max_len, w: band_attention.band_attention(q, k, v, cu, w)
         if not cuda:
             del kernels["varlen"]
+            kernels.pop("band", None)
         rows = []
         for name, fn in kernels.items():
             try:  # an unsupported kernel (forward or backward) is a result, not a crash

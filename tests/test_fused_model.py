@@ -7,10 +7,11 @@ from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
 
 @pytest.mark.gpu
-def test_fused_model_matches_the_composition_on_gpu():
+@pytest.mark.parametrize("backend", ["auto", "band"])  # band: the Triton attention kernel on local layers too
+def test_fused_model_matches_the_composition_on_gpu(backend):
     """A bf16-autocast FlexBERT with `fused_kernels` (residual joints, GLU gate, rotary) against the same
-    weights with the PyTorch composition (dropout 0): loss and every gradient within bf16 tolerance, eager and
-    with compile_layers (the kernels inside Inductor's graphs)."""
+    weights with the PyTorch composition and varlen attention (dropout 0): loss and every gradient within bf16
+    tolerance, eager and with compile_layers (the kernels inside Inductor's graphs, forward and backward)."""
     cfg = FlexBertConfig(
         vocab_size=512, num_hidden_layers=4, hidden_size=256, intermediate_size=384, num_attention_heads=4,
         sliding_window=32, pad_token_id=3, cls_token_id=1, sep_token_id=2, mask_token_id=4,
@@ -22,9 +23,10 @@ def test_fused_model_matches_the_composition_on_gpu():
     cu = torch.tensor([0, 100, 433, 900, T], dtype=torch.int32, device="cuda")
     labels = torch.where(torch.rand(T, device="cuda") < 0.3, ids, torch.full_like(ids, -100))
 
-    def run(fused, compiled):
+    def run(fused, compiled, backend="auto"):
         torch.manual_seed(1)
-        model = FlexBertForMaskedLM(FlexBertConfig(**{**cfg.to_dict(), "fused_kernels": fused})).cuda()
+        over = {"fused_kernels": fused, "attention_backend": backend}
+        model = FlexBertForMaskedLM(FlexBertConfig(**{**cfg.to_dict(), **over})).cuda()
         if compiled:
             model.compile_layers(tune=False)
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -34,7 +36,7 @@ def test_fused_model_matches_the_composition_on_gpu():
 
     ref_loss, ref_grads = run(False, False)
     for compiled in (False, True):
-        loss, grads = run(True, compiled)
+        loss, grads = run(True, compiled, backend)
         torch.testing.assert_close(loss, ref_loss, rtol=2e-3, atol=2e-3)
         for name, g in grads.items():
             scale = ref_grads[name].abs().max().item() + 1e-6

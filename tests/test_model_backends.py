@@ -68,12 +68,14 @@ def test_positions_restart_per_document_and_skip_empty_segments():
 
 
 def test_registry_and_errors():
-    assert sorted(BACKENDS) == ["auto", "flash_attn", "flex", "sdpa", "varlen"]
+    assert sorted(BACKENDS) == ["auto", "band", "flash_attn", "flex", "sdpa", "varlen"]
     with pytest.raises(ValueError, match=r"unknown attention backend 'xformers'; choose one of \['auto'"):
         get_backend("xformers")
     q, k, v, cu, max_len = random_qkv([4])
     with pytest.raises(ValueError, match="needs CUDA fp16/bf16"):
         varlen_attention(q, k, v, cu, max_len, None)
+    with pytest.raises(ValueError, match="'band' needs CUDA fp16/bf16"):
+        get_backend("band")(q, k, v, cu, max_len, 128)
     torch.testing.assert_close(
         get_backend("auto")(q, k, v, cu, max_len, None), sdpa_attention(q, k, v, cu, 4, None)
     )
@@ -259,6 +261,12 @@ def test_varlen_matches_sdpa_reference(window):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("window", [None, 16, 128])
+def test_band_matches_sdpa_reference(window):
+    _kernel_vs_reference("band", window)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("window", [None, 128])
 def test_flash_attn_matches_sdpa_reference(window):
     pytest.importorskip("flash_attn")
@@ -285,7 +293,7 @@ def test_flex_inside_compiled_graph_matches_sdpa_reference(window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["auto", "flex"])
+@pytest.mark.parametrize("backend", ["auto", "flex", "band"])
 def test_model_bf16_matches_fp32_sdpa_and_compiles(backend):
     common = dict(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=4,
                   num_attention_heads=2, sliding_window=16, global_attn_every_n_layers=3, pad_token_id=0,

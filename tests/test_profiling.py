@@ -45,11 +45,17 @@ def test_union_and_difference_match_a_brute_force_count(seed):
         ("nvjet_tst_192x192_64x4_2x1_v_bz_coopA_TNN", "matrix products"),
         ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matrix products"),
         ("_stableadamw_exp_avg_kernel", "optimizer"),
-        ("_add_norm_bwd", "FlexBERT's Triton kernels (residual joints, GLU gate)"),  # not "eager ... norm"
-        ("_gelu_gate_fwd", "FlexBERT's Triton kernels (residual joints, GLU gate)"),
+        (
+            "_add_norm_bwd",
+            "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)",
+        ),  # not "eager ... norm"
+        ("_gelu_gate_fwd", "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)"),
+        ("_rotary_qkv_bwd", "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)"),
+        ("_band_fwd", "attention forward"),
+        ("_band_bwd_dkdv", "attention backward"),
         (
             "triton_red_fused__to_copy_add_native_layer_norm_0",
-            "Inductor fused (rotary, head norm, loss, ...)",
+            "Inductor fused (head norm, loss, ...)",
         ),
         (
             "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>",

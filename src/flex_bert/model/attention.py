@@ -10,6 +10,10 @@ Backends (pick with `FlexBertConfig.attention_backend`):
   varlen     torch.nn.attention.varlen.varlen_attn (PyTorch's flash kernel; CUDA, fp16/bf16).
   flash_attn flash_attn.flash_attn_varlen_func, if the package is installed.
   flex       torch.nn.attention.flex_attention with a block-sparse BlockMask built from `cu_seqlens` (below).
+  band       local layers: FlexBERT's sliding-window Triton kernel (`band_attention.py`; 64-token tiles, 18%
+             faster than varlen alone at window 128 on an H200); global layers: varlen. CUDA, fp16/bf16. Not
+             yet `auto`'s choice: its backward inside `compile_layers` is not yet verified on the GPU and its
+             gain in a training step is not yet measured (docs/PERFORMANCE.md).
   auto       varlen on CUDA with fp16/bf16 inputs, sdpa otherwise.
 
 "flex": the packed row is one (1, H, T, D) sequence cut into blocks of `FLEX_BLOCK_SIZE` (128) tokens (T is
@@ -43,9 +47,9 @@ from .config import ATTENTION_BACKENDS, FlexBertConfig
 from .rotary import apply_rotary, positions_from_cu_seqlens
 
 try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
-    from . import fused_rotary
+    from . import band_attention, fused_rotary
 except ImportError:  # pragma: no cover
-    fused_rotary = None
+    band_attention = fused_rotary = None
 
 AttentionFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, "int | None"], torch.Tensor
@@ -259,6 +263,18 @@ def flex_attention_backend(q, k, v, cu_seqlens, max_seqlen, window, *, block_mas
     return out[0, :, :T].transpose(0, 1)
 
 
+def band_backend(q, k, v, cu_seqlens, max_seqlen, window):
+    """The Triton band kernel on local layers, varlen on global ones. CUDA only, fp16/bf16 only."""
+    if window is None:
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, window)
+    if band_attention is None or not band_attention.supported(q):
+        raise ValueError(
+            f"attention_backend 'band' needs CUDA fp16/bf16 inputs with a power-of-two head dim >= 16 (and "
+            f"Triton), got {q.device} {q.dtype}, head dim {q.shape[-1]}; use 'auto' on CPU / in fp32"
+        )
+    return band_attention.band_attention(q, k, v, cu_seqlens, window)
+
+
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """varlen where it runs (CUDA, half precision), the exact SDPA reference elsewhere."""
     if q.is_cuda and q.dtype in _HALF:
@@ -271,6 +287,7 @@ BACKENDS: dict[str, AttentionFn] = {
     "varlen": varlen_attention,
     "flash_attn": flash_attn_attention,
     "flex": flex_attention_backend,
+    "band": band_backend,
     "sdpa": sdpa_attention,
 }
 assert tuple(BACKENDS) == ATTENTION_BACKENDS

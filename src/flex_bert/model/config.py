@@ -19,7 +19,7 @@ from typing import Any
 
 # Attention backends by name (the functions live in attention.py; names are checked here so that a typo fails
 # at config load, before any work).
-ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "flex", "sdpa")
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "flex", "band", "sdpa")
 
 # Keys upstream's FlexBertConfig knows that have no effect on this implementation's computation: flash-attn
 # switches (we choose kernels with `attention_backend`), compile switches, and the classification head (this
@@ -122,8 +122,9 @@ class FlexBertConfig:
     init_cutoff_factor: float = 2.0
     # --- this implementation ---
     attention_backend: str = "auto"
-    # Residual add + dropout + LayerNorm as one Triton kernel each way on CUDA (model/fused_norm.py); false:
-    # the PyTorch composition (the same computation, another dropout mask). CPU always runs the composition.
+    # FlexBERT's Triton kernels on CUDA: residual add + dropout + LayerNorm (model/fused_norm.py), the GELU gate
+    # (fused_glu.py), rotary of QKV (fused_rotary.py). false: the PyTorch composition (the same computation,
+    # another dropout mask). CPU always runs the composition. (The band attention kernel is a backend.)
     fused_kernels: bool = True
     max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
     gradient_checkpointing: bool = False

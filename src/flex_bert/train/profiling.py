@@ -25,13 +25,16 @@ from torch.autograd import DeviceType
 
 KERNEL_CATEGORIES = (  # first match wins; kernel names of cuBLAS, PyTorch's flash, flex, Inductor, optimi, NCCL
     ("communication (NCCL)", r"nccl"),
-    ("FlexBERT's Triton kernels (residual joints, GLU gate)", r"^_add_norm_|^_gelu_gate_"),
-    ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd"),
-    ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd"),
+    (
+        "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)",
+        r"^_add_norm_|^_gelu_gate_|^_rotary_qkv_",
+    ),
+    ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd|^_band_bwd"),
+    ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd|^_band_fwd"),
     ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
     ("optimizer", r"stableadamw|adam"),
     ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
-    ("Inductor fused (rotary, head norm, loss, ...)", r"^triton_"),
+    ("Inductor fused (head norm, loss, ...)", r"^triton_"),
     ("eager elementwise", r"elementwise|vectorized|unrolled"),
     ("eager reductions and indexing", r"reduce|softmax|norm|index|scatter|gather|sort|scan"),
 )

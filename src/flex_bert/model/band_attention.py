@@ -1,0 +1,304 @@
+"""Sliding-window attention over packed documents in Triton (CUDA): the local layers' kernel.
+
+`band_attention(q, k, v, cu_seqlens, window) -> out`, q, k, v and out (T, H, D) in fp16/bf16: query i attends
+to key j when both lie in one document and |i - j| <= window // 2 (ModernBERT's local layers: window 128, 129
+keys). Softmax scale 1/sqrt(D), as SDPA and flash-attn.
+
+Why a kernel of our own: PyTorch's varlen flash kernel (FlashAttention-2 generation) visits whole 128 x 128
+tiles, three key tiles per query tile, for 129 useful keys per query (34% of the work it does; 44 useful
+TFLOP/s on an H200, docs/PERFORMANCE.md). Here a query tile of BLOCK_M visits the key tiles of BLOCK_N that
+cover [m0 - w/2, m0 + BLOCK_M + w/2): with 64-token tiles and w = 128, 192 keys per query, 67% useful,
+clipped to the documents of the tile (short documents visit fewer). Measured: forward + backward of one local
+layer at 98k tokens, 2.45 ms against varlen's 3.00 (H200).
+
+Forward: online softmax in the exp2 domain (FlashAttention-2), float32 accumulation; saves the row
+log-sum-exp. Backward, FlashAttention-2's recomputation, without atomics: one kernel computes `delta =
+rowsum(dO * O)`, one per key tile accumulates dK and dV over the query tiles of its band, one per query tile
+accumulates dQ over its key tiles (the mask is symmetric, so both walk the same band). Document bounds enter
+as two (T,) int32 tensors, the start and end of each token's document, computed once per call from
+`cu_seqlens`. Every buffer is token-major ((T, H) for the log-sum-exp and delta): under `compile_layers`'
+dynamic shapes an (H, T) buffer has a symbolic stride, which torch 2.11's Inductor mishandles when it
+decomposes user Triton kernels (pytorch/pytorch#181735; our reading of the failure, not yet re-run on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+# Tile shapes and launch parameters of the three kernels, chosen on an H200 (`bench_attention.py --sweep`).
+FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=4)
+DKDV = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=4)
+DQ = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _rows(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h):
+    """Rows `offs` of head h of a contiguous (T, H, D) tensor, as (len(offs), D)."""
+    d = tl.arange(0, D)
+    row = offs.to(tl.int64) * (H * D) + h * D
+    return tl.load(X + row[:, None] + d[None, :], mask=in_range[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h, value):
+    """Store a (len(offs), D) tile as rows `offs` of head h, in X's dtype."""
+    d = tl.arange(0, D)
+    row = offs.to(tl.int64) * (H * D) + h * D
+    tl.store(X + row[:, None] + d[None, :], value.to(X.dtype.element_ty), mask=in_range[:, None])
+
+
+@triton.jit
+def _cols(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h):
+    """The same rows transposed, (D, len(offs)), loaded directly in that layout."""
+    d = tl.arange(0, D)
+    row = offs.to(tl.int64) * (H * D) + h * D
+    return tl.load(X + row[None, :] + d[:, None], mask=in_range[None, :], other=0.0)
+
+
+@triton.jit
+def _span(start, size, LO, HI, T, HALF: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr):
+    """Tokens start..start+size-1 (those < T): their document bounds, and the range [first, last) of tokens,
+    aligned down to STEP, that any of them may attend to."""
+    offs = start + tl.arange(0, BLOCK)
+    in_range = offs < T
+    lo = tl.load(LO + offs, mask=in_range, other=T)
+    hi = tl.load(HI + offs, mask=in_range, other=0)
+    first = tl.maximum(start - HALF, tl.min(lo, axis=0))
+    first = (first // STEP) * STEP
+    last = tl.minimum(start + BLOCK + HALF, tl.max(hi, axis=0))
+    return offs, in_range, lo, hi, first, last
+
+
+@triton.jit
+def _allowed(rows, cols, lo, hi, HALF: tl.constexpr):
+    """Mask (len(rows), len(cols)): same document (bounds lo, hi of each row) and |row - col| <= HALF."""
+    c = cols[None, :]
+    r = rows[:, None]
+    return (c >= lo[:, None]) & (c < hi[:, None]) & (c - r <= HALF) & (r - c <= HALF)
+
+
+@triton.jit
+def _band_fwd(
+    Q,
+    K,
+    V,
+    OUT,
+    LSE,
+    LO,
+    HI,
+    T,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    HALF: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    h = tl.program_id(1)
+    m0 = tl.program_id(0) * BLOCK_M
+    offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
+    q = _rows(Q, offs_m, in_m, H, D, h)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile adds exp2(-inf) = 0
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        in_n = offs_n < T
+        kT = _cols(K, offs_n, in_n, H, D, h)
+        v = _rows(V, offs_n, in_n, H, D, h)
+        s = tl.dot(q, kT) * QK_SCALE
+        s = tl.where(_allowed(offs_m, offs_n, lo, hi, HALF), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)  # rows past T only
+    _store_rows(OUT, offs_m, in_m, H, D, h, acc / l_safe[:, None])
+    tl.store(LSE + offs_m * H + h, m_i + tl.math.log2(l_safe), mask=in_m)
+
+
+@triton.jit
+def _band_delta(OUT, DO, DELTA, T, H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
+    """delta = rowsum(dO * O), (T, H) float32: the softmax backward's correction term."""
+    h = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < T
+    o = _rows(OUT, offs, in_range, H, D, h).to(tl.float32)
+    do = _rows(DO, offs, in_range, H, D, h).to(tl.float32)
+    tl.store(DELTA + offs * H + h, tl.sum(o * do, axis=1), mask=in_range)
+
+
+@triton.jit
+def _band_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    LO,
+    HI,
+    DK,
+    DV,
+    T,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    HALF: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One key tile: dV = sum P^T dO, dK = scale * sum dS^T Q, over the query tiles of its band (transposed
+    tiles: rows are keys)."""
+    h = tl.program_id(1)
+    n0 = tl.program_id(0) * BLOCK_N
+    offs_n, in_n, lo, hi, first, last = _span(n0, BLOCK_N, LO, HI, T, HALF, BLOCK_N, BLOCK_M)
+    k = _rows(K, offs_n, in_n, H, D, h)
+    v = _rows(V, offs_n, in_n, H, D, h)
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    for m0 in range(first, last, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        in_m = offs_m < T
+        qT = _cols(Q, offs_m, in_m, H, D, h)
+        do = _rows(DO, offs_m, in_m, H, D, h)
+        lse = tl.load(LSE + offs_m * H + h, mask=in_m, other=0.0)
+        delta = tl.load(DELTA + offs_m * H + h, mask=in_m, other=0.0)
+        sT = tl.dot(k, qT) * QK_SCALE
+        pT = tl.where(_allowed(offs_n, offs_m, lo, hi, HALF), tl.math.exp2(sT - lse[None, :]), 0.0)
+        dv += tl.dot(pT.to(do.dtype), do)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
+    _store_rows(DK, offs_n, in_n, H, D, h, dk * SM_SCALE)
+    _store_rows(DV, offs_n, in_n, H, D, h, dv)
+
+
+@triton.jit
+def _band_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    LO,
+    HI,
+    DQ,
+    T,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    HALF: tl.constexpr,
+    QK_SCALE: tl.constexpr,
+    SM_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One query tile: dQ = scale * sum dS K over the key tiles of its band."""
+    h = tl.program_id(1)
+    m0 = tl.program_id(0) * BLOCK_M
+    offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
+    q = _rows(Q, offs_m, in_m, H, D, h)
+    do = _rows(DO, offs_m, in_m, H, D, h)
+    lse = tl.load(LSE + offs_m * H + h, mask=in_m, other=0.0)
+    delta = tl.load(DELTA + offs_m * H + h, mask=in_m, other=0.0)
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for n0 in range(first, last, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        in_n = offs_n < T
+        k = _rows(K, offs_n, in_n, H, D, h)
+        vT = _cols(V, offs_n, in_n, H, D, h)
+        s = tl.dot(q, tl.trans(k)) * QK_SCALE
+        p = tl.where(_allowed(offs_m, offs_n, lo, hi, HALF), tl.math.exp2(s - lse[:, None]), 0.0)
+        ds = p * (tl.dot(do, vT) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    _store_rows(DQ, offs_m, in_m, H, D, h, dq * SM_SCALE)
+
+
+def _scales(D: int) -> tuple[float, float]:
+    """(QK_SCALE, SM_SCALE): the softmax scale 1/sqrt(D) in the exp2 domain, and itself. Passed as constexprs:
+    Inductor passes Python floats as fp64 arguments, which would make the scores fp64."""
+    return LOG2E / math.sqrt(D), 1.0 / math.sqrt(D)
+
+
+@triton_op("flex_bert::band_attention", mutates_args=())
+def _fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, half: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    T, H, D = q.shape
+    o = torch.empty_like(q)
+    lse = q.new_empty((T, H), dtype=torch.float32)
+    grid = (triton.cdiv(T, FWD["BLOCK_M"]), H)
+    wrap_triton(_band_fwd)[grid](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
+    return o, lse
+
+
+@triton_op("flex_bert::band_attention_bwd", mutates_args=())
+def _bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    half: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    T, H, D = q.shape
+    delta = lse.new_empty((T, H))
+    wrap_triton(_band_delta)[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    args = (T, H, D, half, *_scales(D))
+    grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
+    wrap_triton(_band_bwd_dkdv)[grid](q, k, v, do, lse, delta, lo, hi, dk, dv, *args, **DKDV)
+    grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
+    wrap_triton(_band_bwd_dq)[grid](q, k, v, do, lse, delta, lo, hi, dq, *args, **DQ)
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, lo, hi, half = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, lo, hi)
+    ctx.half = half
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, lo, hi = ctx.saved_tensors
+    dq, dk, dv = _bwd(do.contiguous(), q, k, v, o, lse, lo, hi, ctx.half)
+    return dq, dk, dv, None, None, None
+
+
+torch.library.register_autograd("flex_bert::band_attention", _backward, setup_context=_setup_context)
+
+
+def supported(q: torch.Tensor) -> bool:
+    """CUDA, half precision, a power-of-two head dim >= 16 (tl.dot's tiles)."""
+    D = q.shape[-1]
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and D >= 16 and D & (D - 1) == 0
+
+
+def document_bounds(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start, end) of each token's document, two (T,) int32 tensors."""
+    cu = cu_seqlens.to(torch.int32)
+    idx = torch.arange(num_tokens, device=cu.device, dtype=torch.int32)
+    doc = torch.searchsorted(cu, idx, right=True) - 1
+    return cu[doc].contiguous(), cu[doc + 1].contiguous()
+
+
+def band_attention(q, k, v, cu_seqlens, window: int) -> torch.Tensor:
+    """Attention of each token to the tokens of its document within window // 2 on each side."""
+    lo, hi = document_bounds(cu_seqlens, q.shape[0])
+    out, _lse = _fwd(q.contiguous(), k.contiguous(), v.contiguous(), lo, hi, window // 2)
+    return out

@@ -1,0 +1,60 @@
+"""The sliding-window Triton kernel (model/band_attention.py) against a float64 reference: explicit scores over
+each document with the |i - j| <= window // 2 mask, softmax, forward and gradients by autograd. On the CPU the
+kernels run in Triton's interpreter (tests/conftest.py)."""
+
+import pytest
+import torch
+
+from flex_bert.model import band_attention
+from flex_bert.model.padding import cu_seqlens_from_lengths
+
+
+def _reference(q, k, v, lengths, half):
+    """float64, one document at a time: softmax(q k^T / sqrt(D) + band mask) v."""
+    outs, start = [], 0
+    for L in lengths:
+        sl = slice(start, start + L)
+        qd, kd, vd = (x[sl].transpose(0, 1) for x in (q, k, v))  # (H, L, D)
+        s = qd @ kd.transpose(1, 2) / q.shape[-1] ** 0.5
+        i = torch.arange(L)
+        s = s.masked_fill((i[:, None] - i[None, :]).abs() > half, float("-inf"))
+        outs.append((s.softmax(-1) @ vd).transpose(0, 1))
+        start += L
+    return torch.cat(outs)
+
+
+def _check(lengths, H, D, window, dtype, device, tol):
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths)).to(device)
+    T = sum(lengths)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(T, H, D, generator=g).to(device, dtype).requires_grad_(True) for _ in range(3))
+    grad = torch.randn(T, H, D, generator=g).to(device, dtype)
+    out = band_attention.band_attention(q, k, v, cu, window)
+    assert out.shape == (T, H, D) and out.dtype == dtype
+    out.backward(grad)
+    ref64 = [x.detach().cpu().double().requires_grad_(True) for x in (q, k, v)]
+    want = _reference(*ref64, lengths, window // 2)
+    want.backward(grad.cpu().double())
+    torch.testing.assert_close(out.detach().cpu().double(), want.detach(), rtol=tol, atol=tol)
+    for got, ref in zip((q, k, v), ref64):
+        torch.testing.assert_close(got.grad.cpu().double(), ref.grad, rtol=tol, atol=tol)
+
+
+# Documents shorter than the window, longer than several tiles, of one token, and a row that ends mid-tile.
+@pytest.mark.parametrize(
+    "lengths, H, D, window", [([5, 40, 1, 90, 3], 2, 16, 32), ([150, 7], 1, 32, 128), ([70], 2, 16, 16)]
+)
+# fp16, not bf16: Triton's interpreter (3.8) multiplies bf16 tl.dot operands wrongly; bf16 runs on the GPU.
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
+def test_band_attention_matches_float64_reference_in_the_interpreter(lengths, H, D, window, dtype, tol):
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
+    _check(lengths, H, D, window, dtype, "cpu", tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H", [12, 16])  # ModernBERT-base and -large, head dim 64
+def test_band_attention_matches_float64_reference_on_gpu(H):
+    _check([600, 1024, 77, 3000, 1, 64, 65], H, 64, 128, torch.bfloat16, "cuda", 2e-2)
