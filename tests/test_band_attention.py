@@ -40,9 +40,10 @@ def _check(lengths, H, D, window, dtype, device, tol):
         torch.testing.assert_close(got.grad.cpu().double(), ref.grad, rtol=tol, atol=tol)
 
 
-# Documents shorter than the window, longer than several tiles, of one token, and a row that ends mid-tile.
+# Documents shorter than the window, longer than several tiles, of one token, an empty segment (cu_seqlens
+# repeats an offset), and a row that ends mid-tile.
 @pytest.mark.parametrize(
-    "lengths, H, D, window", [([5, 40, 1, 90, 3], 2, 16, 32), ([150, 7], 1, 32, 128), ([70], 2, 16, 16)]
+    "lengths, H, D, window", [([5, 40, 0, 1, 90, 3], 2, 16, 32), ([150, 7], 1, 32, 128), ([70], 2, 16, 16)]
 )
 # fp16, not bf16: Triton's interpreter (3.8) multiplies bf16 tl.dot operands wrongly; bf16 runs on the GPU.
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
