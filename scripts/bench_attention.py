@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flex_bert.model import attention, band_attention  # noqa: E402
 from flex_bert.model.attention import (  # noqa: E402
+    band_backend,
     flex_attention_backend,
     flex_block_mask,
     sdpa_attention,
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
             "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
         }
         if window is not None:
-            kernels["band"] = lambda q, k, v, cu, max_len, w: band_attention.band_attention(q, k, v, cu, w)
+            kernels["band"] = band_backend
         if not cuda:
             del kernels["varlen"]
             kernels.pop("band", None)
