@@ -8,6 +8,7 @@ to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a glo
   flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
   band              FlexBERT's Triton sliding-window kernel (model/band_attention.py; local layers, CUDA)
+  band (full)       the same kernel on a global layer, its window wider than any document
   mask only         `flex_block_mask` alone, eager (no FLOPs)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
@@ -185,6 +186,10 @@ def main(argv=None) -> int:
         }
         if window is not None:
             kernels["band"] = band_backend
+        else:  # the band kernel with a window wider than any document: full attention in 64-token tiles
+            kernels["band (full)"] = lambda q, k, v, cu, n, w: band_attention.band_attention(
+                q, k, v, cu, 2 * n + 2
+            )
         if not cuda:
             del kernels["varlen"]
             kernels.pop("band", None)

@@ -23,13 +23,16 @@ def _reference(q, k, v, lengths, half):
     return torch.cat(outs)
 
 
-def _check(lengths, H, D, window, dtype, device, tol):
+def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
     cu = cu_seqlens_from_lengths(torch.tensor(lengths)).to(device)
     T = sum(lengths)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(T, H, D, generator=g).to(device, dtype).requires_grad_(True) for _ in range(3))
     grad = torch.randn(T, H, D, generator=g).to(device, dtype)
-    out = band_attention.band_attention(q, k, v, cu, window)
+    attend = band_attention.band_attention
+    if compiled:  # as under compile_layers: dynamic shapes, the backward compiled too
+        attend = torch.compile(attend, dynamic=True, fullgraph=True)
+    out = attend(q, k, v, cu, window)
     assert out.shape == (T, H, D) and out.dtype == dtype
     out.backward(grad)
     ref64 = [x.detach().cpu().double().requires_grad_(True) for x in (q, k, v)]
@@ -55,7 +58,16 @@ def test_band_attention_matches_float64_reference_in_the_interpreter(lengths, H,
     _check(lengths, H, D, window, dtype, "cpu", tol)
 
 
+def test_band_attention_compiles_forward_and_backward_in_the_interpreter():
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
+    _check([5, 40, 0, 1, 90, 3], 2, 16, 32, torch.float32, "cpu", 1e-4, compiled=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("H", [12, 16])  # ModernBERT-base and -large, head dim 64
-def test_band_attention_matches_float64_reference_on_gpu(H):
-    _check([600, 1024, 77, 3000, 1, 64, 65], H, 64, 128, torch.bfloat16, "cuda", 2e-2)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_band_attention_matches_float64_reference_on_gpu(H, compiled):
+    _check([600, 1024, 77, 3000, 1, 64, 65], H, 64, 128, torch.bfloat16, "cuda", 2e-2, compiled)

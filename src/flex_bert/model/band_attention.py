@@ -16,9 +16,13 @@ log-sum-exp. Backward, FlashAttention-2's recomputation, without atomics: one ke
 rowsum(dO * O)`, one per key tile accumulates dK and dV over the query tiles of its band, one per query tile
 accumulates dQ over its key tiles (the mask is symmetric, so both walk the same band). Document bounds enter
 as two (T,) int32 tensors, the start and end of each token's document, computed once per call from
-`cu_seqlens`. Every buffer is token-major ((T, H) for the log-sum-exp and delta): under `compile_layers`'
-dynamic shapes an (H, T) buffer has a symbolic stride, which torch 2.11's Inductor mishandles when it
-decomposes user Triton kernels (pytorch/pytorch#181735; our reading of the failure, not yet re-run on a GPU).
+`cu_seqlens`.
+
+Both passes are opaque custom ops (`torch.library.custom_op`, launching the kernels themselves), not
+`triton_op`s: torch 2.11's Inductor fails to decompose these user kernels in a compiled backward under dynamic
+shapes (AssertionError in decompose_triton_kernel_wrapper_functional, pytorch/pytorch#181735, fixed upstream
+in May 2026). Inductor gains nothing from seeing inside attention kernels (it fuses nothing into them), so
+opaque costs nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 # Tile shapes and launch parameters of the three kernels, chosen on an H200 (`bench_attention.py --sweep`).
 FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=4)
@@ -226,12 +229,12 @@ def _band_bwd_dq(
 
 
 def _scales(D: int) -> tuple[float, float]:
-    """(QK_SCALE, SM_SCALE): the softmax scale 1/sqrt(D) in the exp2 domain, and itself. Passed as constexprs:
-    Inductor passes Python floats as fp64 arguments, which would make the scores fp64."""
+    """(QK_SCALE, SM_SCALE): the softmax scale 1/sqrt(D) in the exp2 domain, and itself, passed as constexprs
+    (compile-time constants of the kernels, one compilation per head dim)."""
     return LOG2E / math.sqrt(D), 1.0 / math.sqrt(D)
 
 
-@triton_op("flex_bert::band_attention", mutates_args=())
+@torch.library.custom_op("flex_bert::band_attention", mutates_args=())
 def _fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, half: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,11 +242,16 @@ def _fwd(
     o = torch.empty_like(q)
     lse = q.new_empty((T, H), dtype=torch.float32)
     grid = (triton.cdiv(T, FWD["BLOCK_M"]), H)
-    wrap_triton(_band_fwd)[grid](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
+    _band_fwd[grid](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
     return o, lse
 
 
-@triton_op("flex_bert::band_attention_bwd", mutates_args=())
+@_fwd.register_fake
+def _(q, k, v, lo, hi, half):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("flex_bert::band_attention_bwd", mutates_args=())
 def _bwd(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -257,14 +265,19 @@ def _bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, H, D = q.shape
     delta = lse.new_empty((T, H))
-    wrap_triton(_band_delta)[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
+    _band_delta[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     args = (T, H, D, half, *_scales(D))
     grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
-    wrap_triton(_band_bwd_dkdv)[grid](q, k, v, do, lse, delta, lo, hi, dk, dv, *args, **DKDV)
+    _band_bwd_dkdv[grid](q, k, v, do, lse, delta, lo, hi, dk, dv, *args, **DKDV)
     grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
-    wrap_triton(_band_bwd_dq)[grid](q, k, v, do, lse, delta, lo, hi, dq, *args, **DQ)
+    _band_bwd_dq[grid](q, k, v, do, lse, delta, lo, hi, dq, *args, **DQ)
     return dq, dk, dv
+
+
+@_bwd.register_fake
+def _(do, q, k, v, o, lse, lo, hi, half):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output) -> None:
