@@ -16,7 +16,8 @@ abs error of output and input gradients against the exact `sdpa` backend (fp32) 
 
 On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
   python scripts/bench_attention.py [--tokens 98304] [--iters 20] [--block-size 128] [--json OUT.json]
-  python scripts/bench_attention.py --sweep     # the band kernel's tile shapes, forward and backward
+                                    [--max-len 1024] [--kernels varlen,band]
+  python scripts/bench_attention.py --sweep [FWD,BWD]  # the band kernel's tile shapes, forward and backward
   python scripts/bench_attention.py --device cpu --tokens 2048
 """
 
@@ -112,19 +113,26 @@ def max_errors(fn, lengths, H, D, dtype, device, window, backward):
     return err
 
 
-def sweep(inputs, cu, iters: int) -> list[dict]:
-    """Every tile shape and launch setting of each of the band kernel's three kernels (the other two at their
-    defaults), for a local layer (window 128): the forward timed alone, the backward kernels by forward +
-    backward. Restores the defaults."""
+def sweep(inputs, cu, iters: int, kernels: list[str]) -> list[dict]:
+    """Every tile shape and launch setting of each named kernel of the band attention (the others at their
+    defaults), for a local layer (window 128): the forward (FWD) timed alone, the backward kernels by forward +
+    backward. BWD is the one-pass backward; DKDV and DQ are the two kernels of the split one (the deterministic
+    mode's). The defaults of both backwards are timed first. Restores the defaults."""
     import itertools
 
-    names = ("FWD", "DKDV", "DQ")
+    names = ("FWD", "BWD", "DKDV", "DQ")
     defaults = {n: dict(getattr(band_attention, n)) for n in names}
     fn = lambda: band_attention.band_attention(*inputs, cu, 128)  # noqa: E731
     rows = []
+    for split in (False, True):
+        torch.use_deterministic_algorithms(split, warn_only=True)
+        ms = time_ms(fn, inputs, True, iters)
+        rows.append(dict(kernel="defaults", split_bwd=split, ms=ms))
+        print(f"defaults, {'split' if split else 'one-pass'} backward: fwd+bwd {ms:8.3f} ms")
     tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
-    launches = [(4, 2), (4, 3), (4, 4), (8, 3)]  # (num_warps, num_stages)
-    for which in names:
+    launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
+    for which in kernels:
+        torch.use_deterministic_algorithms(which in ("DKDV", "DQ"), warn_only=True)
         for (bm, bn), (warps, stages) in itertools.product(tiles, launches):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
             for n in names:
@@ -136,9 +144,11 @@ def sweep(inputs, cu, iters: int) -> list[dict]:
                 continue
             rows.append(dict(kernel=which, ms=ms, **cfg))
             print(f"{which:<5}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
+    torch.use_deterministic_algorithms(False)
     for n in names:
         setattr(band_attention, n, defaults[n])
-        best = min((r for r in rows if r["kernel"] == n), key=lambda r: r["ms"])
+    for n in kernels:
+        best = min((r for r in rows if r["kernel"] == n), key=lambda r: r["ms"], default=None)
         print(f"best {n}: {best}")
     return rows
 
@@ -153,19 +163,28 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--block-size", type=int, default=128, help="flex sparse block (power of two >= 16)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sweep", action="store_true", help="only sweep the band kernel's tile shapes (CUDA)")
+    ap.add_argument(
+        "--max-len", type=int, default=8192, help="longest document (8192; 1024 as at a 1024 context)"
+    )
+    ap.add_argument("--kernels", help="comma-separated subset of the kernels to time (default all)")
+    ap.add_argument(
+        "--sweep",
+        nargs="?",
+        const="FWD,BWD,DKDV,DQ",
+        help="only sweep the band kernel's tile shapes (CUDA): these of FWD,BWD,DKDV,DQ (default all)",
+    )
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     dtype, backward = (torch.bfloat16, True) if cuda else (torch.float32, False)
     attention.FLEX_BLOCK_SIZE = args.block_size
     H, D, bs = args.heads, args.head_dim, args.block_size
-    lengths = packed_lengths(args.tokens, args.seed)
+    lengths = packed_lengths(args.tokens, args.seed, hi=args.max_len)
     check_lengths = packed_lengths(min(args.check_tokens, args.tokens), args.seed + 1, hi=2048)
     q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, args.device)
     inputs = [t.requires_grad_(backward) for t in (q, k, v)]
     if args.sweep:
-        rows = sweep(inputs, cu, args.iters)
+        rows = sweep(inputs, cu, args.iters, args.sweep.split(","))
         if args.json:
             Path(args.json).write_text(json.dumps({"sweep": rows}, indent=2))
         return 0
@@ -193,6 +212,8 @@ def main(argv=None) -> int:
         if not cuda:
             del kernels["varlen"]
             kernels.pop("band", None)
+        if args.kernels:
+            kernels = {n: f for n, f in kernels.items() if n in args.kernels.split(",")}
         rows = []
         for name, fn in kernels.items():
             try:  # an unsupported kernel (forward or backward) is a result, not a crash
@@ -210,9 +231,10 @@ def main(argv=None) -> int:
                 print(f"{layer:<8}{name:<16} failed: {rows[-1]['error']}")
                 continue
             rows.append(dict(layer=layer, window=window, kernel=name, ms=ms, tflops=flops / ms / 1e9, **err))
-        rows.append(
-            dict(layer=layer, window=window, kernel="mask only", ms=time_ms(build, inputs, False, 20))
-        )
+        if not args.kernels or "mask only" in args.kernels.split(","):
+            rows.append(
+                dict(layer=layer, window=window, kernel="mask only", ms=time_ms(build, inputs, False, 20))
+            )
         for r in rows:
             if "error" in r:
                 continue

@@ -23,6 +23,16 @@ def _reference(q, k, v, lengths, half):
     return torch.cat(outs)
 
 
+@pytest.fixture(params=[False, True], ids=["one-pass", "split"])
+def backward_path(request):
+    """The band kernel's two backwards: one pass with atomic dQ (default), and the split, atomic-free one that
+    `torch.use_deterministic_algorithms(True)` selects."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
 def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
     cu = cu_seqlens_from_lengths(torch.tensor(lengths)).to(device)
     T = sum(lengths)
@@ -50,7 +60,9 @@ def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
 )
 # fp16, not bf16: Triton's interpreter (3.8) multiplies bf16 tl.dot operands wrongly; bf16 runs on the GPU.
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
-def test_band_attention_matches_float64_reference_in_the_interpreter(lengths, H, D, window, dtype, tol):
+def test_band_attention_matches_float64_reference_in_the_interpreter(
+    lengths, H, D, window, dtype, tol, backward_path
+):
     import triton
 
     if not triton.knobs.runtime.interpret:
@@ -58,7 +70,7 @@ def test_band_attention_matches_float64_reference_in_the_interpreter(lengths, H,
     _check(lengths, H, D, window, dtype, "cpu", tol)
 
 
-def test_band_attention_compiles_forward_and_backward_in_the_interpreter():
+def test_band_attention_compiles_forward_and_backward_in_the_interpreter(backward_path):
     import triton
 
     if not triton.knobs.runtime.interpret:
@@ -69,5 +81,25 @@ def test_band_attention_compiles_forward_and_backward_in_the_interpreter():
 @pytest.mark.gpu
 @pytest.mark.parametrize("H", [12, 16])  # ModernBERT-base and -large, head dim 64
 @pytest.mark.parametrize("compiled", [False, True])
-def test_band_attention_matches_float64_reference_on_gpu(H, compiled):
+def test_band_attention_matches_float64_reference_on_gpu(H, compiled, backward_path):
     _check([600, 1024, 77, 3000, 1, 64, 65], H, 64, 128, torch.bfloat16, "cuda", 2e-2, compiled)
+
+
+@pytest.mark.gpu
+def test_split_backward_is_bitwise_reproducible_on_gpu():
+    """Under torch.use_deterministic_algorithms(True), two backwards of the same inputs give the same bits."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            cu = cu_seqlens_from_lengths(torch.tensor([600, 77, 3000])).cuda()
+            g = torch.Generator().manual_seed(0)
+            q, k, v = (
+                torch.randn(3677, 12, 64, generator=g).cuda().bfloat16().requires_grad_() for _ in range(3)
+            )
+            band_attention.band_attention(q, k, v, cu, 128).sum().backward()
+            grads.append([x.grad for x in (q, k, v)])
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)

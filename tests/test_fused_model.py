@@ -7,7 +7,7 @@ from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["auto", "band"])  # band: the Triton attention kernel on local layers too
+@pytest.mark.parametrize("backend", ["varlen", "auto"])  # auto: the Triton band kernel on local layers too
 def test_fused_model_matches_the_composition_on_gpu(backend):
     """A bf16-autocast FlexBERT with `fused_kernels` (residual joints, GLU gate, rotary) against the same
     weights with the PyTorch composition and varlen attention (dropout 0): loss and every gradient within bf16
@@ -23,7 +23,7 @@ def test_fused_model_matches_the_composition_on_gpu(backend):
     cu = torch.tensor([0, 100, 433, 900, T], dtype=torch.int32, device="cuda")
     labels = torch.where(torch.rand(T, device="cuda") < 0.3, ids, torch.full_like(ids, -100))
 
-    def run(fused, compiled, backend="auto"):
+    def run(fused, compiled, backend="varlen"):
         torch.manual_seed(1)
         over = {"fused_kernels": fused, "attention_backend": backend}
         model = FlexBertForMaskedLM(FlexBertConfig(**{**cfg.to_dict(), **over})).cuda()

@@ -115,6 +115,14 @@ def test_dropout_mask_is_bernoulli_and_the_same_in_both_passes(interpreted):
     keep = _kernel_mask(64, 64, 0.3, "cpu", rng_seed=1)
     assert abs((~keep).float().mean().item() - 0.3) < 0.03
     assert not torch.equal(keep[:32], keep[32:])  # offsets differ per element, not repeated per row
+    # one Philox call serves 4 neighbouring columns: each of its 4 uniforms goes to a column of its own, and
+    # every column position in a group drops about p
+    groups = [keep[:, i::4] for i in range(4)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :])
+    assert all(abs((~g).float().mean().item() - 0.3) < 0.06 for g in groups)
+    # the drops of two columns of one group are independent: P(both dropped) ~ p^2
+    both = ((~groups[0]) & (~groups[1])).float().mean().item()
+    assert abs(both - 0.09) < 0.03
     assert not torch.equal(keep, _kernel_mask(64, 64, 0.3, "cpu", rng_seed=2))  # a new seed, a new mask
 
 

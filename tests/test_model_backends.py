@@ -267,6 +267,23 @@ def test_band_matches_sdpa_reference(window):
 
 
 @pytest.mark.gpu
+def test_auto_runs_band_on_local_and_varlen_on_global_layers(monkeypatch):
+    """`auto` on CUDA in bf16: the band kernel on local layers only, varlen on global ones."""
+    from flex_bert.model import band_attention
+
+    calls = []
+    band = band_attention.band_attention
+    monkeypatch.setattr(band_attention, "band_attention", lambda *a: calls.append(a[-1]) or band(*a))
+    q, k, v, cu, max_len = random_qkv([300, 20, 700], torch.bfloat16, "cuda")
+    for window in (128, None):
+        out = get_backend("auto")(q, k, v, cu, max_len, window)
+        torch.testing.assert_close(
+            out, get_backend("varlen")(q, k, v, cu, max_len, window), rtol=0, atol=2e-2
+        )
+    assert calls == [128]
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("window", [None, 128])
 def test_flash_attn_matches_sdpa_reference(window):
     pytest.importorskip("flash_attn")
