@@ -406,7 +406,7 @@ def flex_stats(batch: dict) -> dict:
     }
 
 
-def compile_flexbert(model: FlexBertForMaskedLM, tune: bool | None = None) -> str:
+def compile_flexbert(model: FlexBertForMaskedLM, tune: bool = False) -> str:
     if hasattr(model, "compile_layers"):
         model.compile_layers(tune=tune)
         return f"compile_layers(tune={tune})"
@@ -713,8 +713,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--compile-tuning",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="FlexBERT: compile_layers(tune=...), Inductor's coordinate-descent tuning (default: on CUDA)",
+        default=False,
+        help="FlexBERT: compile_layers(tune=...), Inductor's coordinate-descent tuning (default off, as in training)",
     )
     ap.add_argument(
         "--time-budget",

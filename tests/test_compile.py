@@ -63,3 +63,6 @@ def test_compile_tuning_reaches_every_compiled_piece(monkeypatch):
         assert all(c.get("options", {}).get("coordinate_descent_tuning", False) == want for c in calls)
         assert all(c["dynamic"] is True for c in calls)
         assert all("options" not in c or "mode" not in c for c in calls)  # torch.compile refuses both
+    calls.clear()
+    FlexBertForMaskedLM(cfg).compile_layers()  # off by default: it no longer pays (docs/PERFORMANCE.md)
+    assert len(calls) == 5 and not any("options" in c for c in calls)

@@ -147,7 +147,7 @@ class FlexBertForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.float(), labels_N, ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def compile_layers(self, tune: bool | None = None, **compile_kwargs) -> None:
+    def compile_layers(self, tune: bool = False, **compile_kwargs) -> None:
         """torch.compile the embeddings, each encoder layer and head+decoder+loss, in place.
 
         In-place `Module.compile` keeps parameter names (no `_orig_mod.`), so checkpoints are unchanged. The
@@ -160,17 +160,15 @@ class FlexBertForMaskedLM(nn.Module):
         variant (the first layer without attn_norm, global, local): its limit (8 by default) is raised to
         LAYER_GRAPHS so that no variant ever falls back to eager (that cost 5x at 8192 context).
 
-        `tune` (default: when CUDA is available) turns on Inductor's coordinate-descent tuning of the launch
-        configuration of every generated kernel: the layers' fused norm/residual/dropout/GELU kernels are
-        memory-bound and their default configurations leave bandwidth unused. Measured on an H100, base at
-        1024 context: +4.9% tokens/s, for about 3 minutes more compilation (docs/PERFORMANCE.md). The tuning
-        picks launch configurations by timing them (Inductor caches its choice on disk), so compiled runs on
-        different machines may sum reductions in a different order: use `tune=False` where bitwise
-        reproducibility across machines matters. Only for the Inductor backend.
+        `tune` turns on Inductor's coordinate-descent tuning of the launch configuration of every generated
+        kernel. It gained +4.9% tokens/s (base at 1024 context, H100) while Inductor generated the layers'
+        norm/residual/dropout/GELU kernels; since those run in FlexBERT's own Triton kernels it gains nothing
+        (428,524 against 428,548 tokens/s, H200, docs/PERFORMANCE.md) for about 100 s more compilation, hence
+        off by default. It picks launch configurations by timing them (Inductor caches its choice on disk), so
+        compiled runs on different machines may sum reductions in a different order. Only for the Inductor
+        backend.
         """
         compile_kwargs.setdefault("dynamic", True)
-        if tune is None:
-            tune = torch.cuda.is_available()
         inductor = compile_kwargs.get("backend", "inductor") == "inductor"
         # torch.compile takes a mode or options, not both; the max-autotune modes tune by themselves
         if tune and inductor and compile_kwargs.get("mode") in (None, "default"):

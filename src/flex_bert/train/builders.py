@@ -51,7 +51,7 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
         state = load_composer_model_state(cfg.model.pretrained_checkpoint, trust=cfg.trust_checkpoint)
         model.model.load_state_dict(state, strict=True)
     if config.compile_model:
-        model.model.compile_layers(tune=None if cfg.model.compile_tuning else False)  # None: on CUDA
+        model.model.compile_layers(tune=cfg.model.compile_tuning)
     return model
 
 

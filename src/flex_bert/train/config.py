@@ -65,10 +65,11 @@ class ModelSection:
     tokenizer_name: str | None = None  # must equal the top-level tokenizer_name
     disable_train_metrics: bool = True
     pretrained_checkpoint: str | None = None  # weights only, e.g. from scripts/convert_from_hf.py
-    # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels
-    # (+5% tokens/s for base at 1024 on an H100; about 3 minutes more compilation at startup; the kernels'
-    # launch configurations are chosen by timing, so false where runs must match bit for bit across machines)
-    compile_tuning: bool = True
+    # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels.
+    # Off by default: since the memory-bound work runs in FlexBERT's own Triton kernels it gains nothing
+    # (base at 1024 on an H200: 428,524 tokens/s with it, 428,548 without) and costs ~100 s of compilation;
+    # its launch configurations are chosen by timing, so runs on different machines may differ in the last bits
+    compile_tuning: bool = False
     model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
 
 
