@@ -18,6 +18,7 @@ On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
   python scripts/bench_attention.py [--tokens 98304] [--iters 20] [--block-size 128] [--json OUT.json]
                                     [--max-len 1024] [--kernels varlen,band]
   python scripts/bench_attention.py --sweep [FWD,BWD]  # the band kernel's tile shapes, forward and backward
+  python scripts/bench_attention.py --sweep defaults   # both backwards of the band kernel at their defaults
   python scripts/bench_attention.py --device cpu --tokens 2048
 """
 
@@ -43,6 +44,10 @@ from flex_bert.model.attention import (  # noqa: E402
     sdpa_attention,
     varlen_attention,
 )
+
+GLOBAL_WINDOW = (
+    1 << 31
+)  # the band kernel with half a window of 2^30 tokens: global attention, one compilation
 
 
 def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
@@ -113,16 +118,16 @@ def max_errors(fn, lengths, H, D, dtype, device, window, backward):
     return err
 
 
-def sweep(inputs, cu, iters: int, kernels: list[str]) -> list[dict]:
+def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128) -> list[dict]:
     """Every tile shape and launch setting of each named kernel of the band attention (the others at their
-    defaults), for a local layer (window 128): the forward (FWD) timed alone, the backward kernels by forward +
-    backward. BWD is the one-pass backward; DKDV and DQ are the two kernels of the split one (the deterministic
+    defaults), for a local layer (window 128) or another window (`GLOBAL_WINDOW`: a global layer): the forward
+    (FWD) timed alone, the backward kernels by forward + backward. BWD is the one-pass backward; DKDV and DQ are the two kernels of the split one (the deterministic
     mode's). The defaults of both backwards are timed first. Restores the defaults."""
     import itertools
 
     names = ("FWD", "BWD", "DKDV", "DQ")
     defaults = {n: dict(getattr(band_attention, n)) for n in names}
-    fn = lambda: band_attention.band_attention(*inputs, cu, 128)  # noqa: E731
+    fn = lambda: band_attention.band_attention(*inputs, cu, window)  # noqa: E731
     rows = []
     for split in (False, True):
         torch.use_deterministic_algorithms(split, warn_only=True)
@@ -131,7 +136,7 @@ def sweep(inputs, cu, iters: int, kernels: list[str]) -> list[dict]:
         print(f"defaults, {'split' if split else 'one-pass'} backward: fwd+bwd {ms:8.3f} ms")
     tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
     launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
-    for which in kernels:
+    for which in (n for n in kernels if n in names):  # "--sweep defaults": the defaults alone
         torch.use_deterministic_algorithms(which in ("DKDV", "DQ"), warn_only=True)
         for (bm, bn), (warps, stages) in itertools.product(tiles, launches):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
@@ -173,6 +178,11 @@ def main(argv=None) -> int:
         const="FWD,BWD,DKDV,DQ",
         help="only sweep the band kernel's tile shapes (CUDA): these of FWD,BWD,DKDV,DQ (default all)",
     )
+    ap.add_argument(
+        "--sweep-window",
+        default="128",
+        help="the window of --sweep: a total window (128, a local layer's) or 'global' (a global layer)",
+    )
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -184,7 +194,8 @@ def main(argv=None) -> int:
     q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, args.device)
     inputs = [t.requires_grad_(backward) for t in (q, k, v)]
     if args.sweep:
-        rows = sweep(inputs, cu, args.iters, args.sweep.split(","))
+        window = GLOBAL_WINDOW if args.sweep_window == "global" else int(args.sweep_window)
+        rows = sweep(inputs, cu, args.iters, args.sweep.split(","), window)
         if args.json:
             Path(args.json).write_text(json.dumps({"sweep": rows}, indent=2))
         return 0
@@ -207,7 +218,7 @@ def main(argv=None) -> int:
             kernels["band"] = band_backend
         else:  # the band kernel with a window wider than any document: full attention in 64-token tiles
             kernels["band (full)"] = lambda q, k, v, cu, n, w: band_attention.band_attention(
-                q, k, v, cu, 2 * n + 2
+                q, k, v, cu, GLOBAL_WINDOW
             )
         if not cuda:
             del kernels["varlen"]

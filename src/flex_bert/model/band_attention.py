@@ -146,53 +146,6 @@ def _band_delta(OUT, DO, DELTA, T, H: tl.constexpr, D: tl.constexpr, BLOCK: tl.c
 
 
 @triton.jit
-def _band_bwd_dkdv(
-    Q,
-    K,
-    V,
-    DO,
-    LSE,
-    DELTA,
-    LO,
-    HI,
-    DK,
-    DV,
-    T,
-    H: tl.constexpr,
-    D: tl.constexpr,
-    HALF: tl.constexpr,
-    QK_SCALE: tl.constexpr,
-    SM_SCALE: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """One key tile: dV = sum P^T dO, dK = scale * sum dS^T Q, over the query tiles of its band (transposed
-    tiles: rows are keys)."""
-    h = tl.program_id(1)
-    n0 = tl.program_id(0) * BLOCK_N
-    offs_n, in_n, lo, hi, first, last = _span(n0, BLOCK_N, LO, HI, T, HALF, BLOCK_N, BLOCK_M)
-    k = _rows(K, offs_n, in_n, H, D, h)
-    v = _rows(V, offs_n, in_n, H, D, h)
-    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
-    for m0 in range(first, last, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        in_m = offs_m < T
-        qT = _cols(Q, offs_m, in_m, H, D, h)
-        do = _rows(DO, offs_m, in_m, H, D, h)
-        lse = tl.load(LSE + offs_m * H + h, mask=in_m, other=0.0)
-        delta = tl.load(DELTA + offs_m * H + h, mask=in_m, other=0.0)
-        sT = tl.dot(k, qT) * QK_SCALE
-        pT = tl.where(_allowed(offs_n, offs_m, lo, hi, HALF), tl.math.exp2(sT - lse[None, :]), 0.0)
-        dv += tl.dot(pT.to(do.dtype), do)
-        dpT = tl.dot(v, tl.trans(do))
-        dsT = pT * (dpT - delta[None, :])
-        dk += tl.dot(dsT.to(qT.dtype), tl.trans(qT))
-    _store_rows(DK, offs_n, in_n, H, D, h, dk * SM_SCALE)
-    _store_rows(DV, offs_n, in_n, H, D, h, dv)
-
-
-@triton.jit
 def _band_bwd(
     Q,
     K,
@@ -213,10 +166,13 @@ def _band_bwd(
     SM_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
-    """One key tile, one pass: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles of its band,
-    and each query tile's share of dQ, scale * dS K, added to the float32 DQ (atomics: a query tile gets shares
-    from the few key tiles of its band). Scores and dP are computed once, not once per kernel."""
+    """One key tile: dV = sum P^T dO and dK = scale * sum dS^T Q over the query tiles of its band (transposed
+    tiles: rows are keys). With ATOMIC_DQ (the one-pass backward) also each query tile's share of dQ,
+    scale * dS K, added to the float32 DQ with atomics (a query tile gets shares from the few key tiles of its
+    band): scores and dP are computed once, not once per kernel. Without, DQ is not touched (`_band_bwd_dq`
+    computes dQ) and q is loaded transposed, the layout the split path's tiles were tuned for."""
     h = tl.program_id(1)
     n0 = tl.program_id(0) * BLOCK_N
     offs_n, in_n, lo, hi, first, last = _span(n0, BLOCK_N, LO, HI, T, HALF, BLOCK_N, BLOCK_M)
@@ -228,18 +184,24 @@ def _band_bwd(
     for m0 in range(first, last, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         in_m = offs_m < T
-        q = _rows(Q, offs_m, in_m, H, D, h)
+        if ATOMIC_DQ:
+            q = _rows(Q, offs_m, in_m, H, D, h)
+            qT = tl.trans(q)
+        else:
+            qT = _cols(Q, offs_m, in_m, H, D, h)
+            q = tl.trans(qT)
         do = _rows(DO, offs_m, in_m, H, D, h)
         lse = tl.load(LSE + offs_m * H + h, mask=in_m, other=0.0)
         delta = tl.load(DELTA + offs_m * H + h, mask=in_m, other=0.0)
-        sT = tl.dot(k, tl.trans(q)) * QK_SCALE
+        sT = tl.dot(k, qT) * QK_SCALE
         pT = tl.where(_allowed(offs_n, offs_m, lo, hi, HALF), tl.math.exp2(sT - lse[None, :]), 0.0)
         dv += tl.dot(pT.to(do.dtype), do)
-        dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(q.dtype)
+        dsT = (pT * (tl.dot(v, tl.trans(do)) - delta[None, :])).to(qT.dtype)
         dk += tl.dot(dsT, q)
-        dq = tl.dot(tl.trans(dsT), k) * SM_SCALE
-        row = offs_m.to(tl.int64) * (H * D) + h * D
-        tl.atomic_add(DQ + row[:, None] + d[None, :], dq, mask=in_m[:, None], sem="relaxed")
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(dsT), k) * SM_SCALE
+            row = offs_m.to(tl.int64) * (H * D) + h * D
+            tl.atomic_add(DQ + row[:, None] + d[None, :], dq, mask=in_m[:, None], sem="relaxed")
     _store_rows(DK, offs_n, in_n, H, D, h, dk * SM_SCALE)
     _store_rows(DV, offs_n, in_n, H, D, h, dv)
 
@@ -328,11 +290,11 @@ def _bwd(
     if not torch.are_deterministic_algorithms_enabled():
         dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         grid = (triton.cdiv(T, BWD["BLOCK_N"]), H)
-        _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, *args, **BWD)
+        _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, *args, ATOMIC_DQ=True, **BWD)
         return dq32.to(q.dtype), dk, dv
     dq = torch.empty_like(q)
     grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
-    _band_bwd_dkdv[grid](q, k, v, do, lse, delta, lo, hi, dk, dv, *args, **DKDV)
+    _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, *args, ATOMIC_DQ=False, **DKDV)
     grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
     _band_bwd_dq[grid](q, k, v, do, lse, delta, lo, hi, dq, *args, **DQ)
     return dq, dk, dv
