@@ -123,8 +123,8 @@ class FlexBertConfig:
     # --- this implementation ---
     attention_backend: str = "auto"
     # FlexBERT's Triton kernels on CUDA: residual add + dropout + LayerNorm (model/fused_norm.py), the GELU gate
-    # (fused_glu.py), rotary of QKV (fused_rotary.py). false: the PyTorch composition (the same computation,
-    # another dropout mask). CPU always runs the composition. (The band attention kernel is a backend.)
+    # (fused_glu.py), rotary of QKV (fused_rotary.py), the MLM loss (fused_cross_entropy.py). false: the PyTorch
+    # composition (the same computation, another dropout mask). CPU always runs the composition. (The band attention kernel is a backend.)
     fused_kernels: bool = True
     max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
     gradient_checkpointing: bool = False

@@ -20,6 +20,11 @@ from .layers import Embeddings, EncoderLayer, add_norm, layer_norm
 from .padding import cu_seqlens_from_lengths, repad, unpad
 from .rotary import positions_from_cu_seqlens, rotary_cos_sin
 
+try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
+    from . import fused_cross_entropy
+except ImportError:  # pragma: no cover
+    fused_cross_entropy = None
+
 IGNORE_INDEX = -100
 LAYER_GRAPHS = 32  # dynamo's per-code-object graph limit while layers are compiled (see compile_layers)
 
@@ -140,10 +145,14 @@ class FlexBertForMaskedLM(nn.Module):
         return MaskedLMOutput(loss, logits, num_labelled)
 
     def predict(self, hidden_NC: torch.Tensor, labels_N: torch.Tensor | None = None):
-        """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100."""
+        """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100 (with
+        `config.fused_kernels` on CUDA one Triton kernel each way, `fused_cross_entropy`)."""
         logits = self.decoder(self.head(hidden_NC))
         if labels_N is None:
             return logits, None
+        fused = self.config.fused_kernels and fused_cross_entropy is not None
+        if fused and fused_cross_entropy.supported(logits):
+            return logits, fused_cross_entropy.cross_entropy(logits, labels_N, IGNORE_INDEX)
         loss = F.cross_entropy(logits.float(), labels_N, ignore_index=IGNORE_INDEX)
         return logits, loss
 

@@ -29,6 +29,7 @@ KERNEL_CATEGORIES = (  # first match wins; kernel names of cuBLAS, PyTorch's fla
         "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)",
         r"^_add_norm_|^_gelu_gate_|^_rotary_qkv_",
     ),
+    ("MLM loss (FlexBERT's cross-entropy kernels)", r"^_ce_(fwd|bwd)"),
     ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd|^_band_bwd"),
     ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd|^_band_fwd"),
     ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
