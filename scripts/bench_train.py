@@ -390,7 +390,8 @@ def flex_step(model, opt, env: Env, batch: dict) -> torch.Tensor:
     ids, labels, cu, max_seqlen = flatten_rows(batch)
     ids, labels, cu = (t.to(env.device, non_blocking=True) for t in (ids, labels, cu))
     with env.autocast():
-        loss = model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels).loss
+        n = sum(batch["num_labelled"])
+        loss = model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

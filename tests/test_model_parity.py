@@ -132,6 +132,15 @@ def test_packed_loss_equals_padded_loss(pair):
     torch.testing.assert_close(packed.loss, padded.loss, **TOL)
     torch.testing.assert_close(packed.logits, padded.logits, **TOL)
 
+    # the loader's count of labelled tokens (no host sync) selects the same tokens; a wrong count is an error
+    n = int((labels != -100).sum())
+    args = dict(cu_seqlens=cu, max_seqlen=max(LENGTHS), labels=labels[valid])
+    with torch.no_grad():
+        counted = flex(ids[valid], num_labelled=n, **args)
+        assert torch.equal(counted.logits, packed.logits) and torch.equal(counted.loss, packed.loss)
+        with pytest.raises(RuntimeError, match="num_labelled"):
+            flex(ids[valid], num_labelled=n - 1, **args)
+
 
 def test_gradients_match_hf_and_checkpointing():
     cfg = tiny_config()

@@ -108,8 +108,14 @@ class FlexBertForMaskedLM(nn.Module):
         max_seqlen: int | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_labelled: int | None = None,
     ) -> MaskedLMOutput:
-        """Packed: `input_ids (T,)`, `cu_seqlens (n+1,)` int32, `max_seqlen` int. Padded: `(B, S)` + mask."""
+        """Packed: `input_ids (T,)`, `cu_seqlens (n+1,)` int32, `max_seqlen` int. Padded: `(B, S)` + mask.
+
+        `num_labelled`, the count of labels != -100 if the caller knows it (the loader counts them), spares
+        masked prediction a host sync: without it, picking the labelled tokens waits for the GPU to finish the
+        encoder (the size of the selection), then the GPU waits for the host to launch the head.
+        """
         if input_ids.dim() == 2:
             return self._forward_padded(input_ids, attention_mask, labels)
         if attention_mask is not None:
@@ -120,7 +126,7 @@ class FlexBertForMaskedLM(nn.Module):
         if max_seqlen is None:  # one host sync; training passes it
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
         hidden_TC = self.bert(input_ids, cu_seqlens, max_seqlen)
-        return self._predict_from_hidden(hidden_TC, labels)
+        return self._predict_from_hidden(hidden_TC, labels, num_labelled)
 
     def _forward_padded(self, input_ids_BS, attention_mask_BS, labels_BS) -> MaskedLMOutput:
         B, S = input_ids_BS.shape
@@ -133,16 +139,21 @@ class FlexBertForMaskedLM(nn.Module):
             out.logits = repad(out.logits, indices, B, S)
         return out
 
-    def _predict_from_hidden(self, hidden_TC, labels_T) -> MaskedLMOutput:
+    def _predict_from_hidden(self, hidden_TC, labels_T, num_labelled: int | None = None) -> MaskedLMOutput:
         predict = self._predict_compiled or self.predict
         if labels_T is None:
             return MaskedLMOutput(None, predict(hidden_TC)[0], None)
         labelled_T = labels_T != IGNORE_INDEX
-        num_labelled = labelled_T.sum()
+        count = labelled_T.sum()
         if self.config.masked_prediction:  # gather before the head: ~30% of tokens
-            hidden_TC, labels_T = hidden_TC[labelled_T], labels_T[labelled_T]
+            if num_labelled is None:
+                index_N = labelled_T.nonzero().squeeze(1)  # waits for the GPU (the size of the result)
+            else:  # no sync; a wrong count fails on the device (asynchronously) instead of mis-selecting
+                torch._assert_async(count == num_labelled, "num_labelled differs from the count of labels")
+                index_N = labelled_T.nonzero_static(size=num_labelled).squeeze(1)
+            hidden_TC, labels_T = hidden_TC.index_select(0, index_N), labels_T.index_select(0, index_N)
         logits, loss = predict(hidden_TC, labels_T)
-        return MaskedLMOutput(loss, logits, num_labelled)
+        return MaskedLMOutput(loss, logits, count)
 
     def predict(self, hidden_NC: torch.Tensor, labels_N: torch.Tensor | None = None):
         """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100 (with

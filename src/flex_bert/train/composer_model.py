@@ -41,7 +41,9 @@ class FlexBertComposer(ComposerModel):
 
     def forward(self, batch: dict):
         ids, labels, cu, max_seqlen = flatten_rows(batch)
-        return self.model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels)
+        counts = batch.get("num_labelled")  # host ints from the loader: no device sync to select them
+        n = None if counts is None else sum(counts)
+        return self.model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n)
 
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         return outputs.loss
