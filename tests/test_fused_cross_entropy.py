@@ -54,10 +54,13 @@ def test_cross_entropy_label_out_of_range_gives_nan_and_no_rows_gives_nan():
     _interpreter_only()
     logits, labels = _inputs(4, 50, torch.float32, "cpu")
     labels[1] = 50  # == V: not a class
-    assert torch.isnan(fused_cross_entropy.cross_entropy(logits, labels, IGNORE))
+    loss = fused_cross_entropy.cross_entropy(logits.requires_grad_(True), labels, IGNORE)
+    assert torch.isnan(loss)
+    loss.backward()  # nor is its gradient a plausible one
+    assert torch.isnan(logits.grad[1]).all() and torch.isfinite(logits.grad[[0, 2, 3]]).all()
     labels[:] = IGNORE  # nothing labelled: 0 / 0, as F.cross_entropy
-    assert torch.isnan(fused_cross_entropy.cross_entropy(logits, labels, IGNORE))
-    assert torch.isnan(F.cross_entropy(logits, labels, ignore_index=IGNORE))
+    assert torch.isnan(fused_cross_entropy.cross_entropy(logits.detach(), labels, IGNORE))
+    assert torch.isnan(F.cross_entropy(logits.detach(), labels, ignore_index=IGNORE))
 
 
 @pytest.mark.gpu

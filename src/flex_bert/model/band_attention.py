@@ -310,6 +310,7 @@ def _setup_context(ctx, inputs, output) -> None:
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, lo, hi)
     ctx.half = half
+    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
 
 
 def _backward(ctx, do, _dlse):

@@ -13,7 +13,8 @@ Why: Inductor's kernels for `F.cross_entropy(logits.float())` took 2.24 ms forwa
 a 0.9 ms fill, for base @1024's 29.5k masked tokens x 50,368 on an H200 (docs/PERFORMANCE.md), where the
 bytes (3 GB read forward; 3 GB read and 3 GB written backward) take about 0.8 and 1.6 ms at its bandwidth.
 
-A label outside [0, V) (other than ignore_index) gives a NaN loss rather than reading out of bounds.
+A label outside [0, V) (other than ignore_index) gives a NaN loss and a NaN gradient row rather than reading
+out of bounds (F.cross_entropy stops with a device assert).
 Both passes are opaque custom ops (as `fused_glu`). `supported(logits)` says where they run: CUDA with
 Triton; tests also run the kernels in Triton's interpreter on the CPU.
 """
@@ -60,6 +61,7 @@ def _ce_bwd(LOGITS, LABELS, LSE, DLOSS, DLOGITS, V, stride, ignore_index, BLOCK:
     cols = tl.arange(0, BLOCK)
     label = tl.load(LABELS + row).to(tl.int64)
     g = tl.where(label == ignore_index, 0.0, tl.load(DLOSS + row).to(tl.float32))
+    g = tl.where((label != ignore_index) & ((label < 0) | (label >= V)), float("nan"), g)  # NaN, as its loss
     lse2 = tl.load(LSE + row) * _LOG2E
     for v0 in range(0, V, BLOCK):
         c = v0 + cols
@@ -118,6 +120,7 @@ def _setup_context(ctx, inputs, output) -> None:
     logits, labels, ignore_index = inputs
     ctx.save_for_backward(logits, labels, output[1])
     ctx.ignore_index = ignore_index
+    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
 
 
 def _backward(ctx, dloss, _dlse):
