@@ -45,9 +45,8 @@ from flex_bert.model.attention import (  # noqa: E402
     varlen_attention,
 )
 
-GLOBAL_WINDOW = (
-    1 << 31
-)  # the band kernel with half a window of 2^30 tokens: global attention, one compilation
+# the band kernel with half a window of 2^30 tokens: global attention, one compilation
+GLOBAL_WINDOW = 1 << 31
 
 
 def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
@@ -121,8 +120,9 @@ def max_errors(fn, lengths, H, D, dtype, device, window, backward):
 def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128) -> list[dict]:
     """Every tile shape and launch setting of each named kernel of the band attention (the others at their
     defaults), for a local layer (window 128) or another window (`GLOBAL_WINDOW`: a global layer): the forward
-    (FWD) timed alone, the backward kernels by forward + backward. BWD is the one-pass backward; DKDV and DQ are the two kernels of the split one (the deterministic
-    mode's). The defaults of both backwards are timed first. Restores the defaults."""
+    (FWD) timed alone, the backward kernels by forward + backward. BWD is the one-pass backward; DKDV and DQ
+    are the two kernels of the split one (the deterministic mode's). The defaults of both backwards are timed
+    first. Restores the defaults."""
     import itertools
 
     names = ("FWD", "BWD", "DKDV", "DQ")
@@ -199,6 +199,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"sweep": rows}, indent=2))
         return 0
+    chosen = args.kernels.split(",") if args.kernels else None
     compiled = torch.compile(flex_attention_backend, dynamic=False)
     print(f"{args.tokens:,} tokens, {len(lengths)} documents (max {max_len}), H={H} D={D} {dtype}, "
           f"flex block {bs}, {'fwd+bwd' if backward else 'fwd only'}, median of {args.iters}")  # fmt: skip
@@ -223,8 +224,8 @@ def main(argv=None) -> int:
         if not cuda:
             del kernels["varlen"]
             kernels.pop("band", None)
-        if args.kernels:
-            kernels = {n: f for n, f in kernels.items() if n in args.kernels.split(",")}
+        if chosen:
+            kernels = {n: f for n, f in kernels.items() if n in chosen}
         rows = []
         for name, fn in kernels.items():
             try:  # an unsupported kernel (forward or backward) is a result, not a crash
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
                 print(f"{layer:<8}{name:<16} failed: {rows[-1]['error']}")
                 continue
             rows.append(dict(layer=layer, window=window, kernel=name, ms=ms, tflops=flops / ms / 1e9, **err))
-        if not args.kernels or "mask only" in args.kernels.split(","):
+        if not chosen or "mask only" in chosen:
             rows.append(
                 dict(layer=layer, window=window, kernel="mask only", ms=time_ms(build, inputs, False, 20))
             )

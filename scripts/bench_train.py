@@ -389,8 +389,8 @@ def make_loader(bench: Bench, ids: Ids, n_batches: int, workers: int, pin: bool,
 def flex_step(model, opt, env: Env, batch: dict) -> torch.Tensor:
     ids, labels, cu, max_seqlen = flatten_rows(batch)
     ids, labels, cu = (t.to(env.device, non_blocking=True) for t in (ids, labels, cu))
+    n = sum(batch["num_labelled"])  # the loader's count, as FlexBertComposer.forward passes it
     with env.autocast():
-        n = sum(batch["num_labelled"])
         loss = model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n).loss
     loss.backward()
     opt.step()
@@ -402,7 +402,7 @@ def flex_stats(batch: dict) -> dict:
     return {
         "num_tokens": int(batch["num_tokens"]),
         "slots": batch["input_ids"].numel(),
-        "num_labelled": int((batch["labels"] != IGNORE_INDEX).sum()),
+        "num_labelled": sum(batch["num_labelled"]),
         "doc_lengths": [n for row in batch["doc_lengths"] for n in row],
     }
 
