@@ -9,6 +9,7 @@ to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a glo
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
   band              FlexBERT's Triton sliding-window kernel (model/band_attention.py; local layers, CUDA)
   band (full)       the same kernel on a global layer, its window wider than any document
+  fa4               flash-attn-4's kernels (model/fa4_attention.py), when the package is installed (CUDA)
   mask only         `flex_block_mask` alone, eager (no FLOPs)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
@@ -25,6 +26,7 @@ On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -41,6 +43,7 @@ from flex_bert.model.attention import (  # noqa: E402
     band_backend,
     flex_attention_backend,
     flex_block_mask,
+    get_backend,
     sdpa_attention,
     varlen_attention,
 )
@@ -221,6 +224,8 @@ def main(argv=None) -> int:
             kernels["band (full)"] = lambda q, k, v, cu, n, w: band_attention.band_attention(
                 q, k, v, cu, GLOBAL_WINDOW
             )
+        if cuda and importlib.util.find_spec("flash_attn") and importlib.util.find_spec("flash_attn.cute"):
+            kernels["fa4"] = get_backend("fa4")
         if not cuda:
             del kernels["varlen"]
             kernels.pop("band", None)

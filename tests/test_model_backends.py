@@ -68,7 +68,7 @@ def test_positions_restart_per_document_and_skip_empty_segments():
 
 
 def test_registry_and_errors():
-    assert sorted(BACKENDS) == ["auto", "band", "flash_attn", "flex", "sdpa", "varlen"]
+    assert sorted(BACKENDS) == ["auto", "band", "fa4", "flash_attn", "flex", "sdpa", "varlen"]
     with pytest.raises(ValueError, match=r"unknown attention backend 'xformers'; choose one of \['auto'"):
         get_backend("xformers")
     q, k, v, cu, max_len = random_qkv([4])
@@ -310,8 +310,10 @@ def test_flex_inside_compiled_graph_matches_sdpa_reference(window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["auto", "flex", "band"])
+@pytest.mark.parametrize("backend", ["auto", "flex", "band", "fa4"])
 def test_model_bf16_matches_fp32_sdpa_and_compiles(backend):
+    if backend == "fa4":
+        pytest.importorskip("flash_attn.cute")
     common = dict(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=4,
                   num_attention_heads=2, sliding_window=16, global_attn_every_n_layers=3, pad_token_id=0,
                   cls_token_id=1, sep_token_id=2, mask_token_id=3, attn_out_dropout_prob=0.0)  # fmt: skip

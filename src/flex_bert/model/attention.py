@@ -8,7 +8,9 @@ A backend is a function `fn(q_THD, k_THD, v_THD, cu_seqlens, max_seqlen, window)
 Backends (pick with `FlexBertConfig.attention_backend`):
   sdpa       exact reference on any device: documents padded to (n, max_seqlen), boolean mask, SDPA.
   varlen     torch.nn.attention.varlen.varlen_attn (PyTorch's flash kernel; CUDA, fp16/bf16).
-  flash_attn flash_attn.flash_attn_varlen_func, if the package is installed.
+  flash_attn flash_attn.flash_attn_varlen_func (FlashAttention-2), if the package is installed.
+  fa4        FlashAttention-4's kernels (`fa4_attention.py`, the optional flash-attn-4 package; Hopper and
+             Blackwell): FlashAttention-3's design on an H100/H200, on both layer types.
   flex       torch.nn.attention.flex_attention with a block-sparse BlockMask built from `cu_seqlens` (below).
   band       local layers: FlexBERT's sliding-window Triton kernel (`band_attention.py`; 64-token tiles:
              1.80 ms against varlen's 2.95 for a local layer's forward + backward at 98k tokens on an H200);
@@ -45,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATTENTION_BACKENDS, FlexBertConfig
+from .fa4_attention import fa4_attention
 from .rotary import apply_rotary, positions_from_cu_seqlens
 
 try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
@@ -290,6 +293,7 @@ BACKENDS: dict[str, AttentionFn] = {
     "auto": auto_attention,
     "varlen": varlen_attention,
     "flash_attn": flash_attn_attention,
+    "fa4": fa4_attention,
     "flex": flex_attention_backend,
     "band": band_backend,
     "sdpa": sdpa_attention,

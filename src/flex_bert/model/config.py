@@ -19,7 +19,7 @@ from typing import Any
 
 # Attention backends by name (the functions live in attention.py; names are checked here so that a typo fails
 # at config load, before any work).
-ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "flex", "band", "sdpa")
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sdpa")
 
 # Keys upstream's FlexBertConfig knows that have no effect on this implementation's computation: flash-attn
 # switches (we choose kernels with `attention_backend`), compile switches, and the classification head (this

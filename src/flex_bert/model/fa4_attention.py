@@ -1,0 +1,173 @@
+"""FlashAttention-4's kernels (the optional `flash-attn-4` package, `flash_attn.cute`) on packed documents.
+
+`fa4_attention(q, k, v, cu_seqlens, max_seqlen, window) -> out`, the backend contract of `attention.py`:
+(T, H, D) fp16/bf16 on a Hopper or Blackwell GPU; `window` the total local window (128: 64 keys each side) or
+None for global attention. flash-attn-4 is pure Python: `pip install flash-attn-4` brings the CUTLASS DSL,
+which compiles each kernel (per dtype, head dim, window, varlen) on its first call, in a few seconds, and
+caches it for the process. Hopper runs FlashAttention-3's design there (warp-specialised, TMA loads, wgmma),
+where torch's `varlen_attn` runs FlashAttention-2's: the global layers are the largest cost after the matrix
+products (docs/PERFORMANCE.md).
+
+Two opaque custom ops, forward -> (out, lse) and backward -> (dq, dk, dv), as `band_attention.py`, so that a
+compiled layer (`compile_layers`) stays one graph: flash-attn-4's own autograd.Function would make Dynamo
+trace its Python host code (compile-cache lookups, launches through TVM-FFI). They
+call `_flash_attn_fwd` and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that PyTorch's
+own FA4 hook calls (torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's refuses any
+window, even varlen_attn's -1 for global attention, and torch 2.13's unpacks two outputs where flash-attn-4
+4.0.0b40 returns five.
+Written against flash-attn-4 4.0.0b40 (`pip install -e ".[fa4]"`): for these calls its sm_90 kernels compile
+(tests/test_fa4_attention.py). Not yet timed on a GPU, so `auto` does not pick it (docs/PERFORMANCE.md).
+
+Without a GPU, the kernels compile for a target named by environment variables (FA4's cross-compilation:
+FLASH_ATTENTION_ARCH=sm_90a CUTE_DSL_ARCH=sm_90a FLASH_ATTENTION_NUM_SMS=132) under FakeTensorMode, which
+is how the CPU tests check these calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+
+import torch
+
+TESTED_VERSION = "4.0.0b40"
+
+
+@functools.cache
+def _interface() -> ModuleType:
+    """FA4's interface module; called inside the ops' implementations only (never traced by torch.compile)."""
+    try:
+        return importlib.import_module("flash_attn.cute.interface")
+    except ImportError as e:
+        raise ValueError(
+            f"attention_backend 'fa4' needs the flash-attn-4 package (pip install flash-attn-4=={TESTED_VERSION}); "
+            f"it could not be imported: {e}"
+        ) from e
+
+
+@functools.cache
+def _hopper_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _window(window: int) -> int | None:
+    """Our op argument (-1: global, else the total window) -> FA4's keys on each side (None: unbounded)."""
+    return None if window < 0 else window // 2
+
+
+def forward(q, k, v, cu_seqlens, max_seqlen: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FA4's varlen forward: (out (T, H, D), lse (H, T) float32). `window` -1 for global attention."""
+    fa4 = _interface()
+    if torch.cuda.is_available() and not _hopper_or_newer(q.device):  # (cross-compiling: no GPU to ask)
+        major, minor = torch.cuda.get_device_capability(q.device)
+        raise ValueError(
+            f"attention_backend 'fa4' needs a Hopper or Blackwell GPU (compute capability >= 9.0), this "
+            f"one is {major}.{minor}; use 'auto'"
+        )
+    side = _window(window)
+    out, lse, *_ = fa4._flash_attn_fwd(
+        q,
+        k,
+        v,
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
+        window_size_left=side,
+        window_size_right=side,
+        return_lse=True,
+    )
+    return out, lse
+
+
+def backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen: int, window: int):
+    """FA4's varlen backward: (dq, dk, dv); deterministic under `torch.use_deterministic_algorithms(True)`."""
+    side = _window(window)
+    dq, dk, dv = _interface()._flash_attn_bwd(
+        q,
+        k,
+        v,
+        out,
+        do,
+        lse,
+        window_size_left=side,
+        window_size_right=side,
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+    )
+    return dq, dk, dv
+
+
+@torch.library.custom_op("flex_bert::fa4_attention", mutates_args=())
+def _fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return forward(q, k, v, cu_seqlens, max_seqlen, window)
+
+
+@_fwd.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, window):
+    T, H, _D = q.shape
+    return q.new_empty(q.shape), q.new_empty((H, T), dtype=torch.float32)  # FA4's varlen lse is (H, T)
+
+
+@torch.library.custom_op("flex_bert::fa4_attention_bwd", mutates_args=())
+def _bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen, window)
+
+
+@_bwd.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, max_seqlen, window):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cu_seqlens, max_seqlen, window = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.max_seqlen, ctx.window = max_seqlen, window
+    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.window)
+    return dq, dk, dv, None, None, None
+
+
+torch.library.register_autograd("flex_bert::fa4_attention", _backward, setup_context=_setup_context)
+
+
+def fa4_attention(q, k, v, cu_seqlens, max_seqlen, window):
+    """FA4 on both layer types: a window of `window // 2` keys on each side, or none (global).
+
+    Only tensor properties are checked here (torch.compile traces this function); the package and the GPU's
+    generation are checked when the op first runs."""
+    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(
+            f"attention_backend 'fa4' needs CUDA fp16/bf16 inputs, got {q.device} {q.dtype}; "
+            "use 'sdpa' (or 'auto') on CPU / in fp32"
+        )
+    out, _lse = _fwd(
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        cu_seqlens.to(torch.int32),
+        max_seqlen,
+        -1 if window is None else window,
+    )
+    return out
