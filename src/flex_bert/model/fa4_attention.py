@@ -51,9 +51,18 @@ def _hopper_or_newer(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _window(window: int) -> int | None:
-    """Our op argument (-1: global, else the total window) -> FA4's keys on each side (None: unbounded)."""
-    return None if window < 0 else window // 2
+def _varlen_args(cu_seqlens, max_seqlen: int, window: int) -> dict:
+    """Keyword arguments FA4's forward and backward share: document bounds, and the window as keys on each
+    side (None: unbounded) from our op argument (-1: global, else the total window)."""
+    side = None if window < 0 else window // 2
+    return dict(
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_k=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_k=max_seqlen,
+        window_size_left=side,
+        window_size_right=side,
+    )
 
 
 def forward(q, k, v, cu_seqlens, max_seqlen: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,25 +74,14 @@ def forward(q, k, v, cu_seqlens, max_seqlen: int, window: int) -> tuple[torch.Te
             f"attention_backend 'fa4' needs a Hopper or Blackwell GPU (compute capability >= 9.0), this "
             f"one is {major}.{minor}; use 'auto'"
         )
-    side = _window(window)
     out, lse, *_ = fa4._flash_attn_fwd(
-        q,
-        k,
-        v,
-        cu_seqlens_q=cu_seqlens,
-        cu_seqlens_k=cu_seqlens,
-        max_seqlen_q=max_seqlen,
-        max_seqlen_k=max_seqlen,
-        window_size_left=side,
-        window_size_right=side,
-        return_lse=True,
+        q, k, v, **_varlen_args(cu_seqlens, max_seqlen, window), return_lse=True
     )
     return out, lse
 
 
 def backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen: int, window: int):
     """FA4's varlen backward: (dq, dk, dv); deterministic under `torch.use_deterministic_algorithms(True)`."""
-    side = _window(window)
     dq, dk, dv = _interface()._flash_attn_bwd(
         q,
         k,
@@ -91,12 +89,7 @@ def backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen: int, window: int):
         out,
         do,
         lse,
-        window_size_left=side,
-        window_size_right=side,
-        cu_seqlens_q=cu_seqlens,
-        cu_seqlens_k=cu_seqlens,
-        max_seqlen_q=max_seqlen,
-        max_seqlen_k=max_seqlen,
+        **_varlen_args(cu_seqlens, max_seqlen, window),
         deterministic=torch.are_deterministic_algorithms_enabled(),
     )
     return dq, dk, dv
