@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from flex_bert.model import fa4_attention
-from flex_bert.model.attention import get_backend
+from flex_bert.model.attention import get_backend, sdpa_attention
 from flex_bert.model.padding import cu_seqlens_from_lengths
 
 H, D = 3, 16
@@ -68,6 +68,7 @@ class ReferenceFA4:
                         cu_seqlens_k, max_seqlen_q, max_seqlen_k, deterministic):  # fmt: skip
         """Softmax attention's gradients written out (FlashAttention-2's equations), in float64."""
         self.calls.append(("bwd", window_size_left, window_size_right))
+        self.deterministic = deterministic
         dtype = q.dtype
         q, k, v, out, dout = (t.double() for t in (q, k, v, out, dout))
         ref_out, ref_lse = dense(q, k, v, cu_seqlens_q, window_size_left, window_size_right)
@@ -115,6 +116,15 @@ def _check_against_float64(fn, window):
         torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("window", [None, 8, 9, 128])
+def test_fa4_contract_reference_is_our_attention(window):
+    """The stand-in's computation (FA4's window of keys each side) is the project's SDPA reference."""
+    q, k, v, cu, max_len = _inputs(LENGTHS)
+    side = None if window is None else window // 2
+    want = sdpa_attention(q.double(), k.double(), v.double(), cu, max_len, window)
+    torch.testing.assert_close(dense(q.double(), k.double(), v.double(), cu, side, side)[0], want)
+
+
 @pytest.mark.parametrize("window", [None, 8, 128])
 def test_ops_pass_the_window_and_backward_arguments(reference_fa4, window):
     _check_against_float64(_op, window)
@@ -126,6 +136,33 @@ def test_ops_compile_into_one_graph(reference_fa4):
     torch._dynamo.reset()
     _check_against_float64(torch.compile(_op, fullgraph=True), 8)
     assert [c[0] for c in reference_fa4.calls] == ["fwd", "bwd"]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_backward_follows_the_deterministic_mode(reference_fa4, deterministic):
+    q, k, v, cu, max_len = _inputs([7, 3])
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        _op(q, k, v, cu, max_len, 8).sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert reference_fa4.deterministic is deterministic
+
+
+def test_older_gpu_is_a_clear_error(reference_fa4, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    fa4_attention._supported_gpu.cache_clear()
+    q, k, v, cu, max_len = _inputs([4])
+    try:
+        with pytest.raises(
+            ValueError, match=r"compute capability 9.x or 10.x\), this one is 8.0; use 'auto'"
+        ):
+            fa4_attention.forward(q, k, v, cu, max_len, -1)
+    finally:
+        fa4_attention._supported_gpu.cache_clear()
+    assert reference_fa4.calls == []
 
 
 def test_clear_errors():
@@ -182,8 +219,8 @@ def test_fa4_kernels_compile_for_sm90_without_a_gpu():
 @pytest.mark.parametrize("window", [None, 16, 128])
 def test_fa4_matches_sdpa_reference(window):
     pytest.importorskip("flash_attn.cute")
-    if torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("FA4 needs compute capability >= 9.0")
+    if torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("attention_backend 'fa4' needs compute capability 9.x or 10.x")
     from test_model_backends import _kernel_vs_reference
 
     _kernel_vs_reference("fa4", window)

@@ -3,8 +3,9 @@
 `fa4_attention(q, k, v, cu_seqlens, max_seqlen, window) -> out`, the backend contract of `attention.py`:
 (T, H, D) fp16/bf16 on a Hopper or Blackwell GPU; `window` the total local window (128: 64 keys each side) or
 None for global attention. flash-attn-4 is pure Python: `pip install flash-attn-4` brings the CUTLASS DSL,
-which compiles each kernel (per dtype, head dim, window, varlen) on its first call, in a few seconds, and
-caches it for the process. Hopper runs FlashAttention-3's design there (warp-specialised, TMA loads, wgmma),
+which compiles each kernel (per dtype, head dim, window, and a few shape classes: more than 256 documents
+in a batch, documents that fit in one tile) on its first call, in a few seconds, and caches it for the
+process (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). Hopper runs FlashAttention-3's design there (warp-specialised, TMA loads, wgmma),
 where torch's `varlen_attn` runs FlashAttention-2's: the global layers are the largest cost after the matrix
 products (docs/PERFORMANCE.md).
 
@@ -12,9 +13,9 @@ Two opaque custom ops, forward -> (out, lse) and backward -> (dq, dk, dv), as `b
 compiled layer (`compile_layers`) stays one graph: flash-attn-4's own autograd.Function would make Dynamo
 trace its Python host code (compile-cache lookups, launches through TVM-FFI). They
 call `_flash_attn_fwd` and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that PyTorch's
-own FA4 hook calls (torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's refuses any
-window, even varlen_attn's -1 for global attention, and torch 2.13's unpacks two outputs where flash-attn-4
-4.0.0b40 returns five.
+own FA4 hook calls (torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's and 2.13's unpack
+two outputs where flash-attn-4 4.0.0b40 returns five, and 2.11's backward refuses every window, even
+varlen_attn's -1 for global attention.
 Written against flash-attn-4 4.0.0b40 (`pip install -e ".[fa4]"`): for these calls its sm_90 kernels compile
 (tests/test_fa4_attention.py). Not yet timed on a GPU, so `auto` does not pick it (docs/PERFORMANCE.md).
 
@@ -47,8 +48,10 @@ def _interface() -> ModuleType:
 
 
 @functools.cache
-def _hopper_or_newer(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device)[0] >= 9
+def _supported_gpu(device: torch.device) -> bool:
+    """Hopper (9.x) or data-centre Blackwell (10.x), as PyTorch's own FA4 hook requires: FA4's other
+    generations lack parts of the backward (no deterministic mode on 12.x)."""
+    return torch.cuda.get_device_capability(device)[0] in (9, 10)
 
 
 def _varlen_args(cu_seqlens, max_seqlen: int, window: int) -> dict:
@@ -68,11 +71,11 @@ def _varlen_args(cu_seqlens, max_seqlen: int, window: int) -> dict:
 def forward(q, k, v, cu_seqlens, max_seqlen: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """FA4's varlen forward: (out (T, H, D), lse (H, T) float32). `window` -1 for global attention."""
     fa4 = _interface()
-    if torch.cuda.is_available() and not _hopper_or_newer(q.device):  # (cross-compiling: no GPU to ask)
+    if torch.cuda.is_available() and not _supported_gpu(q.device):  # (cross-compiling: no GPU to ask)
         major, minor = torch.cuda.get_device_capability(q.device)
         raise ValueError(
-            f"attention_backend 'fa4' needs a Hopper or Blackwell GPU (compute capability >= 9.0), this "
-            f"one is {major}.{minor}; use 'auto'"
+            f"attention_backend 'fa4' needs a Hopper or data-centre Blackwell GPU (compute capability 9.x or "
+            f"10.x), this one is {major}.{minor}; use 'auto'"
         )
     out, lse, *_ = fa4._flash_attn_fwd(
         q, k, v, **_varlen_args(cu_seqlens, max_seqlen, window), return_lse=True
