@@ -98,8 +98,8 @@ def _inputs(lengths, seed=0):
     return q, k, v, cu_seqlens_from_lengths(torch.tensor(lengths)).int(), max(lengths)
 
 
-def _op(q, k, v, cu, max_len, window):  # what fa4_attention runs after its device checks
-    return fa4_attention._fwd(q, k, v, cu, max_len, -1 if window is None else window)[0]
+def _op(q, k, v, cu, max_len, window):  # the backend past its CUDA check: the ops, on any device
+    return fa4_attention.fa4_attention(q, k, v, cu, max_len, window)
 
 
 def _check_against_float64(fn, window):

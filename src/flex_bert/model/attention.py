@@ -98,15 +98,19 @@ def sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window):
     return out.transpose(1, 2).reshape(n_docs * max_seqlen, H, D)[slot]
 
 
+def _require_cuda_half(backend: str, q: torch.Tensor) -> None:
+    if not q.is_cuda or q.dtype not in _HALF:
+        raise ValueError(
+            f"attention_backend '{backend}' needs CUDA fp16/bf16 inputs, got {q.device} {q.dtype}; "
+            "use 'sdpa' (or 'auto') on CPU / in fp32"
+        )
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """PyTorch's varlen flash kernel (torch >= 2.10). CUDA only, fp16/bf16 only."""
     from torch.nn.attention.varlen import varlen_attn
 
-    if not q.is_cuda or q.dtype not in _HALF:
-        raise ValueError(
-            f"attention_backend 'varlen' needs CUDA fp16/bf16 inputs, got {q.device} {q.dtype}; "
-            "use 'sdpa' (or 'auto') on CPU / in fp32"
-        )
+    _require_cuda_half("varlen", q)
     return varlen_attn(
         q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, window_size=_flash_window(window)
     )
@@ -279,6 +283,12 @@ def band_backend(q, k, v, cu_seqlens, max_seqlen, window):
     return band_attention.band_attention(q, k, v, cu_seqlens, window)
 
 
+def fa4_backend(q, k, v, cu_seqlens, max_seqlen, window):
+    """flash-attn-4's kernels on both layer types. CUDA only, fp16/bf16 only (and Hopper or Blackwell)."""
+    _require_cuda_half("fa4", q)
+    return fa4_attention(q, k, v, cu_seqlens, max_seqlen, window)
+
+
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """The fastest kernels where they run (CUDA, half precision): band on local layers, varlen on global ones
     (varlen on local layers too if the band kernel is unavailable); the exact SDPA reference elsewhere."""
@@ -293,7 +303,7 @@ BACKENDS: dict[str, AttentionFn] = {
     "auto": auto_attention,
     "varlen": varlen_attention,
     "flash_attn": flash_attn_attention,
-    "fa4": fa4_attention,
+    "fa4": fa4_backend,
     "flex": flex_attention_backend,
     "band": band_backend,
     "sdpa": sdpa_attention,

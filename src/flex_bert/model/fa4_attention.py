@@ -5,15 +5,15 @@
 None for global attention. flash-attn-4 is pure Python: `pip install flash-attn-4` brings the CUTLASS DSL,
 which compiles each kernel (per dtype, head dim, window, and a few shape classes: more than 256 documents
 in a batch, documents that fit in one tile) on its first call, in a few seconds, and caches it for the
-process (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). Hopper runs FlashAttention-3's design there (warp-specialised, TMA loads, wgmma),
-where torch's `varlen_attn` runs FlashAttention-2's: the global layers are the largest cost after the matrix
-products (docs/PERFORMANCE.md).
+process (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). On Hopper it runs FlashAttention-3's
+design (warp-specialised, TMA loads, wgmma), where torch's `varlen_attn` runs FlashAttention-2's: the global
+layers are the largest cost after the matrix products (docs/PERFORMANCE.md).
 
 Two opaque custom ops, forward -> (out, lse) and backward -> (dq, dk, dv), as `band_attention.py`, so that a
 compiled layer (`compile_layers`) stays one graph: flash-attn-4's own autograd.Function would make Dynamo
-trace its Python host code (compile-cache lookups, launches through TVM-FFI). They
-call `_flash_attn_fwd` and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that PyTorch's
-own FA4 hook calls (torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's and 2.13's unpack
+trace its Python host code (compile-cache lookups, launches through TVM-FFI). They call `_flash_attn_fwd`
+and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that PyTorch's own FA4 hook calls
+(torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's and 2.13's unpack
 two outputs where flash-attn-4 4.0.0b40 returns five, and 2.11's backward refuses every window, even
 varlen_attn's -1 for global attention.
 Written against flash-attn-4 4.0.0b40 (`pip install -e ".[fa4]"`): for these calls its sm_90 kernels compile
@@ -42,8 +42,8 @@ def _interface() -> ModuleType:
         return importlib.import_module("flash_attn.cute.interface")
     except ImportError as e:
         raise ValueError(
-            f"attention_backend 'fa4' needs the flash-attn-4 package (pip install flash-attn-4=={TESTED_VERSION}); "
-            f"it could not be imported: {e}"
+            f"attention_backend 'fa4' needs the flash-attn-4 package "
+            f"(pip install flash-attn-4=={TESTED_VERSION}); it could not be imported: {e}"
         ) from e
 
 
@@ -149,15 +149,9 @@ torch.library.register_autograd("flex_bert::fa4_attention", _backward, setup_con
 
 
 def fa4_attention(q, k, v, cu_seqlens, max_seqlen, window):
-    """FA4 on both layer types: a window of `window // 2` keys on each side, or none (global).
-
-    Only tensor properties are checked here (torch.compile traces this function); the package and the GPU's
-    generation are checked when the op first runs."""
-    if not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"attention_backend 'fa4' needs CUDA fp16/bf16 inputs, got {q.device} {q.dtype}; "
-            "use 'sdpa' (or 'auto') on CPU / in fp32"
-        )
+    """FA4 on both layer types: a window of `window // 2` keys on each side, or none (global). The package
+    and the GPU's generation are checked when the op first runs (not traced by torch.compile); the inputs'
+    device and dtype by the backend (`attention.fa4_backend`)."""
     out, _lse = _fwd(
         q.contiguous(),
         k.contiguous(),
