@@ -2,7 +2,7 @@
 
 FlexBERT step = one device batch from the real loader: `PackedMLMDataset` (best-fit packing + 30% MLM masking)
 over in-memory documents, wrapped in `torch.utils.data.DataLoader(batch_size=None, num_workers=2,
-pin_memory=True)`; `flatten_rows` (as the Composer model does) -> `FlexBertForMaskedLM` forward under bf16
+pin_memory=True)`; `model_inputs` (as the Composer model uses it) -> `FlexBertForMaskedLM` forward under bf16
 autocast (fp32 master weights) -> backward -> StableAdamW (`build_optimizer`, `decoupled_stableadamw`) step.
 Documents: random ids 5..50000 (uint16), `[CLS]` first and `[SEP]` last, log-normal lengths (median 600,
 sigma 1, clipped to 50..8192); at a 1024 context, longer documents are cut into <= 1024-token pieces as the
@@ -76,7 +76,7 @@ from flex_bert.data.loaders import PackedMLMDataset  # noqa: E402
 from flex_bert.data.masking import IGNORE_INDEX, MaskingSpec  # noqa: E402
 from flex_bert.model import BACKENDS, FlexBertConfig, FlexBertForMaskedLM  # noqa: E402
 from flex_bert.model.flops import training_flops_per_token  # noqa: E402
-from flex_bert.train.composer_model import flatten_rows  # noqa: E402
+from flex_bert.train.composer_model import model_inputs  # noqa: E402
 from flex_bert.train.optim import build_optimizer  # noqa: E402
 from flex_bert.train.profiling import kernel_summary  # noqa: E402
 
@@ -387,11 +387,12 @@ def make_loader(bench: Bench, ids: Ids, n_batches: int, workers: int, pin: bool,
 
 
 def flex_step(model, opt, env: Env, batch: dict) -> torch.Tensor:
-    ids, labels, cu, max_seqlen = flatten_rows(batch)
-    ids, labels, cu = (t.to(env.device, non_blocking=True) for t in (ids, labels, cu))
-    n = sum(batch["num_labelled"])  # the loader's count, as FlexBertComposer.forward passes it
+    inputs = {  # as FlexBertComposer.forward; flattened on the host, then copied
+        k: v.to(env.device, non_blocking=True) if torch.is_tensor(v) else v
+        for k, v in model_inputs(batch).items()
+    }
     with env.autocast():
-        loss = model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n).loss
+        loss = model(**inputs).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

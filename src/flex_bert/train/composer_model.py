@@ -24,6 +24,15 @@ def flatten_rows(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return ids.reshape(-1), labels.reshape(-1), cu, int(max(batch["max_seqlen"]))
 
 
+def model_inputs(batch: dict) -> dict:
+    """FlexBertForMaskedLM's keyword arguments for a loader batch: the rows flattened, and the loader's count
+    of labels (host ints: masked prediction then selects the labelled tokens without a device sync)."""
+    ids, labels, cu, max_seqlen = flatten_rows(batch)
+    counts = batch.get("num_labelled")
+    n = None if counts is None else sum(counts)
+    return dict(input_ids=ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n)
+
+
 class FlexBertComposer(ComposerModel):
     def __init__(self, config: FlexBertConfig, disable_train_metrics: bool = True):
         super().__init__()
@@ -40,10 +49,7 @@ class FlexBertComposer(ComposerModel):
         }
 
     def forward(self, batch: dict):
-        ids, labels, cu, max_seqlen = flatten_rows(batch)
-        counts = batch.get("num_labelled")  # host ints from the loader: no device sync to select them
-        n = None if counts is None else sum(counts)
-        return self.model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels, num_labelled=n)
+        return self.model(**model_inputs(batch))
 
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         return outputs.loss
