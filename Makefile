@@ -16,6 +16,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import composer, streaming, torch, transformers, optimi, omegaconf; print('environment ok: torch', torch.__version__)"
 	@touch $@
+	@echo "set up .venv; to run the README's commands yourself: source .venv/bin/activate"
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

@@ -24,7 +24,7 @@ def build_tokenizer(name: str):
     except OSError as e:
         raise ValueError(
             f"cannot load tokenizer {name!r}: give a local folder, or download it first with "
-            f"`huggingface-cli download {name}` (runs never reach the hub on their own)"
+            f"`hf download {name}` (runs never reach the hub on their own)"
         ) from e
 
 
