@@ -107,28 +107,10 @@ def fill_mask() -> None:
 
 
 def plot() -> Path:
-    import matplotlib
+    from flex_bert.plots import plot_runs, read_run
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    offset = 0
-    for label, stage in STAGES:
-        recs = [json.loads(x) for x in (CKPT / f"demo_{stage}" / "metrics.jsonl").read_text().splitlines()]
-        train = [(r["batch"], r["loss"]) for r in recs if r["kind"] == "train" and "loss" in r]
-        ax.plot([offset + b for b, _ in train], [v for _, v in train], label=f"{label}: train loss")
-        evals = [(r["batch"], r["metrics/eval/LanguageCrossEntropy"]) for r in recs if r["kind"] == "eval"]
-        ax.plot([offset + b for b, _ in evals], [v for _, v in evals], "o", label=f"{label}: eval loss")
-        offset += max(b for b, _ in train)
-    ax.set_xlabel("optimizer step (stages laid end to end)")
-    ax.set_ylabel("masked-LM loss")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    path = OUT / "loss_curves.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    runs = [read_run(CKPT / f"demo_{stage}", label) for label, stage in STAGES]
+    return plot_runs(runs, OUT / "loss_curves.png", end_to_end=True)
 
 
 def main() -> None:
