@@ -4,6 +4,7 @@
         [--dtype float32|bfloat16] [--tokenizer DIR_or_hub_name] [--config base|large|PATH.yaml] \
         [--trust-checkpoint]
 
+The folder also holds a model card (README.md: base model, data, tokens, final eval loss, the run's YAML).
 The result loads with `AutoModelForMaskedLM.from_pretrained(HF_DIR)` and `pipeline("fill-mask", HF_DIR)`.
 Upstream checkpoints carry no FlexBERT config: pass `--config` (the training YAML's model.model_config).
 """
@@ -23,6 +24,11 @@ def main() -> None:
     )
     p.add_argument("--config", default=None, help="base | large | YAML with model.model_config")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle anything (weights_only=False)")
+    p.add_argument(
+        "--base-model",
+        default=None,
+        help="the model card's base_model (default: ModernBERT-base/large by shape)",
+    )
     args = p.parse_args()
     try:
         out = export_to_hf(
@@ -32,6 +38,7 @@ def main() -> None:
             tokenizer_dir=args.tokenizer,
             config=args.config,
             trust=args.trust_checkpoint,
+            base_model=args.base_model,
         )
     except ValueError as e:
         p.error(str(e))

@@ -314,9 +314,13 @@ def export_to_hf(
     tokenizer_dir: str | None = None,
     config: str | Path | None = None,
     trust: bool = False,
+    base_model: str | None = None,
 ) -> Path:
-    """Composer/FlexBERT checkpoint -> HF directory (config.json, model.safetensors, tokenizer files)."""
+    """Composer/FlexBERT checkpoint -> HF directory (config.json, model.safetensors, tokenizer files that
+    transformers 4.x and 5.x load, README.md model card; ``base_model`` names the card's base model)."""
     from safetensors.torch import save_file
+
+    from flex_bert.hf_export import make_tokenizer_portable, write_model_card
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(_DTYPES)}")
@@ -329,6 +333,8 @@ def export_to_hf(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_tokenizer(tokenizer_dir, ckpt, out_dir)
+    make_tokenizer_portable(out_dir)
+    write_model_card(out_dir, ckpt, cfg.to_dict(), ckpt_path, base_model)
     tensors = {k: v.detach().to(_DTYPES[dtype]).contiguous() for k, v in hf_sd.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     _write_hf_config(hf_cfg, cfg, out_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import deque
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SEGMENT_BREAK = re.compile(r"(?<=\S) (?=[A-Za-z0-9])")
 
@@ -83,6 +85,14 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
         raise ValueError(f"tokenizer {name_or_path!r} is not a fast (Rust `tokenizers`) tokenizer")
     if tok.cls_token_id is None or tok.sep_token_id is None:
         raise ValueError(f"tokenizer {name_or_path!r} has no [CLS]/[SEP] tokens; samples are wrapped in them")
+    if not frames_cls_sep(tok):
+        log.warning(
+            "tokenizer %r does not add %s ... %s itself: the converter wraps every sample in them, so fine-tuning "
+            "inputs must be framed the same way (the Hugging Face export sets the post-processor to do so)",
+            name_or_path,
+            tok.cls_token,
+            tok.sep_token,
+        )
     vocab_size = max(len(tok), max(backend.get_vocab(with_added_tokens=True).values()) + 1)
     text = backend.to_str()
     return TokenizerInfo(
@@ -94,6 +104,12 @@ def load_tokenizer(name_or_path: str) -> TokenizerInfo:
         dtype=ids_dtype(vocab_size),
         json=text,
     )
+
+
+def frames_cls_sep(tok) -> bool:
+    """Whether the tokenizer itself wraps a text in [CLS] ... [SEP], as every pre-training sample is."""
+    ids = tok("a")["input_ids"]
+    return len(ids) >= 2 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
 
 
 def ids_dtype(vocab_size: int) -> str:
