@@ -82,7 +82,12 @@ class NanGuard(Callback):
     One host sync per batch, after the last micro-batch (composer syncs the loss for logging anyway).
     """
 
-    def __init__(self, action: str = "stop", save_folder: str | None = None, max_consecutive_skips: int = 10):
+    def __init__(
+        self,
+        action: str = registry.NanGuardSettings.action,
+        save_folder: str | None = None,
+        max_consecutive_skips: int = registry.NanGuardSettings.max_consecutive_skips,
+    ):
         self.action = action
         self.save_folder = save_folder
         self.max_consecutive_skips = max_consecutive_skips
@@ -145,9 +150,11 @@ def rollback_advice(save_folder: str | None) -> str:
 
     if dist.get_global_rank() != 0:
         return "Roll back to the checkpoint rank 0 names"
-    pattern = os.path.join(glob.escape(save_folder or ""), "ep*-ba*-rank0.pt")
-    batch = lambda path: int(re.search(r"-ba(\d+)-", os.path.basename(path)).group(1))  # noqa: E731
-    found = sorted(glob.glob(pattern), key=batch, reverse=True)
+    named = [
+        (re.search(r"-ba(\d+)-rank0\.pt$", p), p)
+        for p in glob.glob(os.path.join(glob.escape(save_folder or ""), "ep*-ba*-rank0.pt"))
+    ]
+    found = [p for _, p in sorted(((int(m.group(1)), p) for m, p in named if m), reverse=True)]
     for i, path in enumerate(found):
         if _finite_weights(path):
             return f"Roll back to {path} ({'load_path, or autoresume' if i == 0 else 'as load_path'})"

@@ -109,9 +109,8 @@ class Empty:
 
 @dataclass
 class ScheduledGcSettings:
-    batch_interval: int = setting(
-        1000, COUNT
-    )  # run Python's garbage collector every N batches (automatic gc off meanwhile)
+    # run Python's garbage collector every N batches (automatic gc off meanwhile)
+    batch_interval: int = setting(1000, COUNT)
 
 
 @dataclass
@@ -127,9 +126,7 @@ class PackingEfficiencySettings:
 @dataclass
 class NanGuardSettings:
     action: str = setting("stop", OneOf(("stop", "skip")))
-    max_consecutive_skips: int = setting(
-        10, COUNT
-    )  # skip: this many non-finite batches in a row stop the run
+    max_consecutive_skips: int = setting(10, COUNT)  # skip: more non-finite batches in a row stop the run
 
 
 @dataclass
