@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from flex_bert.train.callbacks import NanGuard
+from flex_bert.train.callbacks import NanGuard, NonFiniteLoss
 from flex_bert.train.run import train
 from tests._train_fixtures import (  # noqa: F401
     free_port,
@@ -30,14 +30,83 @@ def _state(loss, model):
     return SimpleNamespace(loss=loss, model=model, timestamp=SimpleNamespace(batch=41))
 
 
+def _checkpoint(path, weight: float) -> None:
+    """A composer checkpoint's layout: the model's weights under state.model."""
+    torch.save({"state": {"model": {"model.w": torch.full((2, 2), weight)}}, "rng": []}, path)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nan_guard_stops_naming_batch_and_checkpoint(tmp_path, bad):
-    (tmp_path / "ep0-ba40-rank0.pt").write_bytes(b"x")
+    _checkpoint(tmp_path / "ep0-ba40-rank0.pt", 1.0)
     guard, model = NanGuard("stop", str(tmp_path)), torch.nn.Linear(2, 2)
     guard.after_loss(_state(torch.tensor(1.0), model), _Logger())
     guard.after_loss(_state(torch.tensor(bad), model), _Logger())  # the second micro-batch diverged
-    with pytest.raises(RuntimeError, match=r"batch 42\. Roll back to .*ep0-ba40-rank0\.pt"):
+    with pytest.raises(NonFiniteLoss, match=r"batch 42\. Roll back to .*ep0-ba40-rank0\.pt") as err:
         guard.after_train_batch(_state(None, model), _Logger())
+    assert isinstance(err.value, ValueError) and "\n" not in str(err.value)  # main.py prints it as one line
+
+
+def test_nan_guard_names_the_newest_checkpoint_with_finite_weights(tmp_path):
+    """Weights can diverge before the loss does: a checkpoint with a non-finite weight is passed over."""
+    for batch, weight in ((10, 1.0), (20, 2.0), (30, float("inf")), (40, float("nan"))):
+        _checkpoint(tmp_path / f"ep0-ba{batch}-rank0.pt", weight)
+    (tmp_path / "ep0-ba50-rank0.pt").write_bytes(b"truncated")
+    guard, model = NanGuard("stop", str(tmp_path)), torch.nn.Linear(2, 2)
+    guard.after_loss(_state(torch.tensor(float("nan")), model), _Logger())
+    with pytest.raises(NonFiniteLoss, match=r"Roll back to .*ep0-ba20-rank0\.pt \(as load_path\)"):
+        guard.after_train_batch(_state(None, model), _Logger())
+    for batch in (10, 20):
+        _checkpoint(tmp_path / f"ep0-ba{batch}-rank0.pt", float("nan"))
+    guard.after_loss(_state(torch.tensor(float("nan")), model), _Logger())
+    with pytest.raises(NonFiniteLoss, match="None of this run's 5 checkpoints holds finite weights"):
+        guard.after_train_batch(_state(None, model), _Logger())
+
+
+def test_nan_guard_skip_stops_after_max_consecutive_skips(tmp_path):
+    guard, model, logger = (
+        NanGuard("skip", str(tmp_path), max_consecutive_skips=2),
+        torch.nn.Linear(2, 2),
+        _Logger(),
+    )
+
+    def batch(loss: float) -> None:
+        model(torch.ones(1, 2)).sum().backward()
+        guard.after_loss(_state(torch.tensor(loss), model), logger)
+        guard.after_train_batch(_state(None, model), logger)
+
+    for loss in (
+        float("nan"),
+        float("nan"),
+        0.5,
+        float("nan"),
+        float("inf"),
+    ):  # a finite batch resets the run
+        batch(loss)
+    assert logger.metrics["train/nonfinite_batches_skipped"] == 4
+    with pytest.raises(
+        NonFiniteLoss, match="3 in a row, more than callbacks.nan_guard.max_consecutive_skips"
+    ):
+        batch(float("nan"))
+
+
+@pytest.mark.slow
+def test_nan_guard_stop_is_one_line_from_main_py(tiny_mds, tmp_path):  # noqa: F811
+    """The real path: composer runs the guard inside the optimizer step; main.py prints its stop as one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    y = tiny_yaml(tiny_mds, tmp_path, "diverge", max_duration="8ba", **{"optimizer.lr": 1e30})
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.run(
+        [sys.executable, "main.py", str(y)], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: non-finite training loss at batch "), proc.stderr[-3000:]
+    assert "Roll back to" in last
 
 
 def test_nan_guard_skip_drops_the_update_and_counts_it():

@@ -91,3 +91,22 @@ def test_the_guides_zero_warmup_in_tokens_goes_with_a_duration_in_batches():
     assert [sched(_at(state, batch=b)) for b in (0, 15, 29)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="same units"):  # a real warmup in other units stays an error
         build_scheduler({"name": "constant_with_warmup", "t_warmup": "10tok", "t_max": "30ba"})(state)
+
+
+@pytest.mark.parametrize(
+    "settings,match",
+    [
+        ({"name": "warmup_stable_decay", "alpha_f": -2.0}, r"scheduler\.alpha_f must be in \[0, 1\]"),
+        ({"name": "cosine_with_warmup", "alpha_f": 1.5}, r"scheduler\.alpha_f must be in \[0, 1\]"),
+        ({"name": "linear_decay_with_warmup", "alpha_i": -1.0}, r"scheduler\.alpha_i must be >= 0"),
+        ({"name": "constant_with_warmup", "t_warmup": "10 batches"}, r"scheduler\.t_warmup must be a time"),
+        ({"name": "one_minus_sqrt", "t_decay": "-5ba"}, r"scheduler\.t_decay must be a time"),
+        ({"name": "one_minus_sqrt", "t_max": "0dur"}, r"scheduler\.t_max must be a time"),
+    ],
+)
+def test_scheduler_settings_out_of_range_are_refused_before_training(settings, match):
+    """A negative multiplier would make the lr negative (gradient ascent); a bad time string would fail only
+    at the first step, inside composer."""
+    with pytest.raises(ValueError, match=match) as err:
+        build_scheduler(settings)
+    assert "\n" not in str(err.value)

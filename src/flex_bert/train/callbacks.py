@@ -69,19 +69,29 @@ class PackingEfficiency(Callback):
             self._real = self._slots = 0
 
 
+class NonFiniteLoss(ValueError):
+    """The run stopped on a non-finite loss. A ValueError, so main.py prints it as one line: what to do is a
+    config change (roll back with a lower lr, or skip such batches)."""
+
+
 class NanGuard(Callback):
-    """A NaN or inf training loss stops the run (naming the batch and the checkpoint to roll back to), or with
-    ``action: skip`` drops that batch's gradients so the optimizer leaves the weights alone, and counts it.
+    """A NaN or inf training loss stops the run (naming the batch and the newest checkpoint with finite weights
+    to roll back to), or with ``action: skip`` drops that batch's gradients so the optimizer leaves the weights
+    alone, and counts it; more than ``max_consecutive_skips`` such batches in a row stop the run too.
 
     One host sync per batch, after the last micro-batch (composer syncs the loss for logging anyway).
     """
 
-    def __init__(self, action: str = "stop", save_folder: str | None = None):
-        if action not in ("stop", "skip"):
-            raise ValueError(f"callbacks.nan_guard.action must be 'stop' or 'skip', got {action!r}")
+    def __init__(
+        self,
+        action: str = registry.NanGuardSettings.action,
+        save_folder: str | None = None,
+        max_consecutive_skips: int = registry.NanGuardSettings.max_consecutive_skips,
+    ):
         self.action = action
         self.save_folder = save_folder
-        self.skipped = 0
+        self.max_consecutive_skips = max_consecutive_skips
+        self.skipped = self.consecutive = 0
         self._bad = None
 
     def after_loss(self, state: State, logger: Logger) -> None:
@@ -99,9 +109,11 @@ class NanGuard(Callback):
         if dist.get_world_size() > 1:  # one decision for all ranks: gradients are already averaged
             dist.all_reduce(flag, reduce_operation="MAX")
         if not bool(flag):
+            self.consecutive = 0
             return
         batch = int(state.timestamp.batch) + 1
-        if self.action == "skip":
+        self.consecutive += 1
+        if self.action == "skip" and self.consecutive <= self.max_consecutive_skips:
             for p in state.model.parameters():
                 p.grad = None  # the optimizer skips parameters without gradients
             self.skipped += 1
@@ -111,23 +123,54 @@ class NanGuard(Callback):
                 flush=True,
             )
             return
-        raise RuntimeError(
-            f"non-finite training loss at batch {batch}. Roll back to {_latest_checkpoint(self.save_folder)} "
-            "(load_path, or autoresume) with a lower lr, or set callbacks.nan_guard.action: skip"
-        )
+        what, fix = f"non-finite training loss at batch {batch}", "or set callbacks.nan_guard.action: skip"
+        if self.action == "skip":
+            what = (
+                f"{what}: {self.consecutive} in a row, more than callbacks.nan_guard.max_consecutive_skips "
+                f"({self.max_consecutive_skips})"
+            )
+            fix = "or raise max_consecutive_skips"
+        raise NonFiniteLoss(f"{what}. {rollback_advice(self.save_folder)} with a lower lr, {fix}")
 
     def state_dict(self) -> dict:
-        return {"skipped": self.skipped}
+        return {"skipped": self.skipped, "consecutive": self.consecutive}
 
     def load_state_dict(self, state: dict) -> None:
         self.skipped = int(state.get("skipped", 0))
+        self.consecutive = int(state.get("consecutive", 0))
 
 
-def _latest_checkpoint(save_folder: str | None) -> str:
+def rollback_advice(save_folder: str | None) -> str:
+    """Which checkpoint of this run to roll back to: the newest whose model weights are all finite (a run can
+    diverge before its loss does). Rank 0 reads them; safe loading runs no code from the files."""
     import glob
+    import re
 
-    found = sorted(glob.glob(os.path.join(save_folder or "", "ep*-ba*-rank0.pt")), key=os.path.getmtime)
-    return found[-1] if found else "the last good checkpoint (none saved in this run yet)"
+    from composer.utils import dist
+
+    if dist.get_global_rank() != 0:
+        return "Roll back to the checkpoint rank 0 names"
+    named = [
+        (re.search(r"-ba(\d+)-rank0\.pt$", p), p)
+        for p in glob.glob(os.path.join(glob.escape(save_folder or ""), "ep*-ba*-rank0.pt"))
+    ]
+    found = [p for _, p in sorted(((int(m.group(1)), p) for m, p in named if m), reverse=True)]
+    for i, path in enumerate(found):
+        if _finite_weights(path):
+            return f"Roll back to {path} ({'load_path, or autoresume' if i == 0 else 'as load_path'})"
+    if found:
+        return f"None of this run's {len(found)} checkpoints holds finite weights: restart the phase"
+    return "Roll back to the last good checkpoint (none saved in this run yet)"
+
+
+def _finite_weights(path: str) -> bool:
+    from flex_bert.checkpoint_io import safe_torch_load
+
+    try:
+        model = safe_torch_load(path)["state"]["model"]
+    except (ValueError, KeyError, TypeError):  # unreadable, or not a composer checkpoint
+        return False
+    return all(bool(torch.isfinite(t).all()) for t in model.values() if torch.is_tensor(t))
 
 
 class DataResume(Callback):
@@ -221,7 +264,7 @@ def build_callbacks(cfg) -> list[Callback]:
             out.append(PackingEfficiency(s.log_interval))
         elif name == "nan_guard":
             folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
-            out.append(NanGuard(s.action, folder))
+            out.append(NanGuard(s.action, folder, s.max_consecutive_skips))
         elif name == "torch_profile":
             folder = s.folder or (cfg.save_folder and os.path.join(cfg.save_folder, "profile"))
             if not folder:

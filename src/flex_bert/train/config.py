@@ -1,18 +1,37 @@
 """Typed training configuration: the seed guide's YAML, key for key, plus this project's additions.
 
-Every default is declared once, here. ``load_config`` merges YAML files and ``key=value`` overrides onto these
-dataclasses with OmegaConf, so an unknown or misspelled key, a wrong type or a missing value fails before any
-work, naming the key. Sections that choose an implementation (scheduler, callbacks, loggers) are checked
-against their registry in ``flex_bert.train.registry``. Cross-field rules are in ``validate``.
+Every default is declared once, here, with its valid values (``checks.setting``). ``load_config`` merges YAML
+files and ``key=value`` overrides onto these dataclasses with OmegaConf, so an unknown or misspelled key (at any
+depth), a wrong type, a value out of range or a missing value fails before any work, in one line naming the key.
+Sections that choose an implementation (scheduler, callbacks, loggers) are checked against their registry in
+``flex_bert.train.registry``. Cross-field rules are in ``validate``.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flex_bert.train.checks import (
+    COUNT,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_TIME,
+    PROBABILITY,
+    SEED,
+    OneOf,
+    Range,
+    TimeRange,
+    check_settings,
+    one_line,
+    setting,
+    suggest,
+)
 
 
 @dataclass
@@ -22,8 +41,8 @@ class StreamConfig:
     local: str = MISSING
     remote: str | None = None
     split: str | None = None
-    proportion: float | None = None  # share of each epoch's samples
-    repeat: float | None = None  # or: how many times this folder is seen per epoch
+    proportion: float | None = setting(None, POSITIVE)  # share of each epoch's samples
+    repeat: float | None = setting(None, POSITIVE)  # or: how many times this folder is seen per epoch
 
 
 @dataclass
@@ -34,14 +53,15 @@ class DatasetConfig:
     tokenizer_name: str | None = (
         None  # must equal the top-level tokenizer_name (the seed YAML interpolates it)
     )
-    max_seq_len: int = MISSING
+    max_seq_len: int = setting(MISSING, COUNT)
     shuffle: bool = True
-    mlm_probability: float = 0.3
+    mlm_probability: float = setting(0.3, PROBABILITY)
     streaming: bool = False  # false: data must be local (upstream's NoStreamingDataset); true: remote allowed
-    shuffle_seed: int = 9176
+    shuffle_seed: int = setting(9176, SEED)
     whole_word_mask: bool = False  # TAPT option: mask whole words (all [MASK]), as HF's whole-word collator
     streams: dict[str, StreamConfig] | None = None  # weighted dataset folders instead of local/split
-    eval_seed: int = 0  # evaluation masks are seeded per document: the same masks at every evaluation
+    # evaluation masks are seeded per document: the same masks at every evaluation
+    eval_seed: int = setting(0, SEED)
 
 
 @dataclass
@@ -49,12 +69,11 @@ class LoaderConfig:
     name: str = "text"  # the only loader; the name is kept for the seed YAML
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     drop_last: bool = True
-    num_workers: int = 0
+    num_workers: int = setting(0, NON_NEGATIVE)
     sequence_packing: bool = False
-    packing_buffer_docs: int | None = (
-        None  # documents the best-fit packer chooses from (default: 4 rows' worth of tokens)
-    )
-    prefetch_factor: int = 2
+    # documents the best-fit packer chooses from (default: 4 rows' worth of tokens)
+    packing_buffer_docs: int | None = setting(None, COUNT)
+    prefetch_factor: int = setting(2, COUNT)
     pin_memory: bool = True
 
 
@@ -76,10 +95,11 @@ class ModelSection:
 @dataclass
 class OptimizerConfig:
     name: str = "decoupled_stableadamw"
-    lr: float = 3e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-6
-    weight_decay: float = 1e-5
+    lr: float = setting(3e-4, POSITIVE)  # decoupled weight decay divides by max_lr = lr
+    betas: list[float] = setting([0.9, 0.98], Range(lo=0, hi=1, hi_open=True, length=2))
+    eps: float = setting(1e-6, POSITIVE)
+    # decoupled: the share of the weights removed per step at the peak lr (1 or more would zero or flip them)
+    weight_decay: float = setting(1e-5, Range(lo=0, hi=1, hi_open=True))
     filter_bias_norm_wd: bool = True  # norms and biases get no weight decay
     log_grad_norm: bool = False  # log the global gradient norm every batch (the callback sets an interval)
 
@@ -90,9 +110,9 @@ class TrainConfig:
     # Shared values the sections interpolate (${data_local}, ${max_seq_len}, ...).
     data_local: str | None = None
     data_remote: str | None = None
-    max_seq_len: int = 8192
+    max_seq_len: int = setting(8192, COUNT)
     tokenizer_name: str = "answerdotai/ModernBERT-base"
-    mlm_probability: float = 0.3
+    mlm_probability: float = setting(0.3, PROBABILITY)
     count_padding_tokens: bool = False
 
     model: ModelSection = field(default_factory=ModelSection)
@@ -103,26 +123,28 @@ class TrainConfig:
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
-    max_duration: str = MISSING
-    eval_interval: str = "1ep"
-    eval_subset_num_batches: int = -1
-    global_train_batch_size: int = MISSING  # in max_seq_len slots, not documents (packing)
-    global_eval_batch_size: int | None = None
-    device_eval_batch_size: int = 32
-    device_train_microbatch_size: int = MISSING  # slots per micro-batch = one packed row
-    seed: int = 17
-    precision: str = "amp_bf16"
-    device: str = "auto"  # auto | gpu | cpu
+    max_duration: str = setting(MISSING, TimeRange(lo=0, lo_open=True, units=("ba", "tok", "sp", "ep")))
+    eval_interval: str = setting("1ep", POSITIVE_TIME)
+    eval_subset_num_batches: int = setting(-1, Range(lo=1, also=(-1,)))  # -1: the whole eval split
+    global_train_batch_size: int = setting(MISSING, COUNT)  # in max_seq_len slots, not documents (packing)
+    global_eval_batch_size: int | None = setting(None, COUNT)
+    device_eval_batch_size: int = setting(32, COUNT)
+    device_train_microbatch_size: int = setting(MISSING, COUNT)  # slots per micro-batch = one packed row
+    seed: int = setting(17, SEED)
+    precision: str = setting("amp_bf16", OneOf(("amp_bf16", "amp_fp16", "fp32")))
+    device: str = setting("auto", OneOf(("auto", "gpu", "cpu")))
 
     progress_bar: bool = False
     log_to_console: bool = True
-    console_log_interval: str = "1ba"
+    # composer's console logger counts in batches or epochs only
+    console_log_interval: str = setting("1ba", TimeRange(lo=0, lo_open=True, units=("ba", "ep")))
     callbacks: dict[str, Any] = field(default_factory=dict)
     loggers: dict[str, Any] = field(default_factory=dict)
 
     save_folder: str | None = None
-    save_interval: str = "1000ba"
-    save_num_checkpoints_to_keep: int = -1
+    save_interval: str = setting("1000ba", POSITIVE_TIME)
+    # -1 keeps all; composer deletes every local checkpoint with 0 (it expects a remote copy)
+    save_num_checkpoints_to_keep: int = setting(-1, Range(lo=1, also=(-1,)))
     save_overwrite: bool = False
     load_path: str | None = None
     load_weights_only: bool = False
@@ -135,24 +157,24 @@ class TrainConfig:
     )
 
     fsdp_config: dict[str, Any] | None = None
-    dist_timeout: float = 600.0
-
-
-def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {sorted(valid)}"
+    dist_timeout: float = setting(600.0, Range(lo=0, lo_open=True, hi=timedelta.max.total_seconds()))
 
 
 def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> DictConfig:
-    """YAML files, then ``key=value`` overrides, onto the typed schema; resolved and validated."""
-    schema = OmegaConf.structured(TrainConfig)
-    parts = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides or []))]
-    for part in parts:
-        for key in part:
-            if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
-                raise ValueError(f"unknown config key {key!r}{_suggest(str(key), schema.keys())}")
-    cfg = OmegaConf.merge(schema, *parts)
-    OmegaConf.resolve(cfg)
+    """YAML files, then ``key=value`` overrides, onto the typed schema; resolved and validated.
+
+    omegaconf names an unknown key (at any depth), a wrong type or a broken interpolation; ``one_line`` makes
+    that one line, with a close match for an unknown key."""
+    try:
+        parts = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides or []))]
+        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), *parts)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise one_line(e) from None
+    except TypeError as e:  # omegaconf: e.g. a list item set as `key.0=...` over a list
+        raise ValueError(f"cannot merge the config files and overrides: {e}") from None
+    except (OSError, yaml.YAMLError) as e:  # a missing file, or YAML syntax (the message spans lines)
+        raise ValueError(f"cannot read the config: {' '.join(str(e).split())}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"missing required config values: {', '.join(missing)}")
@@ -161,9 +183,10 @@ def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> Di
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field rules, each naming the key to change."""
+    """Each setting's declared rule (``checks.setting``), then cross-field rules, each naming the key to change."""
     from flex_bert.train import registry
 
+    check_settings(cfg)
     registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
     for name, settings in cfg.callbacks.items():
         registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
@@ -171,7 +194,7 @@ def validate(cfg: DictConfig) -> None:
         registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
     if cfg.optimizer.name not in registry.OPTIMIZERS:
         raise ValueError(
-            f"optimizer.name {cfg.optimizer.name!r} is not supported{_suggest(cfg.optimizer.name, registry.OPTIMIZERS)}"
+            f"optimizer.name {cfg.optimizer.name!r} is not supported{suggest(cfg.optimizer.name, registry.OPTIMIZERS)}"
         )
     if cfg.model.name != "flex_bert":
         raise ValueError(f"model.name must be 'flex_bert', got {cfg.model.name!r}")
@@ -186,8 +209,6 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{section}.dataset needs `local` (with `split`) or `streams`")
         if ds.remote and not ds.streaming:
             raise ValueError(f"{section}.dataset.remote is set but streaming is false: set streaming: true")
-        if not 0.0 < ds.mlm_probability < 1.0:
-            raise ValueError(f"{section}.dataset.mlm_probability must be in (0, 1), got {ds.mlm_probability}")
         if ds.max_seq_len > cfg.max_seq_len and section == "train_loader":
             raise ValueError(
                 f"{section}.dataset.max_seq_len ({ds.max_seq_len}) exceeds max_seq_len ({cfg.max_seq_len})"
@@ -205,8 +226,6 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError("reset_time: true needs load_path (there is nothing to reset)")
     if cfg.restart_override and not cfg.load_path:
         raise ValueError("restart_override: true needs load_path")
-    if cfg.precision not in ("amp_bf16", "amp_fp16", "fp32"):
-        raise ValueError(f"precision must be amp_bf16, amp_fp16 or fp32, got {cfg.precision!r}")
     for key, value in (
         ("model.tokenizer_name", cfg.model.tokenizer_name),
         ("train_loader.dataset.tokenizer_name", cfg.train_loader.dataset.tokenizer_name),

@@ -1,7 +1,8 @@
 """Name -> implementation tables for the config sections that choose one (plain dicts; errors list names).
 
-A settings dataclass validates each YAML section (unknown keys are errors with a suggestion). Schedulers map
-to ``(settings, builder)``; callbacks and loggers to their settings, built in ``flex_bert.train.callbacks``.
+A settings dataclass validates each YAML section: unknown keys are errors with a suggestion, and each field's
+valid values are declared beside its default (``checks.setting``). Schedulers map to ``(settings, builder)``;
+callbacks and loggers to their settings, built in ``flex_bert.train.callbacks``.
 """
 
 from __future__ import annotations
@@ -10,47 +11,60 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from flex_bert.train.config import _suggest
+from flex_bert.train.checks import (
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_TIME,
+    POSITIVE_TIME,
+    OneOf,
+    check_settings,
+    one_line,
+    setting,
+    suggest,
+)
 
 
 # ---- schedulers -------------------------------------------------------------------------------------------
+# alpha_* multiply the optimizer's lr: a negative one would ascend the loss; alpha_f is where a decay ends.
 @dataclass
 class ConstantWithWarmup:
-    t_warmup: str = "0ba"
-    t_max: str = "1dur"
-    alpha: float = 1.0
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha: float = setting(1.0, NON_NEGATIVE)
 
 
 @dataclass
 class WarmupStableDecay:
-    t_warmup: str = "0ba"
-    t_decay: str = "0.1dur"
-    t_max: str = "1dur"
-    alpha_f: float = 0.0
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_decay: str = setting("0.1dur", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
 
 
 @dataclass
 class OneMinusSqrt:
-    t_decay: str = "1dur"
-    t_max: str = "1dur"
-    alpha_f: float = 0.0
-    t_warmup: str = "0ba"
+    t_decay: str = setting("1dur", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
 
 
 @dataclass
 class CosineWithWarmup:
-    t_warmup: str = "0ba"
-    t_max: str = "1dur"
-    alpha_f: float = 0.0
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
 
 
 @dataclass
 class LinearDecayWithWarmup:
-    t_warmup: str = "0ba"
-    t_max: str = "1dur"
-    alpha_i: float = 1.0
-    alpha_f: float = 0.0
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_i: float = setting(1.0, NON_NEGATIVE)
+    alpha_f: float = setting(0.0, FRACTION)
 
 
 def _composer_sched(cls_name: str):
@@ -85,7 +99,7 @@ OPTIMIZERS = {"decoupled_stableadamw"}
 # ---- callbacks --------------------------------------------------------------------------------------------
 @dataclass
 class SpeedMonitorSettings:
-    window_size: int = 100
+    window_size: int = setting(100, COUNT)
 
 
 @dataclass
@@ -95,29 +109,31 @@ class Empty:
 
 @dataclass
 class ScheduledGcSettings:
-    batch_interval: int = 1000  # run Python's garbage collector every N batches (automatic gc off meanwhile)
+    # run Python's garbage collector every N batches (automatic gc off meanwhile)
+    batch_interval: int = setting(1000, COUNT)
 
 
 @dataclass
 class LogGradNormSettings:
-    batch_log_interval: int = 10
+    batch_log_interval: int = setting(10, COUNT)
 
 
 @dataclass
 class PackingEfficiencySettings:
-    log_interval: int = 10
+    log_interval: int = setting(10, COUNT)
 
 
 @dataclass
 class NanGuardSettings:
-    action: str = "stop"  # stop | skip
+    action: str = setting("stop", OneOf(("stop", "skip")))
+    max_consecutive_skips: int = setting(10, COUNT)  # skip: more non-finite batches in a row stop the run
 
 
 @dataclass
 class TorchProfileSettings:
     folder: str | None = None  # default: <save_folder>/profile
-    start_batch: int = 10  # profile batches [start_batch, start_batch + num_batches)
-    num_batches: int = 3
+    start_batch: int = setting(10, COUNT)  # profile batches [start_batch, start_batch + num_batches)
+    num_batches: int = setting(3, COUNT)
     trace: bool = False  # also write a Chrome trace per rank (tens of MB)
 
 
@@ -154,17 +170,20 @@ LOGGERS: dict[str, type] = {
 
 
 def _validated(where: str, settings_cls: type, settings) -> Any:
-    schema = OmegaConf.structured(settings_cls)
-    data = OmegaConf.create(settings) if not OmegaConf.is_config(settings) else settings
-    for key in data:
-        if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
-            raise ValueError(f"unknown key {where}.{key}{_suggest(str(key), schema.keys())}")
-    return OmegaConf.to_object(OmegaConf.merge(schema, data))
+    try:
+        out = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(settings_cls), settings))
+    except (
+        OmegaConfBaseException,
+        ValueError,
+    ) as e:  # omegaconf's ValueError: settings that are not a mapping
+        raise one_line(e, where) from None
+    check_settings(out, where)
+    return out
 
 
 def check_named(section: str, name: str, settings, table: dict) -> Any:
     if name not in table:
-        raise ValueError(f"unknown {section} entry {name!r}{_suggest(name, table)}")
+        raise ValueError(f"unknown {section} entry {name!r}{suggest(name, table)}")
     return _validated(f"{section}.{name}", table[name], settings)
 
 
@@ -173,7 +192,7 @@ def check_section(section: str, cfg, table: dict) -> Any:
     data = dict(OmegaConf.to_container(cfg)) if OmegaConf.is_config(cfg) else dict(cfg)
     name = data.pop("name", None)
     if name not in table:
-        raise ValueError(f"{section}.name {name!r} is not supported{_suggest(str(name), table)}")
+        raise ValueError(f"{section}.name {name!r} is not supported{suggest(str(name), table)}")
     return _validated(f"{section}", table[name][0], data)
 
 
