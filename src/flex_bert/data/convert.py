@@ -134,6 +134,7 @@ class _Output:
         self.stats_path = parent / f"{name}.conversion.json"
         self.writer = None
         self.documents = self.chunked_documents = self.samples = self.tokens = 0
+        self.max_token_id = -1  # recorded so that training can refuse ids beyond the model's vocab_size
 
     def refuse_existing(self) -> None:
         """Checked before any work, and again just before the rename (another run may have finished)."""
@@ -166,6 +167,7 @@ class _Output:
         for i, sample in enumerate(samples):
             self.writer.write(encoded[i] if encoded else {"input_ids": sample})
             self.tokens += len(sample)
+            self.max_token_id = max(self.max_token_id, int(sample.max()))
         self.documents += 1
         self.chunked_documents += len(samples) > 1
         self.samples += len(samples)
@@ -372,6 +374,7 @@ def _stats(
         "split_documents": {role: o.documents for role, o in outputs.items()},
         "tokenizer": {"name": info.name, "fingerprint": info.fingerprint},
         "vocab_size": info.vocab_size,
+        "max_token_id": out.max_token_id,
         "dtype": info.dtype,
         "max_seq_len": cfg.max_seq_len,
         "min_chars": cfg.min_chars,
