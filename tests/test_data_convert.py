@@ -1,6 +1,7 @@
 """The converter: nothing lost or duplicated, counts agree with a re-read, chunking, budget, held-out split,
 same output with 1 and 2 workers, safe output folders."""
 
+import errno
 import json
 import os
 import signal
@@ -80,6 +81,14 @@ def test_counts_agree_with_streaming_dataset_and_token_counts_file(demo_corpus, 
         assert not any(p.suffix == ".json" for p in (out / name).iterdir() if p.name != "index.json")
 
 
+def test_stats_record_the_largest_token_id(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    held_out = dict(eval_fraction=0.3, eval_out_dir=str(tmp_path / "eval"))
+    stats = run_convert(demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, **held_out)
+    for role in ("train", "eval"):
+        folder = tmp_path / role / "clinical"
+        assert stats[role]["max_token_id"] == max(int(s.max()) for s in read_mds(folder))
+
+
 def test_one_and_two_workers_write_the_same_samples(demo_corpus, tiny_tokenizer_dir, tmp_path):
     a = run_convert(
         demo_corpus["finance"],
@@ -152,6 +161,50 @@ def test_existing_folder_is_refused_and_left_untouched(demo_corpus, tiny_tokeniz
     assert json.loads((tmp_path / "clinical.conversion.json").read_text())["max_seq_len"] == 64
     assert len(read_mds(tmp_path / "clinical")) == stats["train"]["samples"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clinical", "clinical.conversion.json"]
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file below folder (hidden ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _disk_full_on(monkeypatch, count: int) -> None:
+    """The `count`-th conversion.json write runs out of space part-way (json.dump of that file)."""
+    real_dump, seen = json.dump, []
+
+    def dump(obj, f, **kwargs):
+        if "conversion.json" in getattr(f, "name", ""):
+            seen.append(f.name)
+            if len(seen) == count:
+                f.write('{"version": 1, "na')
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_full_disk_while_committing_restores_the_old_datasets(
+    demo_corpus, tiny_tokenizer_dir, tmp_path, monkeypatch, count
+):
+    split = dict(eval_fraction=0.2, eval_out_dir=str(tmp_path / "eval"))
+    run_convert(demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, **split)
+    before = _snapshot(tmp_path)
+    _disk_full_on(monkeypatch, count)  # 1: the train folder's stats, 2: the eval folder's
+    with pytest.raises(OSError, match="No space left"):
+        run_convert(
+            demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, overwrite=True, seed=1, **split
+        )
+    assert _snapshot(tmp_path) == before  # the old datasets and stats, no new or hidden leftovers
+
+
+def test_a_full_disk_while_committing_a_new_dataset_leaves_nothing(
+    demo_corpus, tiny_tokenizer_dir, tmp_path, monkeypatch
+):
+    _disk_full_on(monkeypatch, 1)
+    with pytest.raises(OSError, match="No space left"):
+        run_convert(demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir)
+    assert _snapshot(tmp_path) == {}
 
 
 def test_failure_inside_a_worker_leaves_nothing_that_looks_complete(tiny_tokenizer_dir, tmp_path):

@@ -17,7 +17,6 @@ The stats live beside the folder, not inside, because streaming's merge_index(ro
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flex_bert.data.merge import write_json_atomic
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
 
@@ -105,17 +105,6 @@ def default_name(dataset: str) -> str:
     return path.resolve().name if path.is_dir() else path.stem
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON so that a reader sees either the old file, or the whole new one (never a torn file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def in_eval_split(row_index: int, fraction: float, seed: int) -> bool:
     """Deterministic per-document draw: hash of (seed, row index) below `fraction`."""
     if fraction <= 0.0:
@@ -133,6 +122,8 @@ class _Output:
         self.tmp = parent / f".{name}.tmp-{os.getpid()}"
         self.stats_path = parent / f"{name}.conversion.json"
         self.writer = None
+        self.renamed: list[tuple[Path, Path | None]] = []  # swap_in's steps: (src, dst); dst None: created
+        self.aside: list[Path] = []  # the old dataset and stats, hidden until discard_old
         self.documents = self.chunked_documents = self.samples = self.tokens = 0
         self.max_token_id = -1  # recorded so that training can refuse ids beyond the model's vocab_size
 
@@ -172,19 +163,37 @@ class _Output:
         self.chunked_documents += len(samples) > 1
         self.samples += len(samples)
 
-    def commit(self, stats: dict) -> None:
-        """Finish the shards, move the folder into place, then write conversion.json (last, atomically)."""
-        self.writer.finish()
+    def swap_in(self, stats: dict) -> None:
+        """Move the finished folder into place and write conversion.json beside it (last, atomically). An
+        existing dataset and its stats are kept aside, hidden, until `discard_old`; `restore` undoes this."""
         self.refuse_existing()
-        self.stats_path.unlink(missing_ok=True)  # an old folder being replaced stops looking complete
-        old = None
-        if self.final.exists():
-            old = self.parent / f".{self.name}.old-{os.getpid()}"
-            self.final.rename(old)
-        self.tmp.rename(self.final)
+        for path in (self.stats_path, self.final):  # stats first: an old folder stops looking complete
+            if path.exists():
+                self._rename(path, self.parent / f".{path.name}.old-{os.getpid()}")
+                self.aside.append(self.renamed[-1][1])
+        self._rename(self.tmp, self.final)
         write_json_atomic(self.stats_path, stats)
-        if old is not None:
-            shutil.rmtree(old)
+        self.renamed.append((self.stats_path, None))
+
+    def _rename(self, src: Path, dst: Path) -> None:
+        src.rename(dst)
+        self.renamed.append((src, dst))
+
+    def restore(self) -> None:
+        """Undo swap_in as far as it got: the new stats go, the new folder returns to its temporary name
+        (abort removes it), the old dataset and its stats return."""
+        while self.renamed:
+            src, dst = self.renamed.pop()
+            if dst is None:
+                src.unlink(missing_ok=True)
+            else:
+                dst.rename(src)
+        self.aside = []
+
+    def discard_old(self) -> None:
+        for path in self.aside:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.aside, self.renamed = [], []
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -411,6 +420,23 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _commit(outputs: dict[str, _Output], stats: dict[str, dict]) -> None:
+    """All outputs appear, with their stats, or none does and any old datasets stay as they were."""
+    for out in outputs.values():
+        out.writer.finish()
+    done = []
+    try:
+        for role, out in outputs.items():
+            done.append(out)
+            out.swap_in(stats[role])
+    except BaseException:
+        for out in reversed(done):
+            out.restore()
+        raise
+    for out in done:
+        out.discard_old()
+
+
 def convert_dataset(
     cfg: ConvertConfig, *, processor_cls: type[DocumentProcessor] = DocumentProcessor
 ) -> dict[str, dict]:
@@ -458,8 +484,7 @@ def convert_dataset(
             role: _stats(cfg, info, files, columns, tally, outputs, out, seconds)
             for role, out in outputs.items()
         }
-        for role, out in outputs.items():
-            out.commit(stats[role])
+        _commit(outputs, stats)
     except BaseException:
         for out in outputs.values():
             out.abort()
