@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from flex_bert.data.convert import SKIP_REASONS, in_eval_split
 from flex_bert.data.sources import DataError, iter_dataset_texts
+from flex_bert.data.tokenize import DocumentProcessor
 
 pytest.register_assert_rewrite("_data_fixtures")  # it is also a plugin (below)
 from _data_fixtures import FailingProcessor, read_mds, read_streaming, run_convert  # noqa: E402
@@ -160,7 +162,7 @@ def test_existing_folder_is_refused_and_left_untouched(demo_corpus, tiny_tokeniz
     stats = run_convert(demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir, max_seq_len=64, overwrite=True)
     assert json.loads((tmp_path / "clinical.conversion.json").read_text())["max_seq_len"] == 64
     assert len(read_mds(tmp_path / "clinical")) == stats["train"]["samples"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clinical", "clinical.conversion.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "clinical", "clinical.conversion.json"]
 
 
 def _snapshot(folder: Path) -> dict:
@@ -204,7 +206,44 @@ def test_a_full_disk_while_committing_a_new_dataset_leaves_nothing(
     _disk_full_on(monkeypatch, 1)
     with pytest.raises(OSError, match="No space left"):
         run_convert(demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir)
-    assert _snapshot(tmp_path) == {}
+    assert _snapshot(tmp_path) == {".locks/clinical/.flexbert.lock": b""}  # the lock file, free
+
+
+class _GatedProcessor(DocumentProcessor):
+    """Tokenizes only once the gate opens (a conversion caught mid-way, in this process)."""
+
+    gate = threading.Event()
+
+    def __call__(self, texts):
+        assert self.gate.wait(60)
+        return super().__call__(texts)
+
+
+def test_a_second_conversion_into_the_same_name_is_refused(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    _GatedProcessor.gate.clear()
+    first: dict = {}
+
+    def convert_clinical():
+        first["stats"] = run_convert(
+            demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir, name="notes", processor_cls=_GatedProcessor
+        )
+
+    thread = threading.Thread(target=convert_clinical)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not list(tmp_path.glob(".notes.tmp-*")) and time.time() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ValueError, match=rf"in use by another conversion \(pid {os.getpid()} ") as e:
+            run_convert(demo_corpus["finance"], tmp_path, tiny_tokenizer_dir, name="notes", overwrite=True)
+        assert "\n" not in str(e.value)
+        run_convert(demo_corpus["finance"], tmp_path, tiny_tokenizer_dir)  # another name is free
+    finally:
+        _GatedProcessor.gate.set()
+        thread.join()
+    stats = json.loads((tmp_path / "notes.conversion.json").read_text())
+    assert stats == first["stats"]["train"] and stats["dataset"] == str(demo_corpus["clinical"])
+    assert len(read_mds(tmp_path / "notes")) == stats["samples"]
 
 
 def test_failure_inside_a_worker_leaves_nothing_that_looks_complete(tiny_tokenizer_dir, tmp_path):
@@ -213,7 +252,7 @@ def test_failure_inside_a_worker_leaves_nothing_that_looks_complete(tiny_tokeniz
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected failure"):
         run_convert(src, out, tiny_tokenizer_dir, num_workers=2, batch_rows=4, processor_cls=FailingProcessor)
-    assert list(out.iterdir()) == []  # temporary folder removed, no dataset folder, no stats
+    assert [p.name for p in out.iterdir()] == [".locks"]  # no temporary or dataset folder, no stats
 
 
 def test_killed_conversion_leaves_no_complete_folder(tiny_tokenizer_dir, tmp_path):

@@ -83,6 +83,7 @@ def test_remerging_after_moving_a_folder_replaces_the_index(two_datasets, tmp_pa
     merge_datasets(other)
     assert len(read_streaming(other)) == len(read_mds(other / "finance"))
     assert sorted(p.name for p in two_datasets.iterdir()) == [
+        ".locks",
         "clinical",
         "clinical.conversion.json",
         "index.json",
@@ -116,6 +117,7 @@ def test_a_failed_remerge_keeps_the_old_index(two_datasets, monkeypatch):
         merge_datasets(two_datasets)
     assert (two_datasets / "index.json").read_bytes() == before
     assert sorted(p.name for p in two_datasets.iterdir()) == [
+        ".locks",
         "clinical",
         "clinical.conversion.json",
         "finance",

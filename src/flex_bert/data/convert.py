@@ -7,15 +7,18 @@ Every decision about a row is taken in the main process, in input order, so the 
 is the same whatever `num_workers` is. Every row read is either a document written or a counted skip:
     rows_read == sum(split_documents.values()) + sum(skipped.values())
 
-Output safety: each folder is written as a hidden sibling `.<name>.tmp-<pid>`, renamed to `<name>` when
-complete, and only then is `<name>.conversion.json` written beside it (atomically, last). A folder without
-that file, or a file without `"complete": true`, is not a finished dataset (merge.read_conversion_stats).
-The stats live beside the folder, not inside, because streaming's merge_index(root, True) reads every
-.json inside the sub-folders of root as a shard index.
+Output safety: one conversion per output name at a time (a lock, `<out_dir>/.locks/<name>/`). Each folder
+is written as a hidden sibling `.<name>.tmp-<pid>`, renamed to `<name>` when complete, and only then is
+`<name>.conversion.json` written beside it (atomically, last). A folder without that file, or a file
+without `"complete": true`, is not a finished dataset (merge.read_conversion_stats). With --overwrite the old
+dataset and its stats stay aside until every output is in place; any failure puts them back. The stats
+live beside the folder, not inside, because streaming's merge_index(root, True) reads every .json inside
+the sub-folders of root as a shard index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -29,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flex_bert.data.merge import write_json_atomic
+from flex_bert.data.merge import LOCKS, write_json_atomic
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
+from flex_bert.folder_lock import folder_lock
 
 SKIP_REASONS = ("empty", "too_short", "bad_encoding", "malformed", "over_budget")
 ERROR_REASONS = ("bad_encoding", "malformed")  # fatal with on_error="fail"; the others are always counted
@@ -446,13 +450,30 @@ def convert_dataset(
     Raises DataError / ValueError with a one-line message for anything the user must fix; on any error
     (or interrupt) the temporary folders are removed and no dataset folder appears.
     """
-    from tqdm import tqdm
-
     start = time.time()
     cfg.validate()
     files = resolve_dataset_files(cfg.dataset)
     columns = sorted({c for c in check_files(files, cfg.text_column) if c is not None})
     outputs = _plan_outputs(cfg)
+    with contextlib.ExitStack() as locks:  # one conversion per output name at a time
+        for out in outputs.values():
+            locks.enter_context(folder_lock(out.parent / LOCKS / out.name, what="conversion"))
+        stats = _convert(cfg, files, columns, outputs, processor_cls, start)
+    _append_token_counts(cfg, outputs)
+    return stats
+
+
+def _convert(
+    cfg: ConvertConfig,
+    files: list[Path],
+    columns: list[str],
+    outputs: dict[str, _Output],
+    processor_cls: type[DocumentProcessor],
+    start: float,
+) -> dict[str, dict]:
+    """convert_dataset's work, under the output names' locks."""
+    from tqdm import tqdm
+
     info = load_tokenizer(cfg.tokenizer)
     processor = processor_cls(info.json, cfg.max_seq_len, info.cls_id, info.sep_id, info.dtype, cfg.min_chars)
     tally, spill = _Tally(cfg.on_error), None
@@ -492,7 +513,6 @@ def convert_dataset(
     finally:
         if spill is not None:
             spill.close()
-    _append_token_counts(cfg, outputs)
     return stats
 
 
