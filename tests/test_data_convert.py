@@ -294,6 +294,69 @@ def test_killed_conversion_leaves_no_complete_folder(tiny_tokenizer_dir, tmp_pat
     assert list(out.glob(".big.tmp-*"))  # the leftover is hidden, and merge refuses it (see merge tests)
 
 
+SLOW_CONVERTER = """
+import sys, time
+from flex_bert.data.convert import ConvertConfig, convert_dataset
+from flex_bert.data.tokenize import DocumentProcessor
+
+class Slow(DocumentProcessor):
+    def __call__(self, texts):
+        time.sleep(120)  # a worker busy on a batch
+        return super().__call__(texts)
+
+cfg = ConvertConfig(dataset=sys.argv[1], out_dir=sys.argv[2], tokenizer=sys.argv[3], max_seq_len=128,
+                    num_workers=2, batch_rows=4, progress=False)
+convert_dataset(cfg, processor_cls=Slow)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_killed_converter_takes_its_workers_with_it(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    script = tmp_path / "slow_converter.py"
+    script.write_text(SLOW_CONVERTER)
+    args = [str(demo_corpus["clinical"]), str(tmp_path / "out"), str(tiny_tokenizer_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args], env={**os.environ, "PYTHONPATH": str(REPO / "src")}
+    )
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "the workers did not start"
+        time.sleep(1.0)  # they hold batches now (each sleeps 120 s in it)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 5
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "worker processes outlived the killed converter"
+    finally:
+        for w in workers:  # only the converter's own workers, by pid
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
 def test_cli_errors_are_one_line_with_exit_code_2(demo_corpus, tiny_tokenizer_dir, tmp_path):
     script = str(REPO / "data" / "convert_dataset_to_mds.py")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
