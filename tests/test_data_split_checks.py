@@ -277,3 +277,11 @@ def test_training_refuses_an_empty_eval_split(tiny_mds, data, tmp_path):  # noqa
     with pytest.raises(DataError, match=r"eval.* holds no samples") as e:
         train([str(_yaml(tiny_mds, data, tmp_path))], [])
     _one_line(e)
+
+
+def test_training_refuses_an_evaluation_that_would_run_no_batch(tiny_mds, data, tmp_path):  # noqa: F811
+    samples = json.loads((data / "eval" / "eval.conversion.json").read_text())["samples"]
+    y = _yaml(tiny_mds, data, tmp_path, device_eval_batch_size=samples + 1, **{"eval_loader.drop_last": True})
+    with pytest.raises(ValueError, match=rf"has {samples} documents, fewer than one batch .*drop_last") as e:
+        train([str(y)], [])
+    _one_line(e)

@@ -203,6 +203,12 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
         num_workers=loader.num_workers,
         drop_last=loader.drop_last,
     )
+    if len(dataloader) == 0:  # composer would report NaN metrics from no batch at all
+        raise ValueError(
+            f"the eval split has {len(dataset)} documents, fewer than one batch (device_eval_batch_size "
+            f"{cfg.device_eval_batch_size} x {world} GPU(s)) with eval_loader.drop_last: true; set drop_last: "
+            "false or a smaller device_eval_batch_size"
+        )
     spec = DataSpec(
         dataloader,
         split_batch=lambda b, n: [b],
