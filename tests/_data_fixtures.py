@@ -147,6 +147,7 @@ MALFORMED_INDEXES = [
         _shard0(_set("zip_data", {"basename": None, "bytes": 1, "hashes": {}})),
         "basename",
     ),
+    ("compression_a_number", _shard0(_set("compression", 5)), "'compression' must be null or a string"),
     ("format_unknown", _shard0(_set("format", "parquet")), "'format' must be 'mds'"),
     ("no_input_ids_column", _shard0(_set("column_names", ["text"])), "input_ids"),
     ("column_encodings_missing", _shard0(_drop("column_encodings")), "has no 'column_encodings'"),

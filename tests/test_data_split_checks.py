@@ -208,6 +208,19 @@ def test_opening_refuses_shards_outside_their_folder(data, tmp_path, tokenizer, 
     _one_line(e)
 
 
+def test_a_wrong_sample_count_in_a_foreign_index_is_refused(data, tokenizer):
+    """MDS from another tool (no conversion stats): the index's sample count must be the shard's own."""
+    foreign = data / "foreign"
+    shutil.copytree(data / "train" / "clinical", foreign)
+    held = int.from_bytes((foreign / "shard.00000.mds").read_bytes()[:4], "little")
+    obj = json.loads((foreign / "index.json").read_text())
+    obj["shards"][0]["samples"] = held + 40  # streaming would fail on sample held + 1, mid-run
+    (foreign / "index.json").write_text(json.dumps(obj))
+    with pytest.raises(DataError, match=rf"holds {held} samples, the index.json says {held + 40}") as e:
+        _open(data, "foreign", tokenizer)
+    _one_line(e)
+
+
 def test_a_symlink_that_stays_inside_the_folder_is_fine(data, tokenizer):
     shard = data / "train" / "clinical" / "shard.00000.mds"
     shard.rename(shard.with_name("real.mds"))

@@ -74,6 +74,8 @@ def _check_shard(path: Path, i: int, shard) -> None:
         raise DataError(
             f"{where}: 'column_names', 'column_encodings' and 'column_sizes' must be lists of one length"
         )
+    if shard["compression"] is not None and not isinstance(shard["compression"], str):
+        raise DataError(f"{where}: 'compression' must be null or a string, got {shard['compression']!r:.30}")
     if "input_ids" not in names:
         raise DataError(f"{where} has no input_ids column (columns {names!r:.80}); training reads input_ids")
     _check_file_info(where, "raw_data", shard["raw_data"])
@@ -136,13 +138,23 @@ def check_shard_paths(index_path: Path, index: dict, folder_of, files: bool = Tr
                 )
             if files and target.is_file():
                 present = True
-                if target.stat().st_size != info["bytes"]:
-                    raise DataError(
-                        f"{index_path}: shard {i}: {target} has {target.stat().st_size} bytes, the "
-                        f"index.json says {info['bytes']}; the folder changed after it was written"
-                    )
+                _check_file(f"{index_path}: shard {i}", target, info["bytes"], key, shard["samples"])
         if files and not present:
             raise DataError(f"{index_path}: shard {i}: {shard['raw_data']['basename']} is missing")
+
+
+def _check_file(where: str, target: Path, size: int, key: str, samples: int) -> None:
+    """The file has the recorded size; a raw MDS shard starts with its sample count (uint32)."""
+    if target.stat().st_size != size:
+        raise DataError(
+            f"{where}: {target} has {target.stat().st_size} bytes, the index.json says {size}; the folder "
+            "changed after it was written"
+        )
+    if key == "raw_data":
+        with open(target, "rb") as f:
+            held = int.from_bytes(f.read(4), "little")
+        if held != samples:
+            raise DataError(f"{where}: {target} holds {held} samples, the index.json says {samples}")
 
 
 def index_samples(index: dict) -> int:

@@ -231,10 +231,11 @@ def _check_not_stale(root: Path, folders: list[Path], merged: dict, indexes: dic
     for shard in merged["shards"]:
         by_folder.setdefault(PurePosixPath(shard["raw_data"]["basename"]).parts[0], []).append(shard)
     names = {f.name for f in folders}
-    for name in by_folder.keys() - names:
-        raise DataError(f"{index_path} is stale: it names {name}, which is not in {root} any more; {fix}")
-    for name in sorted(names - by_folder.keys()):
-        raise DataError(f"{root / name} is not in {index_path} (added after the merge); {fix}")
+    gone, added = sorted(by_folder.keys() - names), sorted(names - by_folder.keys())
+    if gone:
+        raise DataError(f"{index_path} is stale: it names {gone[0]}, which is not in {root} any more; {fix}")
+    if added:
+        raise DataError(f"{root / added[0]} is not in {index_path} (added after the merge); {fix}")
     record = merged.get(MERGE_RECORD) or {}
     for folder in folders:
         own = indexes[folder]["shards"]
