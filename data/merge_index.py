@@ -3,8 +3,10 @@
     python data/merge_index.py tokenized_datasets/train
 
 Checks first that every folder under ROOT is a complete conversion (ROOT/<name>.conversion.json says
-complete, ROOT/<name>/index.json exists) and that all used one tokenizer and one max_seq_len; then calls
-streaming's merge_index(ROOT, True), as the BioClinical guide does.
+complete, ROOT/<name>/index.json is well-formed, its shards inside the folder) and that all used one
+tokenizer and one max_seq_len; then merges their indexes with streaming's merge_index and replaces
+ROOT/index.json atomically. Run it again after moving folders in or out of ROOT or converting one again:
+training refuses a merged index that no longer matches its folders. The work is in flex_bert.data.merge.
 """
 
 from __future__ import annotations

@@ -48,7 +48,13 @@ def main(argv=None) -> int:
             trust=args.trust_checkpoint,
         )
         data = masked_documents(
-            args.data, args.split or None, tokenizer, args.mlm_probability, args.seed, args.max_seq_len
+            args.data,
+            args.split or None,
+            tokenizer,
+            args.mlm_probability,
+            args.seed,
+            args.max_seq_len,
+            vocab_size=model.config.vocab_size,
         )
         score = evaluate(model, kind, data, args.batch_size, args.max_batches, args.device)
     except (ValueError, FileNotFoundError) as e:

@@ -88,3 +88,76 @@ class FailingProcessor(DocumentProcessor):
         if any("BOOM" in t for t in texts):
             raise RuntimeError("injected failure")
         return super().__call__(texts)
+
+
+def _edit_json(change):
+    """An index.json edit: parse, change the object in place, write back."""
+
+    def apply(text: str) -> str:
+        obj = json.loads(text)
+        change(obj)
+        return json.dumps(obj)
+
+    return apply
+
+
+def _shard0(change):
+    return _edit_json(lambda obj: change(obj["shards"][0]))
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def _drop(key):
+    return lambda d: d.pop(key)
+
+
+# (id, edit of index.json's text, a fragment of the one-line error): every malformed index.json a user (or
+# a broken tool) can leave must be refused with a line naming the file, never a traceback from streaming.
+MALFORMED_INDEXES = [
+    ("not_json", lambda t: t[: len(t) // 2], "not valid JSON"),
+    ("not_utf8", lambda t: b"\xff\xfe" + t.encode(), "not valid JSON"),
+    ("not_an_object", lambda t: "[1, 2]", "must be a JSON object"),
+    ("no_shards", _edit_json(_drop("shards")), "has no 'shards'"),
+    ("shards_not_a_list", _edit_json(_set("shards", {"a": 1})), "'shards' must be a list"),
+    ("wrong_version", _edit_json(_set("version", 3)), "'version' must be 2"),
+    (
+        "shard_not_an_object",
+        _edit_json(lambda o: o["shards"].__setitem__(0, "shard.mds")),
+        "must be an object",
+    ),
+    ("samples_negative", _shard0(_set("samples", -3)), "'samples' must be a non-negative integer"),
+    ("samples_a_string", _shard0(_set("samples", "263")), "'samples' must be a non-negative integer"),
+    ("samples_a_float", _shard0(_set("samples", 2.5)), "'samples' must be a non-negative integer"),
+    ("samples_a_bool", _shard0(_set("samples", True)), "'samples' must be a non-negative integer"),
+    ("samples_missing", _shard0(_drop("samples")), "has no 'samples'"),
+    ("raw_data_missing", _shard0(_drop("raw_data")), "has no 'raw_data'"),
+    ("raw_data_a_string", _shard0(_set("raw_data", "shard.00000.mds")), "'raw_data' must be an object"),
+    ("basename_not_a_string", _shard0(lambda s: s["raw_data"].__setitem__("basename", 7)), "basename"),
+    ("basename_missing", _shard0(lambda s: s["raw_data"].pop("basename")), "basename"),
+    (
+        "bytes_negative",
+        _shard0(lambda s: s["raw_data"].__setitem__("bytes", -1)),
+        "bytes' must be a non-negative",
+    ),
+    ("extra_file_key", _shard0(lambda s: s["raw_data"].__setitem__("owner", "x")), "unexpected key"),
+    (
+        "zip_basename_not_a_string",
+        _shard0(_set("zip_data", {"basename": None, "bytes": 1, "hashes": {}})),
+        "basename",
+    ),
+    ("compression_a_number", _shard0(_set("compression", 5)), "'compression' must be null or a string"),
+    ("format_unknown", _shard0(_set("format", "parquet")), "'format' must be 'mds'"),
+    ("no_input_ids_column", _shard0(_set("column_names", ["text"])), "input_ids"),
+    ("column_encodings_missing", _shard0(_drop("column_encodings")), "has no 'column_encodings'"),
+]
+
+
+def write_edited(path: Path, edit) -> None:
+    """Apply one of MALFORMED_INDEXES' edits to the index file at path."""
+    new = edit(path.read_text(encoding="utf-8"))
+    if isinstance(new, bytes):
+        path.write_bytes(new)
+    else:
+        path.write_text(new, encoding="utf-8")

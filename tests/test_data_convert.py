@@ -1,11 +1,13 @@
 """The converter: nothing lost or duplicated, counts agree with a re-read, chunking, budget, held-out split,
 same output with 1 and 2 workers, safe output folders."""
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from flex_bert.data.convert import SKIP_REASONS, in_eval_split
 from flex_bert.data.sources import DataError, iter_dataset_texts
+from flex_bert.data.tokenize import DocumentProcessor
 
 pytest.register_assert_rewrite("_data_fixtures")  # it is also a plugin (below)
 from _data_fixtures import FailingProcessor, read_mds, read_streaming, run_convert  # noqa: E402
@@ -78,6 +81,14 @@ def test_counts_agree_with_streaming_dataset_and_token_counts_file(demo_corpus, 
         assert stats["samples"] == len(samples)
         assert stats["complete"] is True and stats["tokenizer"]["fingerprint"]
         assert not any(p.suffix == ".json" for p in (out / name).iterdir() if p.name != "index.json")
+
+
+def test_stats_record_the_largest_token_id(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    held_out = dict(eval_fraction=0.3, eval_out_dir=str(tmp_path / "eval"))
+    stats = run_convert(demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, **held_out)
+    for role in ("train", "eval"):
+        folder = tmp_path / role / "clinical"
+        assert stats[role]["max_token_id"] == max(int(s.max()) for s in read_mds(folder))
 
 
 def test_one_and_two_workers_write_the_same_samples(demo_corpus, tiny_tokenizer_dir, tmp_path):
@@ -151,7 +162,88 @@ def test_existing_folder_is_refused_and_left_untouched(demo_corpus, tiny_tokeniz
     stats = run_convert(demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir, max_seq_len=64, overwrite=True)
     assert json.loads((tmp_path / "clinical.conversion.json").read_text())["max_seq_len"] == 64
     assert len(read_mds(tmp_path / "clinical")) == stats["train"]["samples"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clinical", "clinical.conversion.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "clinical", "clinical.conversion.json"]
+
+
+def _snapshot(folder: Path) -> dict:
+    """Every file below folder (hidden ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _disk_full_on(monkeypatch, count: int) -> None:
+    """The `count`-th conversion.json write runs out of space part-way (json.dump of that file)."""
+    real_dump, seen = json.dump, []
+
+    def dump(obj, f, **kwargs):
+        if "conversion.json" in getattr(f, "name", ""):
+            seen.append(f.name)
+            if len(seen) == count:
+                f.write('{"version": 1, "na')
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_full_disk_while_committing_restores_the_old_datasets(
+    demo_corpus, tiny_tokenizer_dir, tmp_path, monkeypatch, count
+):
+    split = dict(eval_fraction=0.2, eval_out_dir=str(tmp_path / "eval"))
+    run_convert(demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, **split)
+    before = _snapshot(tmp_path)
+    _disk_full_on(monkeypatch, count)  # 1: the train folder's stats, 2: the eval folder's
+    with pytest.raises(OSError, match="No space left"):
+        run_convert(
+            demo_corpus["clinical"], tmp_path / "train", tiny_tokenizer_dir, overwrite=True, seed=1, **split
+        )
+    assert _snapshot(tmp_path) == before  # the old datasets and stats, no new or hidden leftovers
+
+
+def test_a_full_disk_while_committing_a_new_dataset_leaves_nothing(
+    demo_corpus, tiny_tokenizer_dir, tmp_path, monkeypatch
+):
+    _disk_full_on(monkeypatch, 1)
+    with pytest.raises(OSError, match="No space left"):
+        run_convert(demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir)
+    assert _snapshot(tmp_path) == {".locks/clinical/.flexbert.lock": b""}  # the lock file, free
+
+
+class _GatedProcessor(DocumentProcessor):
+    """Tokenizes only once the gate opens (a conversion caught mid-way, in this process)."""
+
+    gate = threading.Event()
+
+    def __call__(self, texts):
+        assert self.gate.wait(60)
+        return super().__call__(texts)
+
+
+def test_a_second_conversion_into_the_same_name_is_refused(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    _GatedProcessor.gate.clear()
+    first: dict = {}
+
+    def convert_clinical():
+        first["stats"] = run_convert(
+            demo_corpus["clinical"], tmp_path, tiny_tokenizer_dir, name="notes", processor_cls=_GatedProcessor
+        )
+
+    thread = threading.Thread(target=convert_clinical)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not list(tmp_path.glob(".notes.tmp-*")) and time.time() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ValueError, match=rf"in use by another conversion \(pid {os.getpid()} ") as e:
+            run_convert(demo_corpus["finance"], tmp_path, tiny_tokenizer_dir, name="notes", overwrite=True)
+        assert "\n" not in str(e.value)
+        run_convert(demo_corpus["finance"], tmp_path, tiny_tokenizer_dir)  # another name is free
+    finally:
+        _GatedProcessor.gate.set()
+        thread.join()
+    stats = json.loads((tmp_path / "notes.conversion.json").read_text())
+    assert stats == first["stats"]["train"] and stats["dataset"] == str(demo_corpus["clinical"])
+    assert len(read_mds(tmp_path / "notes")) == stats["samples"]
 
 
 def test_failure_inside_a_worker_leaves_nothing_that_looks_complete(tiny_tokenizer_dir, tmp_path):
@@ -160,7 +252,7 @@ def test_failure_inside_a_worker_leaves_nothing_that_looks_complete(tiny_tokeniz
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="injected failure"):
         run_convert(src, out, tiny_tokenizer_dir, num_workers=2, batch_rows=4, processor_cls=FailingProcessor)
-    assert list(out.iterdir()) == []  # temporary folder removed, no dataset folder, no stats
+    assert [p.name for p in out.iterdir()] == [".locks"]  # no temporary or dataset folder, no stats
 
 
 def test_killed_conversion_leaves_no_complete_folder(tiny_tokenizer_dir, tmp_path):
@@ -200,6 +292,69 @@ def test_killed_conversion_leaves_no_complete_folder(tiny_tokenizer_dir, tmp_pat
     proc.wait()
     assert not (out / "big").exists() and not (out / "big.conversion.json").exists()
     assert list(out.glob(".big.tmp-*"))  # the leftover is hidden, and merge refuses it (see merge tests)
+
+
+SLOW_CONVERTER = """
+import sys, time
+from flex_bert.data.convert import ConvertConfig, convert_dataset
+from flex_bert.data.tokenize import DocumentProcessor
+
+class Slow(DocumentProcessor):
+    def __call__(self, texts):
+        time.sleep(120)  # a worker busy on a batch
+        return super().__call__(texts)
+
+cfg = ConvertConfig(dataset=sys.argv[1], out_dir=sys.argv[2], tokenizer=sys.argv[3], max_seq_len=128,
+                    num_workers=2, batch_rows=4, progress=False)
+convert_dataset(cfg, processor_cls=Slow)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_killed_converter_takes_its_workers_with_it(demo_corpus, tiny_tokenizer_dir, tmp_path):
+    script = tmp_path / "slow_converter.py"
+    script.write_text(SLOW_CONVERTER)
+    args = [str(demo_corpus["clinical"]), str(tmp_path / "out"), str(tiny_tokenizer_dir)]
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args], env={**os.environ, "PYTHONPATH": str(REPO / "src")}
+    )
+    workers = []
+    try:
+        deadline = time.time() + 60
+        while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            workers = _children(proc.pid)
+        assert len(workers) >= 2, "the workers did not start"
+        time.sleep(1.0)  # they hold batches now (each sleeps 120 s in it)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 5
+        while any(_alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "worker processes outlived the killed converter"
+    finally:
+        for w in workers:  # only the converter's own workers, by pid
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(demo_corpus, tiny_tokenizer_dir, tmp_path):

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 pytest.register_assert_rewrite("_data_fixtures")  # it is also a plugin (below)
-from _data_fixtures import read_mds, read_streaming, run_convert  # noqa: E402
+from _data_fixtures import (  # noqa: E402
+    MALFORMED_INDEXES,
+    read_mds,
+    read_streaming,
+    run_convert,
+    write_edited,
+)
 
 from flex_bert.data.demo_corpus import build_tiny_tokenizer  # noqa: E402
 from flex_bert.data.merge import check_compatible, merge_datasets, read_conversion_stats  # noqa: E402
@@ -23,12 +29,20 @@ pytest_plugins = ["_data_fixtures"]  # session fixtures: demo_corpus, tiny_token
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def two_datasets(demo_corpus, tiny_tokenizer_dir, tmp_path):
-    root = tmp_path / "train"
+@pytest.fixture(scope="module")
+def converted(demo_corpus, tiny_tokenizer_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("converted") / "train"
     for name in ("clinical", "finance"):
         run_convert(demo_corpus[name], root, tiny_tokenizer_dir)
     return root
+
+
+@pytest.fixture
+def two_datasets(converted, tmp_path):
+    """clinical and finance converted (not merged), a private copy for each test."""
+    import shutil
+
+    return Path(shutil.copytree(converted, tmp_path / "train", symlinks=True))
 
 
 def test_merge_two_datasets_reads_all_samples(two_datasets):
@@ -43,6 +57,114 @@ def test_merge_two_datasets_reads_all_samples(two_datasets):
     expected = read_mds(two_datasets / "clinical") + read_mds(two_datasets / "finance")
     got = read_streaming(two_datasets)
     assert [s.tolist() for s in got] == [s.tolist() for s in expected]
+
+
+def _merge_cli(root):
+    return subprocess.run(
+        [sys.executable, str(REPO / "data" / "merge_index.py"), str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+
+
+def test_remerging_after_moving_a_folder_replaces_the_index(two_datasets, tmp_path):
+    merge_datasets(two_datasets)
+    again = _merge_cli(two_datasets)  # the seed guide's merge_index(root, True) refuses this
+    assert again.returncode == 0, again.stderr
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in ("finance", "finance.conversion.json"):
+        (two_datasets / path).rename(other / path)
+    assert merge_datasets(two_datasets)["datasets"] == ["clinical"]
+    assert [s.tolist() for s in read_streaming(two_datasets)] == [
+        s.tolist() for s in read_mds(two_datasets / "clinical")
+    ]
+    merge_datasets(other)
+    assert len(read_streaming(other)) == len(read_mds(other / "finance"))
+    assert sorted(p.name for p in two_datasets.iterdir()) == [
+        ".locks",
+        "clinical",
+        "clinical.conversion.json",
+        "index.json",
+    ]
+
+
+def test_a_failed_remerge_keeps_the_old_index(two_datasets, monkeypatch):
+    import streaming.base.util
+
+    merge_datasets(two_datasets)
+    before = (two_datasets / "index.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(streaming.base.util, "merge_index", broken)
+    with pytest.raises(OSError, match="No space left"):
+        merge_datasets(two_datasets)
+    assert (two_datasets / "index.json").read_bytes() == before
+    monkeypatch.undo()
+    real_dump = json.dump
+
+    def full_disk(obj, f, **kwargs):
+        if "index.json" in getattr(f, "name", ""):
+            f.write('{"version": 2, "sha')
+            raise OSError(28, "No space left on device")
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        merge_datasets(two_datasets)
+    assert (two_datasets / "index.json").read_bytes() == before
+    assert sorted(p.name for p in two_datasets.iterdir()) == [
+        ".locks",
+        "clinical",
+        "clinical.conversion.json",
+        "finance",
+        "finance.conversion.json",
+        "index.json",
+    ]
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_merge_refuses_shards_outside_their_folder(two_datasets, tmp_path, how):
+    outside = tmp_path / "outside.mds"
+    shard = two_datasets / "clinical" / "shard.00000.mds"
+    outside.write_bytes(shard.read_bytes())
+    index = two_datasets / "clinical" / "index.json"
+    obj = json.loads(index.read_text())
+    if how == "symlink":
+        shard.unlink()
+        os.symlink(outside, shard)
+    else:
+        obj["shards"][0]["raw_data"]["basename"] = "../../outside.mds" if how == "dotdot" else str(outside)
+        index.write_text(json.dumps(obj))
+    with pytest.raises(DataError) as e:
+        merge_datasets(two_datasets)
+    text = str(e.value)
+    assert "\n" not in text and text.startswith(f"{index}: shard 0 (raw_data ")
+    assert f"is outside of its dataset folder {two_datasets / 'clinical'}" in text
+    assert not (two_datasets / "index.json").exists()
+
+
+@pytest.mark.parametrize("case", MALFORMED_INDEXES, ids=[c[0] for c in MALFORMED_INDEXES])
+def test_merge_refuses_a_malformed_index_in_one_line(two_datasets, case):
+    _, edit, message = case
+    index = two_datasets / "finance" / "index.json"
+    write_edited(index, edit)
+    with pytest.raises(DataError, match=message) as e:
+        merge_datasets(two_datasets)
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(index))
+    assert not (two_datasets / "index.json").exists()
+
+
+def test_merge_cli_error_is_one_line(two_datasets):
+    (two_datasets / "finance" / "index.json").write_text('{"version": 2, "shards": [{"samples": -1}]}')
+    r = _merge_cli(two_datasets)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {two_datasets / 'finance' / 'index.json'}: shard 0 has no 'column_encodings'"
+    ]
 
 
 def test_merge_refuses_different_tokenizers(two_datasets, demo_corpus, tmp_path):

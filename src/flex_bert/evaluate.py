@@ -30,11 +30,30 @@ class MlmScore:
 
 
 def masked_documents(
-    data: str, split: str | None, tokenizer, mlm_probability: float, seed: int, max_seq_len: int
+    data: str,
+    split: str | None,
+    tokenizer,
+    mlm_probability: float,
+    seed: int,
+    max_seq_len: int,
+    vocab_size: int | None = None,
 ):
-    from streaming import StreamingDataset
+    """The masked documents of `data/split`, opened as training opens a split (merge.open_split: the
+    tokenizer, max_seq_len, token ids below `vocab_size`, well-formed and current indexes, not empty)."""
+    import os
 
-    docs = StreamingDataset(local=data, split=split, shuffle=False, batch_size=1)
+    from flex_bert.data.merge import open_split
+    from flex_bert.data.tokenize import tokenizer_fingerprint
+
+    docs = open_split(
+        os.path.join(data, split or ""),
+        max_seq_len=max_seq_len,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        vocab_size=vocab_size,
+        role="evaluation",
+        shuffle=False,
+        batch_size=1,
+    )
     return MaskedDocuments(
         docs,
         max_seq_len=max_seq_len,

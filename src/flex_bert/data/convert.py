@@ -7,17 +7,19 @@ Every decision about a row is taken in the main process, in input order, so the 
 is the same whatever `num_workers` is. Every row read is either a document written or a counted skip:
     rows_read == sum(split_documents.values()) + sum(skipped.values())
 
-Output safety: each folder is written as a hidden sibling `.<name>.tmp-<pid>`, renamed to `<name>` when
-complete, and only then is `<name>.conversion.json` written beside it (atomically, last). A folder without
-that file, or a file without `"complete": true`, is not a finished dataset (merge.read_conversion_stats).
-The stats live beside the folder, not inside, because streaming's merge_index(root, True) reads every
-.json inside the sub-folders of root as a shard index.
+Output safety: one conversion per output name at a time (a lock, `<out_dir>/.locks/<name>/`). Each folder
+is written as a hidden sibling `.<name>.tmp-<pid>`, renamed to `<name>` when complete, and only then is
+`<name>.conversion.json` written beside it (atomically, last). A folder without that file, or a file
+without `"complete": true`, is not a finished dataset (merge.read_conversion_stats). With --overwrite the old
+dataset and its stats stay aside until every output is in place; any failure puts them back. The stats
+live beside the folder, not inside, because streaming's merge_index(root, True) reads every .json inside
+the sub-folders of root as a shard index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -30,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from flex_bert.data.merge import LOCKS, write_json_atomic
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
+from flex_bert.folder_lock import folder_lock
 
 SKIP_REASONS = ("empty", "too_short", "bad_encoding", "malformed", "over_budget")
 ERROR_REASONS = ("bad_encoding", "malformed")  # fatal with on_error="fail"; the others are always counted
@@ -105,17 +109,6 @@ def default_name(dataset: str) -> str:
     return path.resolve().name if path.is_dir() else path.stem
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON so that a reader sees either the old file, or the whole new one (never a torn file)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def in_eval_split(row_index: int, fraction: float, seed: int) -> bool:
     """Deterministic per-document draw: hash of (seed, row index) below `fraction`."""
     if fraction <= 0.0:
@@ -133,7 +126,10 @@ class _Output:
         self.tmp = parent / f".{name}.tmp-{os.getpid()}"
         self.stats_path = parent / f"{name}.conversion.json"
         self.writer = None
+        self.renamed: list[tuple[Path, Path | None]] = []  # swap_in's steps: (src, dst); dst None: created
+        self.aside: list[Path] = []  # the old dataset and stats, hidden until discard_old
         self.documents = self.chunked_documents = self.samples = self.tokens = 0
+        self.max_token_id = -1  # recorded so that training can refuse ids beyond the model's vocab_size
 
     def refuse_existing(self) -> None:
         """Checked before any work, and again just before the rename (another run may have finished)."""
@@ -166,23 +162,42 @@ class _Output:
         for i, sample in enumerate(samples):
             self.writer.write(encoded[i] if encoded else {"input_ids": sample})
             self.tokens += len(sample)
+            self.max_token_id = max(self.max_token_id, int(sample.max()))
         self.documents += 1
         self.chunked_documents += len(samples) > 1
         self.samples += len(samples)
 
-    def commit(self, stats: dict) -> None:
-        """Finish the shards, move the folder into place, then write conversion.json (last, atomically)."""
-        self.writer.finish()
+    def swap_in(self, stats: dict) -> None:
+        """Move the finished folder into place and write conversion.json beside it (last, atomically). An
+        existing dataset and its stats are kept aside, hidden, until `discard_old`; `restore` undoes this."""
         self.refuse_existing()
-        self.stats_path.unlink(missing_ok=True)  # an old folder being replaced stops looking complete
-        old = None
-        if self.final.exists():
-            old = self.parent / f".{self.name}.old-{os.getpid()}"
-            self.final.rename(old)
-        self.tmp.rename(self.final)
+        for path in (self.stats_path, self.final):  # stats first: an old folder stops looking complete
+            if path.exists():
+                self._rename(path, self.parent / f".{path.name}.old-{os.getpid()}")
+                self.aside.append(self.renamed[-1][1])
+        self._rename(self.tmp, self.final)
         write_json_atomic(self.stats_path, stats)
-        if old is not None:
-            shutil.rmtree(old)
+        self.renamed.append((self.stats_path, None))
+
+    def _rename(self, src: Path, dst: Path) -> None:
+        src.rename(dst)
+        self.renamed.append((src, dst))
+
+    def restore(self) -> None:
+        """Undo swap_in as far as it got: the new stats go, the new folder returns to its temporary name
+        (abort removes it), the old dataset and its stats return."""
+        while self.renamed:
+            src, dst = self.renamed.pop()
+            if dst is None:
+                src.unlink(missing_ok=True)
+            else:
+                dst.rename(src)
+        self.aside = []
+
+    def discard_old(self) -> None:
+        for path in self.aside:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.aside, self.renamed = [], []
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -372,6 +387,7 @@ def _stats(
         "split_documents": {role: o.documents for role, o in outputs.items()},
         "tokenizer": {"name": info.name, "fingerprint": info.fingerprint},
         "vocab_size": info.vocab_size,
+        "max_token_id": out.max_token_id,
         "dtype": info.dtype,
         "max_seq_len": cfg.max_seq_len,
         "min_chars": cfg.min_chars,
@@ -408,6 +424,23 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _commit(outputs: dict[str, _Output], stats: dict[str, dict]) -> None:
+    """All outputs appear, with their stats, or none does and any old datasets stay as they were."""
+    for out in outputs.values():
+        out.writer.finish()
+    done = []
+    try:
+        for role, out in outputs.items():
+            done.append(out)
+            out.swap_in(stats[role])
+    except BaseException:
+        for out in reversed(done):
+            out.restore()
+        raise
+    for out in done:
+        out.discard_old()
+
+
 def convert_dataset(
     cfg: ConvertConfig, *, processor_cls: type[DocumentProcessor] = DocumentProcessor
 ) -> dict[str, dict]:
@@ -417,13 +450,30 @@ def convert_dataset(
     Raises DataError / ValueError with a one-line message for anything the user must fix; on any error
     (or interrupt) the temporary folders are removed and no dataset folder appears.
     """
-    from tqdm import tqdm
-
     start = time.time()
     cfg.validate()
     files = resolve_dataset_files(cfg.dataset)
     columns = sorted({c for c in check_files(files, cfg.text_column) if c is not None})
     outputs = _plan_outputs(cfg)
+    with contextlib.ExitStack() as locks:  # one conversion per output name at a time
+        for out in outputs.values():
+            locks.enter_context(folder_lock(out.parent / LOCKS / out.name, what="conversion"))
+        stats = _convert(cfg, files, columns, outputs, processor_cls, start)
+    _append_token_counts(cfg, outputs)
+    return stats
+
+
+def _convert(
+    cfg: ConvertConfig,
+    files: list[Path],
+    columns: list[str],
+    outputs: dict[str, _Output],
+    processor_cls: type[DocumentProcessor],
+    start: float,
+) -> dict[str, dict]:
+    """convert_dataset's work, under the output names' locks."""
+    from tqdm import tqdm
+
     info = load_tokenizer(cfg.tokenizer)
     processor = processor_cls(info.json, cfg.max_seq_len, info.cls_id, info.sep_id, info.dtype, cfg.min_chars)
     tally, spill = _Tally(cfg.on_error), None
@@ -455,8 +505,7 @@ def convert_dataset(
             role: _stats(cfg, info, files, columns, tally, outputs, out, seconds)
             for role, out in outputs.items()
         }
-        for role, out in outputs.items():
-            out.commit(stats[role])
+        _commit(outputs, stats)
     except BaseException:
         for out in outputs.values():
             out.abort()
@@ -464,7 +513,6 @@ def convert_dataset(
     finally:
         if spill is not None:
             spill.close()
-    _append_token_counts(cfg, outputs)
     return stats
 
 

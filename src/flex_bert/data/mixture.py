@@ -9,7 +9,7 @@ moving folders or re-tokenizing:
     # or absolute: {local: clinical, repeat: 2.0} (each sample twice per epoch), {local: finance, repeat: 0.5}
 
 Either every stream has a proportion, or every stream has a repeat, or none has a weight (each folder once).
-Folders must be complete and agree (one tokenizer, one max_seq_len): see merge.check_compatible.
+Folders must be complete and agree (one tokenizer, one max_seq_len): see merge.check_datasets.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from flex_bert.data.merge import check_compatible
+from flex_bert.data.merge import check_datasets
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,21 @@ def build_streams(
     root: str | Path | None = None,
     max_seq_len: int | None = None,
     tokenizer_fingerprint: str | None = None,
+    vocab_size: int | None = None,
 ) -> list:
     """`streaming.Stream` objects (local only, remote=None) for a mixture, after validation: weights,
-    folders exist and are complete, one tokenizer and max_seq_len (and these, if given).
+    folders exist and are complete, one tokenizer and max_seq_len (and these, if given), well-formed
+    indexes, token ids below `vocab_size` (if given).
 
     Use: `StreamingDataset(streams=build_streams(cfg.streams, root=cfg.data_root, ...), remote=None,
     batch_size=..., epoch_size=...)`."""
     from streaming import Stream
 
     resolved = validate_specs(specs, root)
-    check_compatible(
-        [s.local for s in resolved], max_seq_len=max_seq_len, tokenizer_fingerprint=tokenizer_fingerprint
+    check_datasets(
+        [s.local for s in resolved],
+        max_seq_len=max_seq_len,
+        tokenizer_fingerprint=tokenizer_fingerprint,
+        vocab_size=vocab_size,
     )
     return [Stream(local=s.local, remote=None, proportion=s.proportion, repeat=s.repeat) for s in resolved]

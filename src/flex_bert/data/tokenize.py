@@ -23,6 +23,9 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -282,10 +285,33 @@ class WorkerDied(RuntimeError):
 _WORKER: DocumentProcessor | None = None
 
 
-def _init_worker(processor: DocumentProcessor) -> None:
+def _init_worker(processor: DocumentProcessor, parent_pid: int) -> None:
+    _exit_with_parent(parent_pid)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core; parallelism comes from processes
     global _WORKER
     _WORKER = processor
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A killed converter (kill -9) cannot shut its pool down: its workers must end on their own instead of
+    finishing their batches as orphans. Linux kills them with the parent (PR_SET_PDEATHSIG); elsewhere, and
+    if the parent died before that was set, a watch on the parent's pid ends them."""
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _work(texts: list[str]) -> BatchResult:
@@ -324,7 +350,7 @@ def ordered_map(
         num_workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
-        initargs=(processor,),
+        initargs=(processor, os.getpid()),
     )
     pending: deque = deque()
     try:

@@ -55,10 +55,12 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
     return model
 
 
-def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool):
-    """The documents of a split (or a weighted mixture), after checking they were converted for this run."""
+def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool, vocab_size: int, role: str):
+    """The documents of a split (or a weighted mixture), after checking they were converted for this run
+    (merge.check_split; a remote split is streaming's to check, as its files arrive while reading)."""
     from streaming import StreamingDataset
 
+    from flex_bert.data.merge import open_split
     from flex_bert.data.mixture import build_streams
     from flex_bert.data.tokenize import tokenizer_fingerprint
 
@@ -72,39 +74,25 @@ def _documents(dataset_cfg: DictConfig, tokenizer, *, shuffle: bool):
                     f"streams.{name}: give the dataset folder as `local` (remote/split unsupported)"
                 )
             specs.append({"name": name, **{k: v for k, v in spec.items() if v is not None and k != "split"}})
-        streams = build_streams(specs, max_seq_len=dataset_cfg.max_seq_len, tokenizer_fingerprint=fingerprint)
-        return StreamingDataset(streams=streams, **common)
-    split_dir = os.path.join(dataset_cfg.local, dataset_cfg.split or "")
-    if not dataset_cfg.streaming:
-        if not os.path.exists(os.path.join(split_dir, "index.json")):
-            raise ValueError(
-                f"no MDS index at {split_dir}/index.json: convert the data with data/convert_dataset_to_mds.py "
-                f"and merge it with data/merge_index.py {split_dir}"
-            )
-        _check_converted_for(split_dir, dataset_cfg.max_seq_len, fingerprint)
-    return StreamingDataset(
-        local=dataset_cfg.local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common
-    )
-
-
-def _check_converted_for(split_dir: str, max_seq_len: int, fingerprint: str) -> None:
-    """Refuse data tokenized with another tokenizer or a longer max_seq_len (conversion.json beside each
-    dataset folder). MDS folders written by other tools carry no stats: warned, and over-long samples still
-    fail when read."""
-    import warnings
-    from pathlib import Path
-
-    from flex_bert.data.merge import check_compatible, dataset_folders, stats_path
-
-    folders = dataset_folders(split_dir) if any(Path(split_dir).glob("*/index.json")) else []
-    described = [f for f in folders if stats_path(f).exists()]
-    if described:
-        check_compatible(folders, max_seq_len=max_seq_len, tokenizer_fingerprint=fingerprint)
-    else:
-        warnings.warn(
-            f"{split_dir}: no conversion stats (made by another tool?); cannot check its tokenizer",
-            stacklevel=2,
+        streams = build_streams(
+            specs,
+            max_seq_len=dataset_cfg.max_seq_len,
+            tokenizer_fingerprint=fingerprint,
+            vocab_size=vocab_size,
         )
+        return StreamingDataset(streams=streams, **common)
+    if dataset_cfg.remote:
+        return StreamingDataset(
+            local=dataset_cfg.local, remote=dataset_cfg.remote, split=dataset_cfg.split, **common
+        )
+    return open_split(
+        os.path.join(dataset_cfg.local, dataset_cfg.split or ""),
+        max_seq_len=dataset_cfg.max_seq_len,
+        tokenizer_fingerprint=fingerprint,
+        vocab_size=vocab_size,
+        role=role,
+        **common,
+    )
 
 
 def rows_per_global_batch(cfg: DictConfig) -> int:
@@ -127,8 +115,10 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
             "train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains"
         )
     whole_word = ds_cfg.whole_word_mask
+    vocab_size = build_model_config(cfg, tokenizer).vocab_size
+    documents = _documents(ds_cfg, tokenizer, shuffle=False, vocab_size=vocab_size, role="training")
     dataset = PackedMLMDataset(
-        _documents(ds_cfg, tokenizer, shuffle=False),  # the packed dataset orders documents itself
+        documents,  # the packed dataset orders documents itself
         rows_per_batch=rows_per_global_batch(cfg),
         row_len=cfg.device_train_microbatch_size * ds_cfg.max_seq_len,
         max_seq_len=ds_cfg.max_seq_len,
@@ -197,8 +187,9 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
             f"device_eval_batch_size ({cfg.device_eval_batch_size}) documents per GPU x {world} GPU(s)",
             stacklevel=2,
         )
+    vocab_size = build_model_config(cfg, tokenizer).vocab_size
     dataset = MaskedDocuments(
-        _documents(ds_cfg, tokenizer, shuffle=False),
+        _documents(ds_cfg, tokenizer, shuffle=False, vocab_size=vocab_size, role="evaluation"),
         max_seq_len=ds_cfg.max_seq_len,
         masking=MaskingSpec.from_tokenizer(tokenizer),
         mlm_probability=ds_cfg.mlm_probability,
@@ -212,6 +203,12 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
         num_workers=loader.num_workers,
         drop_last=loader.drop_last,
     )
+    if len(dataloader) == 0:  # composer would report NaN metrics from no batch at all
+        raise ValueError(
+            f"the eval split has {len(dataset)} documents, fewer than one batch (device_eval_batch_size "
+            f"{cfg.device_eval_batch_size} x {world} GPU(s)) with eval_loader.drop_last: true; set drop_last: "
+            "false or a smaller device_eval_batch_size"
+        )
     spec = DataSpec(
         dataloader,
         split_batch=lambda b, n: [b],
