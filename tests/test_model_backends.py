@@ -35,10 +35,10 @@ def dense_reference(q, k, v, cu_seqlens, window):
     return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v)
 
 
-def random_qkv(lengths, dtype=torch.float32, device="cpu", seed=0):
+def random_qkv(lengths, dtype=torch.float32, device="cpu", seed=0, head_dim=D):
     g = torch.Generator(device="cpu").manual_seed(seed)
     T = sum(lengths)
-    q, k, v = (torch.randn(T, H, D, generator=g).to(device=device, dtype=dtype) for _ in range(3))
+    q, k, v = (torch.randn(T, H, head_dim, generator=g).to(device=device, dtype=dtype) for _ in range(3))
     cu = cu_seqlens_from_lengths(torch.tensor(lengths)).to(device)
     return q, k, v, cu, max(lengths)
 
@@ -238,8 +238,13 @@ def test_flex_compiled_does_not_recompile_per_document_count():
 BF16_TOL = dict(rtol=2e-2, atol=2e-2)
 
 
+# fa4 refuses head dims that are not multiples of 32 (attention.FA4_HEAD_DIM_MULTIPLE): it runs at the models' 64
+KERNEL_HEAD_DIM = {"fa4": 64}
+
+
 def _kernel_vs_reference(backend_name, window, lengths=(1, 100, 300, 64, 129, 2000), fn=None):
-    q, k, v, cu, max_len = random_qkv(list(lengths), dtype=torch.bfloat16, device="cuda")
+    head_dim = KERNEL_HEAD_DIM.get(backend_name, D)
+    q, k, v, cu, max_len = random_qkv(list(lengths), dtype=torch.bfloat16, device="cuda", head_dim=head_dim)
     for t in (q, k, v):
         t.requires_grad_(True)
     out = (fn or get_backend(backend_name))(q, k, v, cu, max_len, window)
@@ -337,3 +342,62 @@ def test_model_bf16_matches_fp32_sdpa_and_compiles(backend):
             compiled = fast(ids, cu_seqlens=cu, max_seqlen=300, labels=labels)
     torch.testing.assert_close(got.loss, want.loss, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled.loss, got.loss, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (10, 0), (8, 0), (12, 0)])
+@pytest.mark.parametrize("installed", [True, False])
+@pytest.mark.parametrize("window", [None, 128])
+@pytest.mark.parametrize("head_dim", [64, 16])
+def test_auto_kernel_choice(monkeypatch, capability, installed, window, head_dim):
+    """`auto` on CUDA in half precision: FA4 on the layer types of AUTO_FA4_LAYERS when flash-attn-4 imports,
+    the GPU is Hopper or data-centre Blackwell and the head dim a multiple of 32, else band on local and varlen
+    on global layers; SDPA on CPU and in fp32. (CPU test: a stand-in for the CUDA tensor, the GPU's
+    generation and the package.)"""
+    from types import SimpleNamespace
+
+    from flex_bert.model import attention
+
+    def interface():
+        if not installed:
+            raise ValueError("attention_backend 'fa4' needs the flash-attn-4 package")
+        return object()
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(attention.fa4_attention_module, "_interface", interface)
+    attention._fa4_usable_on.cache_clear()
+    try:
+        cuda0 = torch.device("cuda", 0)
+        q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 12, head_dim), device=cuda0)
+        layer = "global" if window is None else "local"
+        fa4 = (
+            installed
+            and capability[0] in (9, 10)
+            and head_dim % 32 == 0
+            and layer in attention.AUTO_FA4_LAYERS
+        )
+        other = attention.varlen_attention if window is None else attention.band_backend
+        assert attention.auto_kernel(q, window) is (attention.fa4_backend if fa4 else other)
+        for off in (dict(is_cuda=False), dict(dtype=torch.float32)):  # CPU, fp32: the reference
+            other_q = SimpleNamespace(**{**vars(q), **off})
+            assert attention.auto_kernel(other_q, window) is attention.sdpa_attention
+    finally:
+        attention._fa4_usable_on.cache_clear()
+
+
+def test_auto_runs_fa4_where_measured_faster():
+    """The layer types measured faster with FA4 (docs/PERFORMANCE.md, 2026-12-07): global ones only."""
+    from flex_bert.model import attention
+
+    assert {"global"} == set(attention.AUTO_FA4_LAYERS)
+
+
+def test_fa4_backend_refuses_head_dims_its_backward_gets_wrong(monkeypatch):
+    """FA4 4.0.0b40's Hopper backward returned a wrong dQ at head dim 16: the backend refuses head dims that
+    are not multiples of 32 before calling it (the CUDA check stubbed out, so this runs on the CPU)."""
+    from flex_bert.model import attention
+
+    monkeypatch.setattr(attention, "_require_cuda_half", lambda backend, q: None)
+    monkeypatch.setattr(attention, "fa4_attention", lambda *a: pytest.fail("FA4 called"))
+    q, k, v, cu, max_len = random_qkv([5, 7], head_dim=48)
+    with pytest.raises(ValueError, match="'fa4' needs a head dim that is a multiple of 32 .* got 48"):
+        attention.fa4_backend(q, k, v, cu, max_len, None)

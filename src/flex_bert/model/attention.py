@@ -10,14 +10,18 @@ Backends (pick with `FlexBertConfig.attention_backend`):
   varlen     torch.nn.attention.varlen.varlen_attn (PyTorch's flash kernel; CUDA, fp16/bf16).
   flash_attn flash_attn.flash_attn_varlen_func (FlashAttention-2), if the package is installed.
   fa4        FlashAttention-4's kernels (`fa4_attention.py`, the optional flash-attn-4 package; Hopper and
-             Blackwell): FlashAttention-3's design on an H100/H200, on both layer types.
+             Blackwell): FlashAttention-3's design on an H100/H200, on both layer types. Head dims that are
+             multiples of 32 only (at 16, 4.0.0b40's Hopper backward returned a wrong dQ).
   flex       torch.nn.attention.flex_attention with a block-sparse BlockMask built from `cu_seqlens` (below).
   band       local layers: FlexBERT's sliding-window Triton kernel (`band_attention.py`; 64-token tiles:
              1.80 ms against varlen's 2.95 for a local layer's forward + backward at 98k tokens on an H200);
              global layers: varlen (its FlashAttention-2 kernel beat the band kernel with an unbounded window,
              8.9 against 11.7 ms). CUDA, fp16/bf16.
-  auto       band on CUDA with fp16/bf16 inputs (+5.6% tokens/s over varlen in a base @1024 training step on
-             an H200, docs/PERFORMANCE.md), sdpa otherwise.
+  auto       on CUDA with fp16/bf16 inputs: fa4 on global layers where it runs (flash-attn-4 installed, compute
+             capability 9.x/10.x, head dim a multiple of 32), else varlen; band on local layers. sdpa otherwise.
+             Measured (docs/PERFORMANCE.md): band over varlen on local layers +5.6% tokens/s (base @1024, H200);
+             fa4 over varlen on global layers 4.32 -> 3.18 ms (1024) and 8.96 -> 5.00 ms (8192) a layer, +4.5%
+             (base @1024) and +13.3% (base @8192) tokens/s (H100); fa4 loses to band on local layers.
 
 "flex": the packed row is one (1, H, T, D) sequence cut into blocks of `FLEX_BLOCK_SIZE` (128) tokens (T is
 padded up to a multiple with a padding document whose tokens attend to each other only; its output is dropped).
@@ -46,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fa4_attention as fa4_attention_module
 from .config import ATTENTION_BACKENDS, FlexBertConfig
 from .fa4_attention import fa4_attention
 from .rotary import apply_rotary, positions_from_cu_seqlens
@@ -283,20 +288,67 @@ def band_backend(q, k, v, cu_seqlens, max_seqlen, window):
     return band_attention.band_attention(q, k, v, cu_seqlens, window)
 
 
+# FA4 4.0.0b40's Hopper backward: at head dim 16 its dQ was wrong (2026-12-07, H100: 66% of the elements off,
+# tests/test_fa4_attention.py), right at 64. Its main kernel pads the head dim to a multiple of 16
+# (flash_bwd_sm90.py) while the dQ accumulator and its pre/postprocess pad to 32 (interface.py), which agree
+# only for multiples of 32: the backend refuses the others.
+FA4_HEAD_DIM_MULTIPLE = 32
+
+
 def fa4_backend(q, k, v, cu_seqlens, max_seqlen, window):
-    """flash-attn-4's kernels on both layer types. CUDA only, fp16/bf16 only (and Hopper or Blackwell)."""
+    """flash-attn-4's kernels on both layer types. CUDA only, fp16/bf16 only (and Hopper or Blackwell), head
+    dims that are multiples of 32."""
     _require_cuda_half("fa4", q)
+    if q.shape[-1] % FA4_HEAD_DIM_MULTIPLE:
+        raise ValueError(
+            f"attention_backend 'fa4' needs a head dim that is a multiple of {FA4_HEAD_DIM_MULTIPLE} "
+            f"(flash-attn-4 4.0.0b40's Hopper backward gets dQ wrong otherwise), got {q.shape[-1]}; use 'auto'"
+        )
     return fa4_attention(q, k, v, cu_seqlens, max_seqlen, window)
 
 
-def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
-    """The fastest kernels where they run (CUDA, half precision): band on local layers, varlen on global ones
-    (varlen on local layers too if the band kernel is unavailable); the exact SDPA reference elsewhere."""
+# Layer types on which `auto` runs FA4 where it can (flash-attn-4 installed, Hopper or data-centre Blackwell,
+# a head dim FA4's backend accepts): global layers, where it beat varlen (4.32 -> 3.18 ms a layer with documents
+# up to 1024 tokens, 8.96 -> 5.00 up to 8192; H100, 2026-12-07). On local layers (window 128) the band kernel
+# stays: 1.91 / 1.95 ms against FA4's 2.31 / 2.16 (docs/PERFORMANCE.md, "FlashAttention-4's kernels").
+AUTO_FA4_LAYERS: frozenset[str] = frozenset({"global"})
+
+
+@functools.cache
+def _fa4_usable_on(device_index: int) -> bool:
+    """flash-attn-4 imports and this GPU is one FA4's backend accepts (compute capability 9.x or 10.x)."""
+    if torch.cuda.get_device_capability(device_index)[0] not in (9, 10):
+        return False
+    try:
+        fa4_attention_module._interface()
+    except ValueError:
+        return False
+    return True
+
+
+@torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant
+def _fa4_usable(device_index: int) -> bool:
+    return _fa4_usable_on(device_index)
+
+
+def auto_kernel(q: torch.Tensor, window: int | None) -> AttentionFn:
+    """`auto`'s choice for one call, on CUDA in half precision: FA4 on the layer types of `AUTO_FA4_LAYERS` where
+    it runs, else the band kernel on local layers and varlen on global ones (varlen on local layers too if the
+    band kernel is unavailable); the exact SDPA reference elsewhere."""
     if not (q.is_cuda and q.dtype in _HALF):
-        return sdpa_attention(q, k, v, cu_seqlens, max_seqlen, window)
+        return sdpa_attention
+    layer = "global" if window is None else "local"
+    fa4_shape = q.shape[-1] % FA4_HEAD_DIM_MULTIPLE == 0
+    if layer in AUTO_FA4_LAYERS and fa4_shape and _fa4_usable(q.device.index or 0):
+        return fa4_backend
     if window is not None and band_attention is not None and band_attention.supported(q):
-        return band_attention.band_attention(q, k, v, cu_seqlens, window)
-    return varlen_attention(q, k, v, cu_seqlens, max_seqlen, window)
+        return band_backend
+    return varlen_attention
+
+
+def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
+    """The fastest kernels where they run (`auto_kernel`); the exact SDPA reference elsewhere."""
+    return auto_kernel(q, window)(q, k, v, cu_seqlens, max_seqlen, window)
 
 
 BACKENDS: dict[str, AttentionFn] = {
