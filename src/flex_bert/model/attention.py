@@ -19,9 +19,7 @@ Backends (pick with `FlexBertConfig.attention_backend`):
              8.9 against 11.7 ms). CUDA, fp16/bf16.
   auto       on CUDA with fp16/bf16 inputs: fa4 on global layers where it runs (flash-attn-4 installed, compute
              capability 9.x/10.x, head dim a multiple of 32), else varlen; band on local layers. sdpa otherwise.
-             Measured (docs/PERFORMANCE.md): band over varlen on local layers +5.6% tokens/s (base @1024, H200);
-             fa4 over varlen on global layers 4.32 -> 3.18 ms (1024) and 8.96 -> 5.00 ms (8192) a layer, +4.5%
-             (base @1024) and +13.3% (base @8192) tokens/s (H100); fa4 loses to band on local layers.
+             Each choice is the fastest measured for its layer type (docs/PERFORMANCE.md).
 
 "flex": the packed row is one (1, H, T, D) sequence cut into blocks of `FLEX_BLOCK_SIZE` (128) tokens (T is
 padded up to a multiple with a padding document whose tokens attend to each other only; its output is dropped).
@@ -308,9 +306,8 @@ def fa4_backend(q, k, v, cu_seqlens, max_seqlen, window):
 
 
 # Layer types on which `auto` runs FA4 where it can (flash-attn-4 installed, Hopper or data-centre Blackwell,
-# a head dim FA4's backend accepts): global layers, where it beat varlen (4.32 -> 3.18 ms a layer with documents
-# up to 1024 tokens, 8.96 -> 5.00 up to 8192; H100, 2026-12-07). On local layers (window 128) the band kernel
-# stays: 1.91 / 1.95 ms against FA4's 2.31 / 2.16 (docs/PERFORMANCE.md, "FlashAttention-4's kernels").
+# a head dim FA4's backend accepts): global layers, where it beats varlen; on local layers (window 128) the band
+# kernel is faster (docs/PERFORMANCE.md, "FlashAttention-4's kernels").
 AUTO_FA4_LAYERS: frozenset[str] = frozenset({"global"})
 
 

@@ -17,7 +17,8 @@ and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that 
 two outputs where flash-attn-4 4.0.0b40 returns five, and 2.11's backward refuses every window, even
 varlen_attn's -1 for global attention.
 Written against flash-attn-4 4.0.0b40 (`pip install -e ".[fa4]"`): for these calls its sm_90 kernels compile
-(tests/test_fa4_attention.py). Not yet timed on a GPU, so `auto` does not pick it (docs/PERFORMANCE.md).
+(tests/test_fa4_attention.py). `auto` picks it for global layers where it runs (attention.py); on local
+layers the band kernel is faster (docs/PERFORMANCE.md).
 
 Without a GPU, the kernels compile for a target named by environment variables (FA4's cross-compilation:
 FLASH_ATTENTION_ARCH=sm_90a CUTE_DSL_ARCH=sm_90a FLASH_ATTENTION_NUM_SMS=132) under FakeTensorMode, which
