@@ -255,3 +255,11 @@ def test_repeat_mixture_and_validation(two_datasets):
     for specs, message in bad:
         with pytest.raises(ValueError, match=message):
             build_streams(specs, root=two_datasets)
+
+
+def test_merge_cli_prints_its_summary_and_nothing_of_streamings_internals(two_datasets):
+    for _ in range(2):  # a merge, then a re-merge
+        r = _merge_cli(two_datasets)
+        assert r.returncode == 0, r.stderr
+        assert "temporary folder" not in r.stderr + r.stdout
+        assert r.stderr.strip() == ""

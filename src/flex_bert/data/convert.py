@@ -34,6 +34,7 @@ import numpy as np
 
 from flex_bert.data.merge import LOCKS, write_json_atomic
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
+from flex_bert.data.streaming_logs import quiet_streaming
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
 from flex_bert.folder_lock import folder_lock
 
@@ -148,13 +149,14 @@ class _Output:
             print(
                 f"warning: {stale[0]} is left over from an interrupted conversion; delete it", file=sys.stderr
             )
-        self.writer = _encoded_mds_writer()(
-            out=str(self.tmp),
-            columns={"input_ids": f"ndarray:{dtype}"},
-            compression=compression,
-            size_limit=1 << 26,
-            keep_local=True,
-        )
+        with quiet_streaming():
+            self.writer = _encoded_mds_writer()(
+                out=str(self.tmp),
+                columns={"input_ids": f"ndarray:{dtype}"},
+                compression=compression,
+                size_limit=1 << 26,
+                keep_local=True,
+            )
 
     def add(self, samples: list[np.ndarray], encoded: list[bytes] | None = None) -> None:
         if encoded and len(encoded) != len(samples):

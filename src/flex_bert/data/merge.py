@@ -363,7 +363,9 @@ def _streaming_merge(folders: list[Path]) -> dict:
 
     from streaming.base.util import merge_index
 
-    with tempfile.TemporaryDirectory(prefix="flexbert-merge-") as scratch:
+    from flex_bert.data.streaming_logs import quiet_streaming
+
+    with tempfile.TemporaryDirectory(prefix="flexbert-merge-") as scratch, quiet_streaming():
         merge_index([str(f / "index.json") for f in folders], scratch, keep_local=True)
         merged_path = Path(scratch) / "index.json"
         merged = read_index(merged_path)
