@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ def route_composer_loads(trust: bool, trust_hint: str = TRUST_KEY) -> None:
     from composer.utils import checkpoint
 
     def load(checkpoint_filepath, map_location: str = "cpu") -> Any:
-        return safe_torch_load(checkpoint._ensure_valid_checkpoint(checkpoint_filepath), trust, trust_hint)
+        # composer links a local file into a temporary folder: messages name the file itself
+        path = os.path.realpath(checkpoint._ensure_valid_checkpoint(checkpoint_filepath))
+        return safe_torch_load(path, trust, trust_hint)
 
     checkpoint._torch_load_with_validation = load
