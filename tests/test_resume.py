@@ -91,9 +91,8 @@ def finished(tiny_mds, tmp_path_factory):  # noqa: F811
 
 
 def _short(tiny_mds, tmp_path, duration, **changes):  # noqa: F811
-    return tiny_yaml(
-        tiny_mds, tmp_path, "run", max_duration=duration, save_interval="3ba", autoresume=True, **changes
-    )
+    changes = {"autoresume": True, **changes}
+    return tiny_yaml(tiny_mds, tmp_path, "run", max_duration=duration, save_interval="3ba", **changes)
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:
@@ -193,3 +192,29 @@ def test_only_global_rank_0_takes_the_save_folder_lock(tmp_path, monkeypatch):
         monkeypatch.setenv("RANK", "0")
         with pytest.raises(ValueError, match="in use by another training run"), _lock_save_folder(cfg):
             pass
+
+
+def test_resuming_on_other_data_is_an_error_or_with_the_key_a_fresh_data_stream(
+    finished,
+    tiny_mds,  # noqa: F811
+    tmp_path,
+    capsys,
+):
+    """The reported case: the same run resumed with another data folder (here: the eval split, with fewer
+    documents than the run had read) crashed with an IndexError or went on at the old position."""
+    folder = _copy(finished, tmp_path)
+    other = {"train_loader.dataset.split": "eval"}
+    with pytest.raises(
+        ValueError, match=r"the data changed since the checkpoint \(documents \d+ -> \d+, shards \w+ -> \w+"
+    ):
+        train([str(_short(tiny_mds, tmp_path, "8ba", **other))], [])
+    trainer = train([str(_short(tiny_mds, tmp_path, "8ba", restart_data_if_changed=True, **other))], [])
+    assert "restart_data_if_changed is set, so the data stream starts again" in capsys.readouterr().out
+    assert trainer.flexbert_resuming and int(trainer.state.timestamp.batch) == 8
+    assert [r["batch"] for r in read_metrics(folder)] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_a_fresh_run_into_a_folder_with_later_checkpoints_is_one_line(finished, tiny_mds, tmp_path):  # noqa: F811
+    _copy(finished, tmp_path)
+    with pytest.raises(ValueError, match="may conflict with a future checkpoint.*autoresume: true continues"):
+        train([str(_short(tiny_mds, tmp_path, "6ba", autoresume=False, save_overwrite=False))], [])

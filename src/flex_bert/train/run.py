@@ -58,6 +58,14 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if dist.is_initialized():
         dist.barrier()
     resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
+    train_data = builders.build_train_dataspec(cfg, tokenizer)
+    train_data.dataloader.dataset.saved_position = (
+        "ignore"  # a new phase: its data starts at the beginning, whatever the checkpoint held
+        if cfg.load_path and cfg.reset_time and not resuming
+        else "restart_if_changed"
+        if cfg.restart_data_if_changed
+        else "check"
+    )
     optimizer = build_optimizer(model, cfg.optimizer)
     data_resume = DataResume()
     run_info = RunInfo(
@@ -66,7 +74,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
-        train_dataloader=builders.build_train_dataspec(cfg, tokenizer),
+        train_dataloader=train_data,
         eval_dataloader=builders.build_evaluator(cfg, tokenizer),
         eval_interval=cfg.eval_interval,
         max_duration=cfg.max_duration,
@@ -138,8 +146,6 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
             apply_restart_override(
                 trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr
             )
-        if fresh_phase and cfg.reset_time:
-            trainer.state.train_dataloader.dataset.forget_position()
         _save_resolved_config(cfg)
         try:
             trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
