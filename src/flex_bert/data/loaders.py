@@ -93,9 +93,8 @@ class PackedMLMDataset(IterableDataset):
         self.epoch = 0
         self.resume: PackingState | None = None
         self.consumed: PackingState | None = None  # main process: the state after the last consumed batch
-        self.saved_position = (
-            "check"  # what load_state_dict does with a checkpoint's position: SAVED_POSITION
-        )
+        # what load_state_dict does with a checkpoint's position: a key of SAVED_POSITION
+        self.saved_position = "check"
         self._fingerprint: dict | None = None
 
     # ---- epoch order --------------------------------------------------------------------------------
