@@ -177,3 +177,73 @@ def test_host_counts_of_labels_and_tokens_match_the_tensors():
     ds = MaskedDocuments(_docs(20), max_seq_len=128, masking=SPEC, mlm_probability=0.3, seed=0)
     flat = collate_flat([ds[i] for i in range(20)])
     assert flat["num_labelled"] == [int((flat["labels"] != -100).sum())]
+
+
+def _saved_after(ds, batches: int = 3) -> dict:
+    """The dataset's state_dict after ``batches`` consumed batches, as a checkpoint holds it."""
+    for batch in _batches(ds, 0)[:batches]:
+        ds.note_consumed(batch[2])
+    return ds.state_dict()
+
+
+@pytest.mark.parametrize(
+    "other, changed",
+    [
+        (dict(docs=_docs(200, seed=1)), "documents 300 -> 200"),
+        (dict(rows_per_batch=4), "global_batch_rows 2 -> 4"),
+        (dict(shuffle_seed=10), "shuffle_seed 9 -> 10"),
+    ],
+)
+def test_resuming_on_other_data_or_batch_shape_is_an_error_naming_the_change(other, changed, capsys):
+    saved = _saved_after(_dataset(_docs()))
+    ds = _dataset(other.pop("docs", _docs()))
+    for key, value in other.items():  # the same run settings but this one
+        setattr(ds, key, value)
+    with pytest.raises(
+        ValueError, match=rf"the data changed since the checkpoint \({changed}\).*restart_data_if"
+    ):
+        ds.load_state_dict(saved)
+    ds.saved_position = "restart_if_changed"
+    ds.load_state_dict(saved)
+    assert ds.resume is None and changed in capsys.readouterr().out
+    assert _batches(ds, 0)[0][2].batch == 1, "the stream started again"
+
+
+def test_the_same_data_resumes_and_an_old_position_is_warned_and_bounds_checked():
+    saved = _saved_after(_dataset(_docs()))
+    ds = _dataset(_docs())
+    ds.load_state_dict(saved)
+    assert ds.resume == PackingState(**saved["packing_state"])
+    old = {"packing_state": saved["packing_state"]}  # a checkpoint older than fingerprints
+    with pytest.warns(UserWarning, match="carries no description of its data"):
+        _dataset(_docs()).load_state_dict(old)
+    beyond = {"packing_state": {**saved["packing_state"], "position": 250, "buffer": [260, 12]}}
+    with pytest.raises(ValueError, match="beyond the 100 documents"), pytest.warns(UserWarning):
+        _dataset(_docs(100)).load_state_dict(beyond)
+
+
+GOOD = {"epoch": 0, "position": 10, "buffer": [1, 2], "batch": 3}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"packing_state": "x"},
+        {"packing_state": []},
+        {"packing_state": {**GOOD, "epoch": "0"}},
+        {"packing_state": {**GOOD, "position": -1}},
+        {"packing_state": {**GOOD, "batch": True}},
+        {"packing_state": {**GOOD, "buffer": "12"}},
+        {"packing_state": {**GOOD, "buffer": [1.5]}},
+        {"packing_state": {k: v for k, v in GOOD.items() if k != "batch"}},
+        {"packing_state": {**GOOD, "extra": 1}},
+        {"packing_state": GOOD, "data": "x"},
+        {"states": "x", "world": 1},
+        {"states": [GOOD], "world": 2},
+        {"states": [{"epoch": 0}], "world": 1},
+    ],
+)
+def test_a_malformed_data_position_is_one_line(state):
+    with pytest.raises(ValueError) as err:
+        _dataset(_docs()).load_state_dict(state)
+    assert "\n" not in str(err.value) and "checkpoint's data" in str(err.value)

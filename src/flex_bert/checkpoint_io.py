@@ -3,13 +3,16 @@
 `torch.load(weights_only=True)` refuses Composer checkpoints because they hold a few plain Python and numpy
 objects besides tensors (RNG states as numpy arrays, timestamps as `timedelta`, `TorchVersion` in metadata).
 `safe_torch_load` allows exactly those types and nothing else; a file that needs anything more is refused
-with the type's name, and only `trust=True` (the `--trust-checkpoint` flag) falls back to full unpickling.
+with the type's name, and only `trust=True` falls back to full unpickling. The switch for it has one name in
+every entry point: the ``trust_checkpoint: true`` config key of main.py, the ``--trust-checkpoint`` flag of the
+scripts. Training's own loads (``load_path``, autoresume) go through it too: see `route_composer_loads`.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-TRUST_FLAG = "--trust-checkpoint"
+TRUST_FLAG = "--trust-checkpoint"  # the scripts' switch
+TRUST_KEY = "`trust_checkpoint: true` (or trust_checkpoint=true on the command line)"  # main.py's switch
 
 
 def _numpy_globals() -> list:
@@ -84,3 +88,19 @@ def safe_torch_load(path: str | Path, trust: bool = False, trust_hint: str = TRU
             f"If you trust this file, pass {trust_hint} (this loads it with weights_only=False, which can run "
             "arbitrary code)."
         ) from None
+
+
+def route_composer_loads(trust: bool, trust_hint: str = TRUST_KEY) -> None:
+    """Make composer's checkpoint loads (``load_path``, autoresume, after any download) use `safe_torch_load`.
+
+    Composer unpickles with ``weights_only=False``; it reads every single-file checkpoint through the private
+    ``_torch_load_with_validation``, which this replaces (set again on each call, with this run's switch).
+    """
+    from composer.utils import checkpoint
+
+    def load(checkpoint_filepath, map_location: str = "cpu") -> Any:
+        # composer links a local file into a temporary folder: messages name the file itself
+        path = os.path.realpath(checkpoint._ensure_valid_checkpoint(checkpoint_filepath))
+        return safe_torch_load(path, trust, trust_hint)
+
+    checkpoint._torch_load_with_validation = load

@@ -139,7 +139,9 @@ def load_model_for_eval(checkpoint=None, hf_model=None, config=None, tokenizer=N
         return model.float(), "hf", AutoTokenizer.from_pretrained(tokenizer or hf_model)
     from flex_bert.hf import load_flexbert_checkpoint
 
-    model, stored_tokenizer_dir = load_flexbert_checkpoint(checkpoint, config=config, trust=trust)
+    model, stored_tokenizer_dir = load_flexbert_checkpoint(
+        checkpoint, config=config, trust=trust, with_tokenizer=tokenizer is None
+    )
     if tokenizer is None and stored_tokenizer_dir is None:
         raise ValueError(f"{checkpoint} holds no tokenizer: pass --tokenizer")
     return model, "flexbert", AutoTokenizer.from_pretrained(tokenizer or stored_tokenizer_dir)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from flex_bert.checkpoint_io import safe_torch_load
+from flex_bert.checkpoint_io import TRUST_FLAG, safe_torch_load
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
 HF_CLASS = "transformers.models.modernbert.modeling_modernbert.ModernBertForMaskedLM"
@@ -199,9 +199,11 @@ def hf_state_to_flexbert(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 # --------------------------------------------------------------------------------------- checkpoints
-def load_composer_model_state(path: str | Path, trust: bool = False) -> dict[str, torch.Tensor]:
+def load_composer_model_state(
+    path: str | Path, trust: bool = False, trust_hint: str = TRUST_FLAG
+) -> dict[str, torch.Tensor]:
     """`state.model` of a Composer checkpoint, keys without the leading `model.`."""
-    return _strip_prefixes(_model_state(safe_torch_load(path, trust=trust), path))
+    return _strip_prefixes(_model_state(safe_torch_load(path, trust, trust_hint), path))
 
 
 def _model_state(ckpt: Any, path) -> dict:
@@ -227,46 +229,116 @@ def load_config_arg(config: str | Path) -> FlexBertConfig:
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
+# The text files Hugging Face tokenizers save (fast and slow, BERT/BPE vocabularies, chat templates). Only
+# these are stored in and restored from checkpoints: a stored name is never a path, and never code (.py).
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+        "chat_template.json",
+    }
+)
+_CONTENT = {".json": (dict, list), ".txt": list, ".jinja": str}  # the stored content's type per extension
+
+
 def tokenizer_dir_to_state(tokenizer_dir: str | Path) -> dict[str, dict]:
-    """Tokenizer files -> Composer's `integrations.huggingface.tokenizer` entry."""
-    state = {}
+    """Tokenizer files -> Composer's `integrations.huggingface.tokenizer` entry (`TOKENIZER_FILES` only).
+
+    Code (.py) and binary (.model) files are not stored; they are named in one printed line.
+    """
+    state, skipped = {}, []
     for path in sorted(Path(tokenizer_dir).iterdir()):
-        ext = path.suffix
-        if ext == ".json" and path.name != "config.json":
-            state[path.name] = {
-                "file_extension": ext,
-                "content": json.loads(path.read_text(encoding="utf-8")),
-            }
-        elif ext in (".txt", ".py", ".jinja"):
+        if path.name in TOKENIZER_FILES:
             text = path.read_text(encoding="utf-8")
-            state[path.name] = {"file_extension": ext, "content": text.split("\n") if ext == ".txt" else text}
+            content = json.loads(text) if path.suffix == ".json" else text
+            state[path.name] = {
+                "file_extension": path.suffix,
+                "content": content.split("\n") if path.suffix == ".txt" else content,
+            }
+        elif path.suffix in (".py", ".model"):
+            skipped.append(path.name)
+    if skipped:
+        print(
+            f"note: tokenizer files not stored with the checkpoint (code and binary files never are): "
+            f"{', '.join(skipped)}; pass --tokenizer when exporting or evaluating it",
+            flush=True,
+        )
     return state
 
 
-def tokenizer_state_to_dir(state: Mapping[str, dict], out_dir: str | Path) -> None:
-    """Inverse of `tokenizer_dir_to_state` (Composer's format; `.model` files need sentencepiece: refused)."""
+def _tokenizer_files(state: Any) -> dict[str, str]:
+    """A stored tokenizer entry, checked -> {file name: text}; anything else stored is one ValueError line."""
+    where = "the checkpoint's tokenizer"
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"{where} is a {type(state).__name__}, not a mapping of file names; pass --tokenizer"
+        )
+    files = {}
     for name, entry in state.items():
-        ext, content = entry["file_extension"], entry["content"]
-        path = Path(out_dir) / (name if name.endswith(ext) else name + ext)
-        if ext == ".json":
-            path.write_text(json.dumps(content, ensure_ascii=False, indent=2), encoding="utf-8")
-        elif ext == ".txt":
-            path.write_text("\n".join(content), encoding="utf-8")
-        elif ext in (".py", ".jinja"):
-            path.write_text(content, encoding="utf-8")
-        else:
-            raise ValueError(f"tokenizer file {name!r} ({ext}) cannot be restored; pass --tokenizer")
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("file_extension"), str):
+            raise ValueError(f"{where}: entry {name!r} has no file_extension; pass --tokenizer")
+        ext, content = entry["file_extension"], entry.get("content")
+        file_name = name if isinstance(name, str) and name.endswith(ext) else f"{name}{ext}"
+        if file_name not in TOKENIZER_FILES or Path(file_name).suffix != ext:
+            raise ValueError(
+                f"{where} holds {file_name!r}, which is not one of the tokenizer files restored "
+                f"({', '.join(sorted(TOKENIZER_FILES))}); pass --tokenizer"
+            )
+        if not isinstance(content, _CONTENT[ext]) or (
+            ext == ".txt" and not all(isinstance(line, str) for line in content)
+        ):
+            raise ValueError(f"{where}: {file_name} has content of the wrong type; pass --tokenizer")
+        try:
+            files[file_name] = (
+                json.dumps(content, ensure_ascii=False, indent=2)
+                if ext == ".json"
+                else "\n".join(content)
+                if ext == ".txt"
+                else content
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{where}: {file_name} is not valid JSON content ({e}); pass --tokenizer"
+            ) from None
+    return files
 
 
-def _stored(ckpt: Mapping, key: str) -> Any:
+def tokenizer_state_to_dir(state: Mapping[str, dict], out_dir: str | Path) -> None:
+    """Inverse of `tokenizer_dir_to_state`, also for Composer's entries (names without extension).
+
+    Every entry is checked before anything is written: a file name outside `TOKENIZER_FILES` (a path, code,
+    a binary sentencepiece model) or content of the wrong type is a ValueError and nothing is written.
+    """
+    for file_name, text in _tokenizer_files(state).items():
+        (Path(out_dir) / file_name).write_text(text, encoding="utf-8")
+
+
+def _stored(ckpt: Any, key: str) -> Any:
     """`state[key]`, else the first callback state holding `key` (the training run's RunInfo callback)."""
-    state = ckpt.get("state", {})
+    state = ckpt.get("state") if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        return None
     if state.get(key) is not None:
         return state[key]
-    for callback_state in (state.get("callbacks") or {}).values():
+    callbacks = state.get("callbacks")
+    for callback_state in callbacks.values() if isinstance(callbacks, Mapping) else []:
         if isinstance(callback_state, Mapping) and callback_state.get(key) is not None:
             return callback_state[key]
     return None
+
+
+def _stored_tokenizer(ckpt: Any) -> Any:
+    """The checkpoint's tokenizer files: Composer's HF integration entry, else RunInfo's; None if neither."""
+    entry: Any = ckpt
+    for key in ("state", "integrations", "huggingface", "tokenizer"):
+        entry = entry.get(key) if isinstance(entry, Mapping) else None
+    return entry or _stored(ckpt, "tokenizer")
 
 
 def _save_tokenizer(tokenizer: str | None, ckpt: Mapping, out_dir: Path) -> None:
@@ -276,8 +348,7 @@ def _save_tokenizer(tokenizer: str | None, ckpt: Mapping, out_dir: Path) -> None
 
         AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out_dir)
         return
-    hf_entry = ckpt.get("state", {}).get("integrations", {}).get("huggingface", {})
-    files = hf_entry.get("tokenizer") or _stored(ckpt, "tokenizer")
+    files = _stored_tokenizer(ckpt)
     if not files:
         raise ValueError("the checkpoint holds no tokenizer: pass --tokenizer DIR_or_hub_name")
     tokenizer_state_to_dir(files, out_dir)
@@ -330,6 +401,8 @@ def export_to_hf(
     hf_cfg = flexbert_config_to_hf(cfg)
     check_state_matches_config(flex_sd, cfg)
     hf_sd = flexbert_state_to_hf(flex_sd)
+    if tokenizer_dir is None:
+        _tokenizer_files(_stored_tokenizer(ckpt) or {})  # refused before any output exists
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_tokenizer(tokenizer_dir, ckpt, out_dir)
@@ -354,7 +427,7 @@ def check_state_matches_config(sd: Mapping[str, torch.Tensor], cfg: FlexBertConf
         )
 
 
-def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+def _read_hf_weights(hf_dir: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of an HF model directory: model.safetensors, its sharded index, or pytorch_model.bin."""
     from safetensors.torch import load_file
 
@@ -365,11 +438,13 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return {k: v for shard in shards for k, v in load_file(hf_dir / shard).items()}
     if (hf_dir / "pytorch_model.bin").exists():
-        return safe_torch_load(hf_dir / "pytorch_model.bin")
+        return safe_torch_load(hf_dir / "pytorch_model.bin", trust=trust)
     raise ValueError(f"{hf_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def import_from_hf(hf_dir: str | Path, out_ckpt: str | Path, mask_token_id: int | None = None) -> Path:
+def import_from_hf(
+    hf_dir: str | Path, out_ckpt: str | Path, mask_token_id: int | None = None, trust: bool = False
+) -> Path:
     """HF ModernBertForMaskedLM directory -> Composer-format checkpoint FlexBERT training can load."""
     from transformers import AutoTokenizer, ModernBertConfig
 
@@ -381,7 +456,7 @@ def import_from_hf(hf_dir: str | Path, out_ckpt: str | Path, mask_token_id: int 
         if mask_token_id is None:
             mask_token_id = AutoTokenizer.from_pretrained(hf_dir).mask_token_id
     cfg = hf_config_to_flexbert(hf_cfg, mask_token_id=mask_token_id)
-    sd = hf_state_to_flexbert(_read_hf_weights(hf_dir))
+    sd = hf_state_to_flexbert(_read_hf_weights(hf_dir, trust))
     check_state_matches_config(sd, cfg)
     state = {
         "model": {f"model.{k}": v for k, v in sd.items()},
@@ -402,11 +477,12 @@ def import_from_hf(hf_dir: str | Path, out_ckpt: str | Path, mask_token_id: int 
 
 
 def load_flexbert_checkpoint(
-    ckpt_path: str | Path, config: str | Path | None = None, trust: bool = False
+    ckpt_path: str | Path, config: str | Path | None = None, trust: bool = False, with_tokenizer: bool = True
 ) -> tuple[FlexBertForMaskedLM, str | None]:
     """A Composer checkpoint -> (FlexBertForMaskedLM in fp32, folder of its stored tokenizer or None).
 
-    The tokenizer folder is a temporary directory that lives as long as the process.
+    The tokenizer folder is a temporary directory that lives as long as the process; None where the
+    checkpoint holds no tokenizer or ``with_tokenizer`` is false (the caller has its own).
     """
     import tempfile
 
@@ -417,9 +493,9 @@ def load_flexbert_checkpoint(
     model = FlexBertForMaskedLM(cfg)
     model.load_state_dict({k: v.float() for k, v in sd.items()})
     model.tie_weights()
+    files = _stored_tokenizer(ckpt) if with_tokenizer else None
+    if not files:
+        return model, None
     tok_dir = tempfile.mkdtemp(prefix="flexbert-tokenizer-")
-    try:
-        _save_tokenizer(None, ckpt, Path(tok_dir))
-    except ValueError:
-        tok_dir = None
+    tokenizer_state_to_dir(files, tok_dir)
     return model, tok_dir

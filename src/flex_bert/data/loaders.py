@@ -18,9 +18,11 @@ document so every evaluation sees the same masks.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +93,9 @@ class PackedMLMDataset(IterableDataset):
         self.epoch = 0
         self.resume: PackingState | None = None
         self.consumed: PackingState | None = None  # main process: the state after the last consumed batch
+        # what load_state_dict does with a checkpoint's position: a key of SAVED_POSITION
+        self.saved_position = "check"
+        self._fingerprint: dict | None = None
 
     # ---- epoch order --------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -179,11 +184,29 @@ class PackedMLMDataset(IterableDataset):
     def note_consumed(self, state: PackingState) -> None:
         self.consumed = state
 
+    def data_fingerprint(self) -> dict:
+        """What a saved position refers to: the documents and how they are packed into global batches."""
+        if self._fingerprint is None:
+            self._fingerprint = {
+                **_documents_fingerprint(self.documents),
+                "global_batch_rows": self.rows_per_batch,
+                "row_tokens": self.packer.row_len,
+                "max_seq_len": self.max_seq_len,
+                "shuffle": self.shuffle,
+                "shuffle_seed": self.shuffle_seed,
+            }
+        return self._fingerprint
+
     def state_dict(self, num_samples: int = 0, from_beginning: bool = True) -> dict:
-        """The stream's position after the last consumed batch: the same on every rank."""
-        return {"packing_state": asdict(self.consumed or PackingState(self.epoch, 0, [], 0))}
+        """The stream's position after the last consumed batch (the same on every rank), and what it is a
+        position in (`data_fingerprint`)."""
+        position = asdict(self.consumed or PackingState(self.epoch, 0, [], 0))
+        return {"packing_state": position, "data": self.data_fingerprint()}
 
     def load_state_dict(self, state: dict | None) -> None:
+        """Resume at a saved position, as ``saved_position`` says (see SAVED_POSITION)."""
+        if self.saved_position == "ignore":
+            return
         if isinstance(state, dict) and "states" in state and "world" in state:
             state = {"packing_state": _from_per_rank_states(state)}
         if not isinstance(state, dict) or "packing_state" not in state:
@@ -194,12 +217,47 @@ class PackedMLMDataset(IterableDataset):
                     stacklevel=2,
                 )
             return
-        self.resume = PackingState(**state["packing_state"])
-        self.epoch = self.resume.epoch
+        saved = _packing_state(state["packing_state"])
+        changes = self._data_changes(state.get("data"), saved)
+        if changes and self.saved_position == "restart_if_changed":
+            print(
+                f"the data changed since the checkpoint ({changes}): restart_data_if_changed is set, so the "
+                f"data stream starts again at the beginning of epoch {saved.epoch}",
+                flush=True,
+            )
+            self.resume, self.epoch = None, saved.epoch
+            return
+        if changes:
+            raise ValueError(
+                f"the data changed since the checkpoint ({changes}): resume with the data and batch shape "
+                "it was saved with, or set restart_data_if_changed: true to start the data stream again "
+                "(weights, optimizer and time continue)"
+            )
+        self.resume = saved
+        self.epoch = saved.epoch
 
-    def forget_position(self) -> None:
-        """A new phase (``reset_time``) starts its data from the beginning, whatever the checkpoint held."""
-        self.resume, self.consumed, self.epoch = None, None, 0
+    def _data_changes(self, saved: Any, position: PackingState) -> str:
+        """What differs between the checkpoint's data and this one ('' if nothing)."""
+        if saved is None:  # a checkpoint older than fingerprints: only the bounds can be checked
+            warnings.warn(
+                "the checkpoint's data position carries no description of its data (an older checkpoint): "
+                "resuming at it without checking that the data is the same",
+                stacklevel=3,
+            )
+            n = _num_documents(self.documents)
+            if any(not 0 <= key < n for key in position.buffer) or position.position > len(
+                self.epoch_order(position.epoch)
+            ):
+                return f"its position lies beyond the {n} documents of this data"
+            return ""
+        if not isinstance(saved, dict):
+            raise ValueError(f"the checkpoint's data description is a {type(saved).__name__}, not a mapping")
+        now = self.data_fingerprint()
+        return ", ".join(
+            f"{key} {saved.get(key, '(not saved)')} -> {value}"
+            for key, value in now.items()
+            if saved.get(key, "(not saved)") != value
+        )
 
     def collate(
         self, rows: list[PackedRow], rngs: list[np.random.Generator], after: PackingState | None = None
@@ -226,11 +284,65 @@ class PackedMLMDataset(IterableDataset):
         }
 
 
+# PackedMLMDataset.saved_position: what load_state_dict does with a checkpoint's data position.
+SAVED_POSITION = {
+    "check": "resume at it; a change of the data or of the batch shape since the checkpoint is an error",
+    "restart_if_changed": "resume at it; after a change, start the data stream again (one printed line)",
+    "ignore": "start the data from the beginning (a new phase: reset_time)",
+}
+
+
+def _num_documents(documents) -> int:
+    """All documents (a StreamingDataset's len() is one rank's share of an epoch)."""
+    return int(getattr(documents, "num_samples", None) or len(documents))
+
+
+def _documents_fingerprint(documents) -> dict:
+    """The documents' count; for a StreamingDataset also a hash of its shards (names relative to each stream,
+    sample counts, sizes: the data's identity wherever its folder lies) and each stream's samples per epoch."""
+    out: dict = {"documents": _num_documents(documents)}
+    shards = getattr(documents, "shards", None)
+    if shards is not None:
+        digest = hashlib.sha256()
+        for stream_id, shard in zip(documents.stream_per_shard, shards, strict=True):
+            raw = shard.raw_data
+            digest.update(f"{stream_id}\t{raw.basename}\t{shard.samples}\t{raw.bytes}\n".encode())
+        out["shards"] = digest.hexdigest()[:16]
+        out["samples_per_epoch"] = [int(stream.choose) for stream in documents.streams]
+    return out
+
+
+def _packing_state(saved: Any) -> PackingState:
+    """A checkpoint's position, checked: a malformed one is one ValueError line, never a traceback later."""
+    fields_ = ("epoch", "position", "buffer", "batch")
+    if not isinstance(saved, dict) or set(saved) != set(fields_):
+        what = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise ValueError(f"the checkpoint's data position is malformed: expected keys {fields_}, got {what}")
+    ints = [saved["epoch"], saved["position"], saved["batch"]]
+    buffer = saved["buffer"]
+    if not isinstance(buffer, list) or not all(_is_count(v) for v in [*ints, *buffer]):
+        raise ValueError(
+            f"the checkpoint's data position is malformed: {saved!r:.200} (expected non-negative integers and "
+            "a list of them)"
+        )
+    return PackingState(
+        int(saved["epoch"]), int(saved["position"]), [int(v) for v in buffer], int(saved["batch"])
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0
+
+
 def _from_per_rank_states(old: dict) -> dict:
     """A checkpoint of the earlier format (one packing stream per rank, rank r reading every world-th
     document) -> the shared stream's state. Exact from one rank (its order was the whole order); from W ranks,
     the epoch continues after the documents every rank had trained on (the ranks' buffers are re-read)."""
-    states = [PackingState(**s) for s in old["states"]]
+    if not isinstance(old["states"], list) or not old["states"] or old["world"] != len(old["states"]):
+        raise ValueError(
+            "the checkpoint's data positions (one per rank) are malformed: states and world disagree"
+        )
+    states = [_packing_state(s) for s in old["states"]]
     if old["world"] == 1:
         return asdict(states[0])
     done = min(s.position - len(s.buffer) for s in states)

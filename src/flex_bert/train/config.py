@@ -148,13 +148,16 @@ class TrainConfig:
     save_overwrite: bool = False
     load_path: str | None = None
     load_weights_only: bool = False
-    trust_checkpoint: bool = False  # allow full unpickling of load_path (only for files you trust)
+    trust_checkpoint: bool = False  # allow full unpickling of load_path, autoresume, pretrained_checkpoint
     autoresume: bool = False
     reset_time: bool = False
     restart_override: bool = False
     restart_override_max_lr: bool = (
         False  # upstream keeps the checkpoint's max_lr; true sets it to optimizer.lr
     )
+    # resuming on data (or a batch shape) other than the checkpoint's is an error; true starts the data
+    # stream again instead (weights, optimizer and time continue)
+    restart_data_if_changed: bool = False
 
     fsdp_config: dict[str, Any] | None = None
     dist_timeout: float = setting(600.0, Range(lo=0, lo_open=True, hi=timedelta.max.total_seconds()))

@@ -51,9 +51,9 @@ def apply_restart_override(trainer, lr: float, weight_decay: float, override_max
     return line
 
 
-def _batch_of(path: str) -> int:
+def _batch_of(path: str) -> tuple[int, float]:
     match = re.search(r"-ba(\d+)-", os.path.basename(path))
-    return int(match.group(1)) if match else -1
+    return (int(match.group(1)) if match else -1, os.path.getmtime(path))
 
 
 def _intact(path: str) -> bool:
@@ -65,26 +65,57 @@ def _intact(path: str) -> bool:
         return False
 
 
+def remove_unfinished(save_folder: str | None) -> None:
+    """Delete the temporary files of checkpoint writes a killed run left (``write_checkpoint_atomically``).
+
+    Call it only while holding the folder's lock: then no other process is writing there."""
+    if not save_folder or not os.path.isdir(save_folder):
+        return
+    left = sorted(f for f in os.listdir(save_folder) if re.match(r"^\.tmp-\d+-", f))
+    for name in left:
+        os.remove(os.path.join(save_folder, name))
+    if left:
+        print(
+            f"removed {len(left)} unfinished checkpoint write(s) in {save_folder}: {', '.join(left)}",
+            flush=True,
+        )
+
+
 def repair_latest(save_folder: str | None, rank: int = 0) -> str | None:
-    """Before autoresume: if the newest checkpoint is truncated or corrupted, set it aside (``.corrupt``) and
-    point ``latest-rank{rank}.pt`` at the newest intact one, saying so. Returns the checkpoint to resume."""
-    if own_checkpoint(save_folder, rank) is None:
+    """Before autoresume: point ``latest-rank{rank}.pt`` at the newest intact checkpoint in the folder, whatever
+    state the link is in (missing, dangling, or older: a kill between composer's removing and re-creating it),
+    saying so. A truncated or corrupted checkpoint is set aside (``.corrupt``). A regular file named
+    ``latest-rank{rank}.pt`` (put there by hand) is left as it is. Returns the checkpoint to resume, or None
+    when the folder holds no checkpoint (a fresh start)."""
+    if not save_folder or not os.path.isdir(save_folder):
         return None
     latest = os.path.join(save_folder, f"latest-rank{rank}.pt")
+    if os.path.isfile(latest) and not os.path.islink(latest):
+        return latest
     pattern = re.compile(rf"^ep\d+-ba\d+-rank{rank}\.pt$")
     candidates = sorted(
         (os.path.join(save_folder, f) for f in os.listdir(save_folder) if pattern.search(f)), key=_batch_of
     )
+    had_any = bool(candidates) or os.path.lexists(latest)
     while candidates:
         newest = candidates.pop()
         if _intact(newest):
             if os.path.realpath(latest) != os.path.realpath(newest):
-                os.remove(latest)
-                os.symlink(os.path.basename(newest), latest)
+                _relink(latest, newest)
             return newest
         os.replace(newest, newest + ".corrupt")
         print(f"autoresume: {newest} is truncated or corrupted; set aside as {newest}.corrupt", flush=True)
-    raise ValueError(f"autoresume: no intact checkpoint left in {save_folder}")
+    if had_any:
+        raise ValueError(f"autoresume: no intact checkpoint left in {save_folder}")
+    return None
+
+
+def _relink(latest: str, newest: str) -> None:
+    was = f"pointed at {os.readlink(latest)}" if os.path.lexists(latest) else "was missing"
+    if os.path.lexists(latest):
+        os.remove(latest)
+    os.symlink(os.path.basename(newest), latest)
+    print(f"autoresume: {latest} {was}; it now points at the newest intact checkpoint, {newest}", flush=True)
 
 
 def write_checkpoint_atomically() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -12,6 +13,8 @@ from composer.core import Time, TimeUnit
 from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
+from flex_bert.checkpoint_io import route_composer_loads
+from flex_bert.folder_lock import folder_lock
 from flex_bert.train import builders
 from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks, build_loggers
 from flex_bert.train.config import load_config
@@ -20,6 +23,7 @@ from flex_bert.train.registry import build_scheduler
 from flex_bert.train.restart import (
     apply_restart_override,
     own_checkpoint,
+    remove_unfinished,
     repair_latest,
     write_checkpoint_atomically,
 )
@@ -44,15 +48,24 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
     tokenizer = builders.build_tokenizer(cfg.tokenizer_name)
     model = builders.build_model(cfg, tokenizer)
-    save_folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+    save_folder = _save_folder(cfg)
     write_checkpoint_atomically()
-    if cfg.autoresume and dist.get_global_rank() == 0:
-        repair_latest(save_folder)
+    route_composer_loads(cfg.trust_checkpoint)  # load_path and autoresume: never unpickle code
+    if dist.get_global_rank() == 0:
+        remove_unfinished(save_folder)
+        if cfg.autoresume:
+            repair_latest(save_folder)
     if dist.is_initialized():
         dist.barrier()
     resuming = bool(cfg.autoresume and own_checkpoint(save_folder))
-    if cfg.load_path and not resuming:
-        check_loadable(cfg.load_path, cfg.trust_checkpoint)
+    train_data = builders.build_train_dataspec(cfg, tokenizer)
+    train_data.dataloader.dataset.saved_position = (
+        "ignore"  # a new phase: its data starts at the beginning, whatever the checkpoint held
+        if cfg.load_path and cfg.reset_time and not resuming
+        else "restart_if_changed"
+        if cfg.restart_data_if_changed
+        else "check"
+    )
     optimizer = build_optimizer(model, cfg.optimizer)
     data_resume = DataResume()
     run_info = RunInfo(
@@ -61,7 +74,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     trainer = Trainer(
         run_name=cfg.run_name,
         model=model,
-        train_dataloader=builders.build_train_dataspec(cfg, tokenizer),
+        train_dataloader=train_data,
         eval_dataloader=builders.build_evaluator(cfg, tokenizer),
         eval_interval=cfg.eval_interval,
         max_duration=cfg.max_duration,
@@ -104,19 +117,6 @@ def _tokenizer_files(tokenizer) -> dict:
         return tokenizer_dir_to_state(tmp)
 
 
-def check_loadable(path: str, trust: bool) -> None:
-    """Composer unpickles ``load_path`` fully; first prove the file holds only safe types (no code runs)."""
-    if "://" in path:
-        print(f"note: {path} is remote; it is loaded without the safe-type check", flush=True)
-        return
-    if not trust:
-        from flex_bert.checkpoint_io import safe_torch_load
-
-        safe_torch_load(
-            path, trust_hint="`trust_checkpoint: true` (or trust_checkpoint=true on the command line)"
-        )
-
-
 def check_duration(cfg: DictConfig) -> None:
     """Packed batches per epoch are not known ahead, so composer cannot turn epochs into steps for schedules."""
     duration = Time.from_timestring(str(cfg.max_duration))
@@ -137,22 +137,55 @@ def check_duration(cfg: DictConfig) -> None:
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
     cfg = load_config(yamls, overrides)
     check_duration(cfg)
-    trainer = build_trainer(cfg)
-    fresh_phase = cfg.load_path and not trainer.flexbert_resuming
-    if fresh_phase and cfg.restart_override:
-        apply_restart_override(
-            trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr
-        )
-    if fresh_phase and cfg.reset_time:
-        trainer.state.train_dataloader.dataset.forget_position()
-    _save_resolved_config(cfg)
-    trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
+    with _lock_save_folder(cfg):
+        trainer = build_trainer(cfg)
+        if trainer.flexbert_resuming and _complete(trainer, cfg):
+            return trainer
+        fresh_phase = cfg.load_path and not trainer.flexbert_resuming
+        if fresh_phase and cfg.restart_override:
+            apply_restart_override(
+                trainer, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.restart_override_max_lr
+            )
+        _save_resolved_config(cfg)
+        try:
+            trainer.fit(reset_time=bool(fresh_phase and cfg.reset_time))
+        except FileExistsError as e:  # composer: a fresh run's checkpoint names are taken in save_folder
+            raise ValueError(
+                f"{e} (autoresume: true continues the run that saved it; save_overwrite: true replaces it)"
+            ) from None
     return trainer
+
+
+def _save_folder(cfg: DictConfig) -> str | None:
+    return cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+
+
+def _lock_save_folder(cfg: DictConfig):
+    """One training run per save_folder: global rank 0 holds its lock (the other ranks belong to its run)."""
+    folder = _save_folder(cfg)
+    if folder and "://" not in folder and dist.get_global_rank() == 0:
+        return folder_lock(folder, what="training run")
+    return contextlib.nullcontext()
+
+
+def _complete(trainer: Trainer, cfg: DictConfig) -> bool:
+    """A resumed run whose checkpoint already reached max_duration has nothing to do: says so, one line."""
+    duration = trainer.state.max_duration
+    if trainer.state.timestamp.get(duration.unit) < duration:
+        return False
+    latest = os.path.realpath(own_checkpoint(_save_folder(cfg)))
+    batch = int(trainer.state.timestamp.batch)
+    print(
+        f"run already complete: {latest} (max_duration {cfg.max_duration} reached at batch {batch}); "
+        "nothing to do",
+        flush=True,
+    )
+    return True
 
 
 def _save_resolved_config(cfg: DictConfig) -> None:
     if cfg.save_folder and dist.get_global_rank() == 0:
-        folder = cfg.save_folder.format(run_name=cfg.run_name)
+        folder = _save_folder(cfg)
         os.makedirs(folder, exist_ok=True)
         OmegaConf.save(cfg, os.path.join(folder, "config.yaml"), resolve=True)
 
