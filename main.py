@@ -21,5 +21,5 @@ if __name__ == "__main__":
         sys.exit(f"unknown arguments: {unknown} (expected YAML files, key=value overrides, --dry_run)")
     try:
         (dry_run if "--dry_run" in args else train)(yamls, overrides)
-    except ValueError as e:  # a user mistake: one clear line, no traceback
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # a user mistake: one clear line each, no traceback
+        sys.exit("\n".join(f"error: {line}" for line in str(e).splitlines() or [type(e).__name__]))

@@ -414,7 +414,9 @@ def export_to_hf(
     return out_dir
 
 
-def check_state_matches_config(sd: Mapping[str, torch.Tensor], cfg: FlexBertConfig) -> None:
+def check_state_matches_config(
+    sd: Mapping[str, torch.Tensor], cfg: FlexBertConfig, hint: str = "wrong --config?"
+) -> None:
     """FlexBERT keys and shapes must be exactly those of FlexBertForMaskedLM(cfg) (built on the meta device)."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in FlexBertForMaskedLM(cfg).state_dict().items()}
@@ -423,7 +425,7 @@ def check_state_matches_config(sd: Mapping[str, torch.Tensor], cfg: FlexBertConf
     if missing or unexpected or wrong:
         raise ValueError(
             f"checkpoint does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {sorted(wrong)[:5]} (wrong --config?)"
+            f"wrong shapes {sorted(wrong)[:5]} ({hint})"
         )
 
 

@@ -241,9 +241,16 @@ def _split_tokens(dataset_cfg: DictConfig) -> int | None:
 
 
 def dry_run(yamls: list[str], overrides: list[str]) -> dict:
+    """The resolved config, the plan, and every check a run would make before its first batch (preflight):
+    raises PreflightFailed naming each problem."""
+    from flex_bert.train.preflight import preflight
+
     cfg = load_config(yamls, overrides)
     check_duration(cfg)
     print(OmegaConf.to_yaml(cfg, resolve=True))
     info = plan(cfg)
     print(json.dumps(info, indent=2))
+    for line in preflight(cfg):
+        print(f"ok: {line}")
+    print("dry run: no problems found", flush=True)
     return info
