@@ -145,6 +145,7 @@ NUMERIC = [
     ("callbacks.log_grad_norm.batch_log_interval", None, ()),
     ("callbacks.packing_efficiency.log_interval", None, ()),
     ("callbacks.nan_guard.max_consecutive_skips", None, ()),
+    ("callbacks.progress.every_seconds", None, (0, HUGE_INT)),
     ("callbacks.torch_profile.start_batch", None, ()),
     ("callbacks.torch_profile.num_batches", None, ()),
 ]

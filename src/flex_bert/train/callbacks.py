@@ -13,6 +13,7 @@ from composer.loggers import Logger, LoggerDestination
 
 from flex_bert.train import registry
 from flex_bert.train.profiling import TorchProfile
+from flex_bert.train.progress import ProgressLine
 
 
 class ScheduledGc(Callback):
@@ -212,6 +213,30 @@ class JsonlLogger(LoggerDestination):
     def fit_start(self, state: State, logger: Logger) -> None:
         if int(os.environ.get("RANK", "0")) == 0:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._drop_records_after(int(state.timestamp.batch))
+
+    def _drop_records_after(self, batch: int) -> None:
+        """A run resumed at ``batch`` trains the batches after it again: the records an interrupted attempt
+        wrote for them (and a line cut short by the kill) go, so the file keeps one record per batch."""
+        if not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if (
+                    isinstance(record, dict)
+                    and isinstance(record.get("batch"), int)
+                    and record["batch"] <= batch
+                ):
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = f"{self.path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         for k, v in metrics.items():
@@ -244,6 +269,7 @@ def build_callbacks(cfg) -> list[Callback]:
     out: list[Callback] = []
     names = dict(cfg.callbacks)
     names.setdefault("nan_guard", {})  # always on: a diverged run must not train on silently
+    names.setdefault("progress", {})  # on unless `enabled: false`: a running job says what it does
     if cfg.optimizer.log_grad_norm and "log_grad_norm" not in names:
         names["log_grad_norm"] = {"batch_log_interval": 1}
     for name, settings in names.items():
@@ -265,6 +291,9 @@ def build_callbacks(cfg) -> list[Callback]:
         elif name == "nan_guard":
             folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
             out.append(NanGuard(s.action, folder, s.max_consecutive_skips))
+        elif name == "progress":
+            if s.enabled:
+                out.append(ProgressLine(s.every_seconds, _peak_flops(cfg.precision)))
         elif name == "torch_profile":
             folder = s.folder or (cfg.save_folder and os.path.join(cfg.save_folder, "profile"))
             if not folder:

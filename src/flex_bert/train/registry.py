@@ -130,6 +130,13 @@ class NanGuardSettings:
 
 
 @dataclass
+class ProgressSettings:
+    # one line (batch, loss, lr, tokens/s, MFU, ETA) at most every N seconds, and at the first and last batch
+    every_seconds: float = setting(30.0, NON_NEGATIVE)
+    enabled: bool = True
+
+
+@dataclass
 class TorchProfileSettings:
     folder: str | None = None  # default: <save_folder>/profile
     start_batch: int = setting(10, COUNT)  # profile batches [start_batch, start_batch + num_batches)
@@ -145,6 +152,7 @@ CALLBACKS: dict[str, type] = {  # name -> settings; built in flex_bert.train.cal
     "packing_efficiency": PackingEfficiencySettings,
     "memory_monitor": Empty,
     "nan_guard": NanGuardSettings,
+    "progress": ProgressSettings,
     "torch_profile": TorchProfileSettings,
 }
 

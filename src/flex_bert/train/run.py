@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 
 import torch
 from composer import Trainer
@@ -41,9 +42,23 @@ def _precision(cfg: DictConfig, device: str) -> str:
     )  # autocast bf16 on CPU is slow and not the GPU's numerics
 
 
+def _cpu_threads(cfg: DictConfig) -> None:
+    """On a CPU run, torch's intra-op threads share the cores with the loader workers: one core is left to the
+    data path, the rest split between them (torch's default, a thread per core, thrashed a busy 2-core machine
+    at a tenth of the speed). OMP_NUM_THREADS, when set, decides instead."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, (cores - 1) // (1 + cfg.train_loader.num_workers))
+    torch.set_num_threads(threads)
+    print(f"cpu: {threads} intra-op thread(s) on {cores} core(s) (OMP_NUM_THREADS overrides)", flush=True)
+
+
 def build_trainer(cfg: DictConfig) -> Trainer:
     reproducibility.seed_all(cfg.seed)
     device = _device(cfg)
+    if device == "cpu":
+        _cpu_threads(cfg)
     if not dist.is_initialized() and dist.get_world_size() > 1:
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
     tokenizer = builders.build_tokenizer(cfg.tokenizer_name)
@@ -86,7 +101,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         seed=cfg.seed,
         callbacks=[run_info, data_resume, *build_callbacks(cfg)],
         loggers=build_loggers(cfg),
-        progress_bar=cfg.progress_bar,
+        progress_bar=cfg.progress_bar and sys.stdout.isatty(),  # a bar in a log file is noise
         log_to_console=cfg.log_to_console,
         console_log_interval=cfg.console_log_interval,
         save_folder=save_folder,
@@ -141,6 +156,7 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
         trainer = build_trainer(cfg)
         if trainer.flexbert_resuming and _complete(trainer, cfg):
             return trainer
+        _say_where_it_starts(trainer, cfg)
         fresh_phase = cfg.load_path and not trainer.flexbert_resuming
         if fresh_phase and cfg.restart_override:
             apply_restart_override(
@@ -154,6 +170,23 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
                 f"{e} (autoresume: true continues the run that saved it; save_overwrite: true replaces it)"
             ) from None
     return trainer
+
+
+def _say_where_it_starts(trainer: Trainer, cfg: DictConfig) -> None:
+    """One line: a resumed run names the checkpoint and the position it continues from."""
+    if dist.get_global_rank() != 0:
+        return
+    stamp = trainer.state.timestamp
+    if trainer.flexbert_resuming:
+        latest = os.path.realpath(own_checkpoint(_save_folder(cfg)))
+        line = f"resumed from {latest} at batch {int(stamp.batch):,} (tokens {int(stamp.token):,})"
+    elif cfg.load_path:
+        reset = "time reset to 0" if cfg.reset_time else f"continuing at batch {int(stamp.batch):,}"
+        what = "weights" if cfg.load_weights_only else "weights and optimizer state"
+        line = f"phase start: {what} from {cfg.load_path}, {reset}"
+    else:
+        line = "fresh start"
+    print(line, flush=True)
 
 
 def _save_folder(cfg: DictConfig) -> str | None:
