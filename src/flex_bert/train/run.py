@@ -13,8 +13,8 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig, OmegaConf
 
 from flex_bert.train import builders
-from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks, build_loggers
-from flex_bert.train.config import load_config
+from flex_bert.train.callbacks import DataResume, RunInfo, build_algorithms, build_callbacks, build_loggers
+from flex_bert.train.config import load_config_and_notes
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
 from flex_bert.train.restart import (
@@ -73,6 +73,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         seed=cfg.seed,
         callbacks=[run_info, data_resume, *build_callbacks(cfg)],
         loggers=build_loggers(cfg),
+        algorithms=build_algorithms(cfg),
+        train_subset_num_batches=cfg.train_subset_num_batches,
+        spin_dataloaders=cfg.spin_dataloaders,
+        python_log_level=cfg.python_log_level,
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
         console_log_interval=cfg.console_log_interval,
@@ -135,7 +139,8 @@ def check_duration(cfg: DictConfig) -> None:
 
 
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
-    cfg = load_config(yamls, overrides)
+    cfg, notes = load_config_and_notes(yamls, overrides)
+    _print_notes(notes)
     check_duration(cfg)
     trainer = build_trainer(cfg)
     fresh_phase = cfg.load_path and not trainer.flexbert_resuming
@@ -150,6 +155,12 @@ def train(yamls: list[str], overrides: list[str]) -> Trainer:
     return trainer
 
 
+def _print_notes(notes: list[str]) -> None:
+    """How this config's upstream and composer keys were read (mapped or ignored), one line each."""
+    for line in notes:
+        print(f"config: {line}", flush=True)
+
+
 def _save_resolved_config(cfg: DictConfig) -> None:
     if cfg.save_folder and dist.get_global_rank() == 0:
         folder = cfg.save_folder.format(run_name=cfg.run_name)
@@ -159,13 +170,14 @@ def _save_resolved_config(cfg: DictConfig) -> None:
 
 def plan(cfg: DictConfig) -> dict:
     """Parameter count, tokens per optimizer step and the number of steps, without touching a GPU."""
-    from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+    from flex_bert.model import FlexBertForMaskedLM
+    from flex_bert.train import compat
 
     try:
         config = builders.build_model_config(cfg, builders.build_tokenizer(cfg.tokenizer_name))
     except ValueError as e:  # no tokenizer here yet: count with the config's own special-token ids
         print(f"note: {e}")
-        config = FlexBertConfig.from_dict(OmegaConf.to_container(cfg.model.model_config, resolve=True))
+        config = compat.check_model_config(cfg)
     with torch.device("meta"):
         n_params = FlexBertForMaskedLM(config).num_parameters()
     slots = cfg.global_train_batch_size * cfg.train_loader.dataset.max_seq_len
@@ -208,9 +220,10 @@ def _split_tokens(dataset_cfg: DictConfig) -> int | None:
 
 
 def dry_run(yamls: list[str], overrides: list[str]) -> dict:
-    cfg = load_config(yamls, overrides)
+    cfg, notes = load_config_and_notes(yamls, overrides)
     check_duration(cfg)
     print(OmegaConf.to_yaml(cfg, resolve=True))
+    _print_notes(notes)
     info = plan(cfg)
     print(json.dumps(info, indent=2))
-    return info
+    return {**info, "config_notes": notes}
