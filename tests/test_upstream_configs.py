@@ -4,6 +4,7 @@ durations changed. The phases run in one working directory, so each later phase 
 YAML names (upstream's ``checkpoints/{pretrain_run_name}/latest-rank0.pt``, a tiled ``init_from_checkpoint``)."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,19 @@ def test_mosaic_and_hf_bert_configs_are_refused_in_one_line(tmp_path):
         ValueError, match="model.name 'mosaic_bert' is not supported: this recipe trains FlexBERT"
     ):
         load_config([str(path)])
+
+
+def _keys(node, prefix=""):
+    if not isinstance(node, dict):
+        return {prefix}
+    return set().union(*(_keys(v, f"{prefix}.{k}" if prefix else k) for k, v in node.items()))
+
+
+def test_phase1_large_yaml_is_the_bioclinical_large_yaml_key_for_key():
+    import yaml
+
+    ours = yaml.safe_load(Path("yamls/phase1_large.yml").read_text())
+    theirs = shapes.bioclinical(1, "large")
+    assert _keys(ours) == _keys(theirs)
+    for key in ("seed", "global_train_batch_size", "global_eval_batch_size", "device_eval_microbatch_size"):
+        assert ours[key] == theirs[key], key
