@@ -127,6 +127,10 @@ def test_composer_callbacks_loggers_and_algorithms_are_built_with_composers_mean
     (wandb,) = [x for x in build_loggers(cfg) if isinstance(x, WandBLogger)]
     assert wandb._init_kwargs["resume"] == "allow" and wandb._init_kwargs["allow_val_change"] is True
     assert wandb._init_kwargs["group"] == "g" and wandb._init_kwargs["project"] == "p"
+    # autoresume asks each logger for a checkpoint: without log_artifacts wandb holds none, so its API (which
+    # needs a login, even for a run logging offline) is not asked
+    with pytest.raises(FileNotFoundError, match="log_artifacts"):
+        wandb.download_file("latest-rank0.pt", "/nonexistent/latest-rank0.pt")
     clipping, ema = build_algorithms(cfg)
     assert isinstance(clipping, GradientClipping) and clipping.clipping_threshold == 0.5
     assert isinstance(ema, EMA)
