@@ -64,6 +64,12 @@ def test_reset_time_and_restart_override_without_load_path_warn_and_go_on():
     assert cfg.reset_time and "reset_time: ignored (no load_path)" in notes
 
 
+def test_left_out_count_padding_tokens_counts_padding_as_upstream(tmp_path):
+    cfg = _seed()
+    del cfg["count_padding_tokens"]  # upstream's main.py: cfg.get("count_padding_tokens", True)
+    assert load_config([_write(tmp_path, cfg)]).count_padding_tokens is True
+
+
 # ---- composer's keys -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "override,match",

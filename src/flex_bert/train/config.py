@@ -142,7 +142,8 @@ class TrainConfig:
     max_seq_len: int = setting(8192, COUNT)
     tokenizer_name: str = "answerdotai/ModernBERT-base"
     mlm_probability: float = setting(0.3, PROBABILITY)
-    count_padding_tokens: bool = False
+    # token durations count padding too, as upstream's default; the ModernBERT YAMLs set false (real tokens)
+    count_padding_tokens: bool = True
 
     model: ModelSection = field(default_factory=ModelSection)
     train_loader: LoaderConfig = field(default_factory=LoaderConfig)
