@@ -98,7 +98,7 @@ def _model(model_config: dict) -> dict:
         "pretrained_model_name": "bert-base-uncased",
         "tokenizer_name": "${tokenizer_name}",
         "disable_train_metrics": True,
-        "model_config": model_config,
+        "model_config": copy.deepcopy(model_config),  # the shapes share ARCH's nested dicts otherwise
     }
 
 

@@ -186,6 +186,8 @@ def test_dry_run_prints_which_upstream_keys_were_mapped_or_ignored(tmp_path, cap
     ):
         assert any(expected in n for n in notes), expected
     assert all(f"config: {n}" in out for n in notes)
+    info = dry_run([_write(tmp_path, shapes.modernbert("pretrain", "base"))], [])
+    assert "the batch-size warmup trains smaller batches first" in info["planned_steps_note"]
     info = dry_run([_write(tmp_path, shapes.modernbert("context-extension", "base"))], [])
     assert (
         "filled from variables (composer fills only its own names): load_path: {pretrain_run_name}"

@@ -36,17 +36,17 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_in(workdir):
     """Train a config in the shared working directory; returns the trainer and its train records."""
-    mp = pytest.MonkeyPatch()
 
     def run(cfg: dict):
-        mp.chdir(workdir)
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_DIR", str(workdir))
-        mp.setenv("WANDB_SILENT", "true")
-        path = shapes.write(cfg, workdir / f"{cfg['run_name']}.yaml")
-        trainer = train([str(path)], [])
-        trainer.close()
-        folder = load_config([str(path)]).save_folder.format(run_name=cfg["run_name"])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(workdir)
+            mp.setenv("WANDB_MODE", "offline")
+            mp.setenv("WANDB_DIR", str(workdir))
+            mp.setenv("WANDB_SILENT", "true")
+            path = shapes.write(cfg, workdir / f"{cfg['run_name']}.yaml")
+            trainer = train([str(path)], [])
+            trainer.close()
+            folder = load_config([str(path)]).save_folder.format(run_name=cfg["run_name"])
         records = read_metrics(workdir / folder, kind=None)
         train_records = [r for r in records if r["kind"] == "train"]
         assert [r["batch"] for r in train_records] == [1, 2, 3]
@@ -54,8 +54,7 @@ def run_in(workdir):
         assert [r for r in records if r["kind"] == "eval"], "evaluated"
         return trainer, train_records
 
-    yield run
-    mp.undo()
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +90,30 @@ def test_upstream_large_pretrain_shape_starts_from_the_tiled_base(large_pretrain
     assert model.decoder.weight is model.bert.embeddings.tok_embeddings.weight
 
 
-def test_bioclinical_phase1_base_shape(base_pretrain, run_in, workdir, data, tokenizer):
-    load = str(workdir / "checkpoints" / "modernbert-base-pretrain" / "latest-rank0.pt")
-    cfg = shapes.for_cpu(shapes.bioclinical(1, "base"), data, tokenizer, load_path=load)
-    trainer, records = run_in(cfg)
+@pytest.fixture(scope="module")
+def bioclinical_phase1(base_pretrain, large_pretrain, run_in, workdir, data, tokenizer):
+    """The BioClinical phase 1 shape of a size, from upstream's pre-training shape's checkpoint; run once."""
+    runs = {}
+
+    def phase1(size: str):
+        if size not in runs:
+            load = str(workdir / "checkpoints" / f"modernbert-{size}-pretrain" / "latest-rank0.pt")
+            cfg = shapes.for_cpu(
+                shapes.bioclinical(1, size), data, tokenizer, large=size == "large", load_path=load
+            )
+            runs[size] = (*run_in(cfg), cfg)
+        return runs[size]
+
+    return phase1
+
+
+def test_bioclinical_phase1_base_shape(bioclinical_phase1):
+    trainer, records, _ = bioclinical_phase1("base")
     assert all(r["lr"] == pytest.approx(3e-4) for r in records), "restart_override: the YAML's lr"
 
 
-def test_bioclinical_phase1_large_shape_evaluates_in_micro_batches(
-    large_pretrain,
-    run_in,
-    workdir,
-    data,
-    tokenizer,
-):
-    load = str(workdir / "checkpoints" / "modernbert-large-pretrain" / "latest-rank0.pt")
-    cfg = shapes.bioclinical(1, "large")
-    cfg = shapes.for_cpu(cfg, data, tokenizer, large=True, load_path=load)
-    trainer, _ = run_in(cfg)
+def test_bioclinical_phase1_large_shape_evaluates_in_micro_batches(bioclinical_phase1):
+    trainer, _, cfg = bioclinical_phase1("large")
     evaluator = trainer.state.evaluators[0]
     # upstream: global_eval_batch_size / GPUs documents per batch, in micro-batches of device_eval_microbatch_size
     assert evaluator.dataloader.dataloader.batch_size == cfg["global_eval_batch_size"]
@@ -134,12 +139,9 @@ def test_upstream_context_extension_and_decay_shapes(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["base", "large"])
-def test_bioclinical_phase2_shapes(size, base_pretrain, large_pretrain, run_in, workdir, data, tokenizer):
-    large = size == "large"
-    phase1 = shapes.bioclinical(1, size)
-    load = str(workdir / "checkpoints" / f"modernbert-{size}-pretrain" / "latest-rank0.pt")
-    run_in(shapes.for_cpu(phase1, data, tokenizer, large=large, load_path=load))
-    cfg = shapes.for_cpu(shapes.bioclinical(2, size), data, tokenizer, large=large)
+def test_bioclinical_phase2_shapes(size, bioclinical_phase1, run_in, data, tokenizer):
+    bioclinical_phase1(size)
+    cfg = shapes.for_cpu(shapes.bioclinical(2, size), data, tokenizer, large=size == "large")
     _, records = run_in(cfg)  # loads checkpoints/phase1_<size>_clinical/latest-rank0.pt as written
     assert records[-1]["lr"] < records[0]["lr"], "one_minus_sqrt decays"
 
@@ -211,7 +213,7 @@ def _keys(node, prefix=""):
 def test_phase1_large_yaml_is_the_bioclinical_large_yaml_key_for_key():
     import yaml
 
-    ours = yaml.safe_load(Path("yamls/phase1_large.yml").read_text())
+    ours = yaml.safe_load((Path(__file__).parents[1] / "yamls" / "phase1_large.yml").read_text())
     theirs = shapes.bioclinical(1, "large")
     assert _keys(ours) == _keys(theirs)
     for key in ("seed", "global_train_batch_size", "global_eval_batch_size", "device_eval_microbatch_size"):

@@ -161,10 +161,15 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
     )
 
 
+def batch_size_warmup_given(cfg: DictConfig) -> bool:
+    """Upstream's batch-size warmup applies to packed training only (``compat`` checked the settings)."""
+    return cfg.train_loader.batch_size_warmup_min_size is not None and cfg.train_loader.sequence_packing
+
+
 def batch_size_warmup(cfg: DictConfig) -> BatchSizeWarmup | None:
-    """Upstream's batch-size warmup for packed training, per device (``compat`` checked the settings)."""
+    """Upstream's batch-size warmup for packed training, per device."""
     loader = cfg.train_loader
-    if loader.batch_size_warmup_min_size is None or not loader.sequence_packing:
+    if not batch_size_warmup_given(cfg):
         return None
     world, micro = dist.get_world_size(), cfg.device_train_microbatch_size
     tokens = Time.from_timestring(str(loader.batch_size_warmup_tokens)).value

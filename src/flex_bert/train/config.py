@@ -3,8 +3,8 @@
 Every default is declared once, here, with its valid values (``checks.setting``). ``load_config`` merges YAML
 files and ``key=value`` overrides onto these dataclasses with OmegaConf, so an unknown or misspelled key (at any
 depth), a wrong type, a value out of range or a missing value fails before any work, in one line naming the key.
-A top-level key that the config only uses through interpolation (``pretrain_run_name`` in
-``${pretrain_run_name}``) is a variable, not a typo: it is accepted and dropped once resolved
+A top-level key that the config uses by name (``${checkpoint_dir}``, or ``{pretrain_run_name}`` in a path) is a
+variable, not a typo: it is accepted and dropped once resolved
 (``flex_bert.train.compat``, which also reports how upstream's and composer's keys are read). Sections that choose
 an implementation (scheduler, callbacks, loggers, algorithms) are checked against their registry in
 ``flex_bert.train.registry``. Cross-field rules are in ``validate``.
@@ -214,8 +214,8 @@ def load_config_and_notes(
     """The config, and one line for each upstream or composer key that was mapped or is ignored.
 
     omegaconf names an unknown key (at any depth), a wrong type or a broken interpolation; ``one_line`` makes
-    that one line, with a close match for an unknown key. Variables (top-level keys used only through
-    interpolation) join the schema for the merge and leave it once resolved."""
+    that one line, with a close match for an unknown key. Variables (top-level keys the config uses by name,
+    in an interpolation or a path's braces) join the schema for the merge and leave it once resolved."""
     from flex_bert.train import compat
 
     try:

@@ -191,6 +191,8 @@ def plan(cfg: DictConfig) -> dict:
         )
     else:
         steps, how = None, f"not known ahead for a duration in {duration.unit.value}"
+    if steps is not None and builders.batch_size_warmup_given(cfg):
+        how += "; more steps: the batch-size warmup trains smaller batches first"
     return {
         "parameters": n_params,
         "tokens_per_optimizer_step": slots,
