@@ -67,18 +67,11 @@ def test_mistakes_fail_naming_the_key(override, match):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_model_config_key_is_an_error():
-    from flex_bert.train.builders import build_model_config
-
-    class Tok:
-        pad_token_id, cls_token_id, sep_token_id, mask_token_id = 50283, 50281, 50282, 50284
-
-        def __len__(self):
-            return 50280
-
-    cfg = load_config([SEED], ["model.model_config.hiden_size=3"])
+def test_unknown_model_config_key_is_an_error_at_load():
     with pytest.raises(ValueError, match="hidden_size"):
-        build_model_config(cfg, Tok())
+        load_config([SEED], ["model.model_config.hiden_size=3"])
+    with pytest.raises(ValueError, match=r"mlp_layer='mlp' is not supported"):  # upstream's ablation layers
+        load_config([SEED], ["model.model_config.mlp_layer=mlp"])
 
 
 def test_missing_required_value_is_named(tmp_path):
@@ -116,6 +109,8 @@ NUMERIC = [
     ("global_train_batch_size", None, ()),
     ("global_eval_batch_size", None, ()),
     ("device_eval_batch_size", None, ()),
+    ("device_eval_microbatch_size", None, ()),
+    ("train_subset_num_batches", None, (-1,)),
     ("device_train_microbatch_size", None, ()),
     ("seed", None, (0,)),
     ("save_num_checkpoints_to_keep", None, (-1,)),
@@ -123,6 +118,7 @@ NUMERIC = [
     ("train_loader.num_workers", None, (0,)),
     ("train_loader.packing_buffer_docs", None, ()),
     ("train_loader.prefetch_factor", None, ()),
+    ("train_loader.batch_size_warmup_min_size", None, ()),
     ("train_loader.dataset.max_seq_len", None, ()),
     ("train_loader.dataset.mlm_probability", None, ()),
     ("train_loader.dataset.shuffle_seed", None, (0,)),
@@ -141,6 +137,9 @@ NUMERIC = [
     ("scheduler.alpha_f", "linear_decay_with_warmup", (0,)),
     ("scheduler.alpha_i", "linear_decay_with_warmup", (0, HUGE_INT)),
     ("callbacks.speed_monitor.window_size", None, ()),
+    ("callbacks.speed_monitor.gpu_flops_available", None, (HUGE_INT,)),
+    ("callbacks.optimizer_monitor.batch_log_interval", None, ()),
+    ("callbacks.runtime_estimator.skip_batches", None, (0,)),
     ("callbacks.scheduled_gc.batch_interval", None, ()),
     ("callbacks.log_grad_norm.batch_log_interval", None, ()),
     ("callbacks.packing_efficiency.log_interval", None, ()),

@@ -119,7 +119,63 @@ def test_cross_field_and_type_errors(change, match):
 def test_upstream_keys_without_effect_warn():
     with pytest.warns(UserWarning, match="deterministic_fa2"):
         cfg = FlexBertConfig.from_dict({"deterministic_fa2": True})
-    assert cfg == FlexBertConfig.base()
+    assert cfg == FlexBertConfig.from_dict({})
+
+
+# model_config keys of the Hebrew ModernBERT YAMLs that are not in the seed YAML, with their values there. All of
+# them leave upstream's FlexBERT MLM model unchanged except rotary_emb_base_local, the fork's local rotary base.
+HEBREW_EXTRA_KEYS = {
+    "layer_norm_eps": 1e-5,
+    "max_position_embeddings": 1024,
+    "sparse_prediction": False,
+    "rotary_emb_base_local": 10000.0,
+    "init_std": 0.02,
+    "init_cutoff_factor": 2.0,
+    "init_small_embedding": False,
+    "deterministic_fa2": False,
+    "initial_attention_layer": None,
+    "initial_bert_layer": None,
+    "initial_mlp_layer": None,
+    "num_initial_layers": 0,
+    "pad_logits": False,
+    "type_vocab_size": 1,
+    "bos_token_id": 2,
+    "eos_token_id": 3,
+}
+
+
+def test_hebrew_model_config_keys_load_in_one_warning_and_the_forks_local_base_is_used():
+    seed = yaml.safe_load(SEED_MODEL_CONFIG)
+    del seed["local_attn_rotary_emb_base"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = FlexBertConfig.from_dict({**seed, **HEBREW_EXTRA_KEYS})
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    for ignored in ("layer_norm_eps", "type_vocab_size", "bos_token_id", "num_initial_layers"):
+        assert ignored in str(caught[0].message)
+    assert cfg.local_rope_theta == 10000.0 and cfg.rotary_emb_base == 160000.0
+    assert cfg == FlexBertConfig.base(max_position_embeddings=1024)
+    # the name of this config wins where both are set
+    both = FlexBertConfig.from_dict({"rotary_emb_base_local": 10000.0, "local_attn_rotary_emb_base": 500.0})
+    assert both.local_rope_theta == 500.0
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("init_small_embedding", True), ("initial_attention_layer", "base"), ("initial_mlp_layer", "mlp")],
+)
+def test_upstream_options_that_change_the_model_are_refused(key, value):
+    with pytest.raises(ValueError, match=rf"{key}=.* is not supported"):
+        FlexBertConfig.from_dict({key: value})
+
+
+def test_local_rotary_base_left_out_follows_the_global_one_as_upstream():
+    # upstream FlexBertConfig: local_attn_rotary_emb_base defaults to -1, "use rotary_emb_base"
+    assert FlexBertConfig.from_dict({"rotary_emb_base": 160000.0}).local_rope_theta == 160000.0
+    assert FlexBertConfig.from_dict({}).local_rope_theta == FlexBertConfig.from_dict({}).rotary_emb_base
+    # the released checkpoints' 160000 / 10000 stay the presets
+    for preset in (FlexBertConfig.base(), FlexBertConfig.large()):
+        assert (preset.rotary_emb_base, preset.local_rope_theta) == (160000.0, 10000.0)
 
 
 def test_layer_pattern_and_rope_bases():

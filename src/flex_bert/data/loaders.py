@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from flex_bert.data.batch_warmup import BatchSizeWarmup
 from flex_bert.data.masking import IGNORE_INDEX, MaskingSpec, mask_tokens
 from flex_bert.data.packing import BestFitPacker, PackedRow
 
@@ -40,6 +41,7 @@ class PackingState:
     position: int  # next index into the epoch's document order
     buffer: list[int]  # dataset indices of the documents in the packer's buffer, in its internal order
     batch: int  # global batches of the epoch emitted so far
+    tokens: int = 0  # real tokens in all global batches emitted so far, every epoch (batch-size warmup)
 
 
 class PackedMLMDataset(IterableDataset):
@@ -58,7 +60,9 @@ class PackedMLMDataset(IterableDataset):
     restore it, so a resumed run, on any number of GPUs, continues with exactly the next global batch.
 
     ``documents`` needs ``len()`` and ``[i]["input_ids"]``; a ``StreamingDataset`` also gives the weighted
-    epoch of a mixture (``resample_streams``: streaming's own proportion/repeat sampling).
+    epoch of a mixture (``resample_streams``: streaming's own proportion/repeat sampling). ``docs_per_row``
+    turns packing off (each row holds that many documents); ``warmup`` (upstream's batch-size warmup) sets the
+    rows of each global batch, world x its rows per device, from the real tokens of the batches before it.
     """
 
     def __init__(
@@ -77,8 +81,11 @@ class PackedMLMDataset(IterableDataset):
         shuffle_seed: int = 0,
         buffer_docs: int | None = None,
         drop_last: bool = True,
+        docs_per_row: int | None = None,
+        warmup: BatchSizeWarmup | None = None,
     ):
         self.documents = documents
+        self.warmup = warmup
         self.rows_per_batch = rows_per_batch  # of the global batch, all ranks together
         self.max_seq_len = max_seq_len
         self.masking = masking
@@ -89,7 +96,9 @@ class PackedMLMDataset(IterableDataset):
         self.shuffle_seed = shuffle_seed
         self.drop_last = drop_last
         # buffer_docs None: a few rows' worth of tokens to choose from, however long the documents are
-        self.packer = BestFitPacker(row_len, pad_id, buffer_docs=buffer_docs, drop_last=drop_last)
+        self.packer = BestFitPacker(
+            row_len, pad_id, buffer_docs=buffer_docs, drop_last=drop_last, docs_per_row=docs_per_row
+        )
         self.epoch = 0
         self.resume: PackingState | None = None
         self.consumed: PackingState | None = None  # main process: the state after the last consumed batch
@@ -111,14 +120,19 @@ class PackedMLMDataset(IterableDataset):
             ids = np.random.default_rng([self.shuffle_seed, epoch]).permutation(ids)
         return ids.astype(np.int32) if len(ids) < 2**31 else ids
 
-    def rank_rows(self, rank: int, world: int) -> slice:
-        """The rows of each global batch that this rank trains on."""
-        if self.rows_per_batch % world:
-            raise ValueError(
-                f"a global batch of {self.rows_per_batch} packed rows does not split over {world} ranks"
-            )
-        share = self.rows_per_batch // world
+    def rank_rows(self, rank: int, world: int, rows: int | None = None) -> slice:
+        """The rows of a global batch (of ``rows_per_batch`` rows by default) that this rank trains on."""
+        rows = self.rows_per_batch if rows is None else rows
+        if rows % world:
+            raise ValueError(f"a global batch of {rows} packed rows does not split over {world} ranks")
+        share = rows // world
         return slice(rank * share, (rank + 1) * share)
+
+    def batch_rows(self, tokens: int, world: int) -> int:
+        """Rows of the next global batch after ``tokens`` real tokens: all of them, or the warmup's share."""
+        if self.warmup is None:
+            return self.rows_per_batch
+        return world * self.warmup.rows(tokens // world)
 
     def _read(self, index: int) -> np.ndarray:
         ids = self.documents[int(index)]["input_ids"]
@@ -134,15 +148,17 @@ class PackedMLMDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_world()
-        mine = self.rank_rows(rank, world)
         order = self.epoch_order(self.epoch)
-        fresh = PackingState(self.epoch, 0, [], 0)
+        before = self.consumed or self.resume  # a new epoch carries the token count on
+        fresh = PackingState(self.epoch, 0, [], 0, before.tokens if before else 0)
         state = self.resume if self.resume is not None and self.resume.epoch == self.epoch else fresh
         packer = self.packer.empty_copy()
         for key in state.buffer:
             packer.add(self._read(key), key)
-        position, batch, rows = state.position, state.batch, []
+        position, batch, rows, tokens = state.position, state.batch, [], state.tokens
         while True:
+            target = self.batch_rows(tokens, world)
+            mine = self.rank_rows(rank, world, target)
             while not packer.full and position < len(order):
                 packer.add(self._read(order[position]), int(order[position]))
                 position += 1
@@ -150,13 +166,14 @@ class PackedMLMDataset(IterableDataset):
             if packer.has_row(exhausted):
                 rows.append(packer.next_row())
             last = exhausted and not packer.has_row(exhausted)
-            if last and rows and not self.drop_last and len(rows) < self.rows_per_batch:
+            if last and rows and not self.drop_last and len(rows) < target:
                 mine = self._short_batch_rows(len(rows), rank, world, worker, batch - state.batch, workers)
                 if mine is None:
                     break
-            if len(rows) == self.rows_per_batch or (last and rows and not self.drop_last):
+            if len(rows) == target or (last and rows and not self.drop_last):
+                tokens += sum(r.num_real_tokens for r in rows)
                 if (batch - state.batch) % workers == worker:
-                    after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1)
+                    after = PackingState(state.epoch, position, packer.buffered_keys, batch + 1, tokens)
                     rngs = [self._rng(state.epoch, batch, j) for j in range(mine.start, mine.stop)]
                     yield self.collate(rows[mine], rngs, after)
                 batch, rows = batch + 1, []
@@ -402,3 +419,32 @@ def collate_flat(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         "num_labelled": [labelled],
         "doc_lengths": [lengths.tolist()],
     }
+
+
+def split_flat(batch: dict, documents: int | float) -> list[dict]:
+    """An evaluation batch (``collate_flat``) as micro-batches of ``documents`` documents each (composer's
+    ``device_eval_microbatch_size``), each laid out flat again."""
+    lengths, n = batch["doc_lengths"][0], int(documents)
+    if n >= len(lengths):
+        return [batch]
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    out, start = [], 0
+    for first in range(0, len(lengths), n):
+        group = lengths[first : first + n]
+        stop = start + sum(group)
+        cu = np.zeros(len(group) + 1, dtype=np.int32)
+        np.cumsum(group, out=cu[1:])
+        part = labels[start:stop]
+        out.append(
+            {
+                "input_ids": ids[start:stop][None],
+                "labels": part[None],
+                "cu_seqlens": [torch.from_numpy(cu)],
+                "max_seqlen": [max(group)],
+                "num_tokens": int(stop - start),
+                "num_labelled": [int((part != IGNORE_INDEX).sum())],
+                "doc_lengths": [list(group)],
+            }
+        )
+        start = stop
+    return out

@@ -10,6 +10,10 @@ never cut: the converter already split long documents into pieces of at most ``m
 
 The buffer is explicit state (``add``, ``next_row``, ``buffered_keys``) so that a run can save it and resume
 exactly: re-adding the saved keys in their saved order rebuilds the same buffer.
+
+Without packing (``docs_per_row``: upstream's ``sequence_packing: false``), a row holds exactly that many
+documents, the next ones in the epoch's order, one per ``max_seq_len`` slot: laid out one after another with
+the padding at the end, which computes the same (documents never attend to each other, padding has no labels).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class BestFitPacker:
 
     The buffer holds ``buffer_rows`` rows' worth of tokens to choose from (the default: rows stay full
     whatever the documents' lengths, from 5-token notes to max_seq_len pieces), or exactly ``buffer_docs``
-    documents when that is given.
+    documents when that is given. With ``docs_per_row`` it does not pack: each row takes that many documents.
     """
 
     def __init__(
@@ -47,10 +51,12 @@ class BestFitPacker:
         buffer_docs: int | None = None,
         drop_last: bool = True,
         buffer_rows: float = BUFFER_ROWS,
+        docs_per_row: int | None = None,
     ):
         if row_len <= 0:
             raise ValueError(f"row_len must be positive, got {row_len}")
         self.row_len = row_len
+        self.docs_per_row = docs_per_row
         self.pad_id = pad_id
         self.buffer_docs = buffer_docs
         self.buffer_rows = buffer_rows
@@ -65,10 +71,14 @@ class BestFitPacker:
         self._present: list[int] = []
 
     def empty_copy(self) -> BestFitPacker:
-        return BestFitPacker(self.row_len, self.pad_id, self.buffer_docs, self.drop_last, self.buffer_rows)
+        return BestFitPacker(
+            self.row_len, self.pad_id, self.buffer_docs, self.drop_last, self.buffer_rows, self.docs_per_row
+        )
 
     @property
     def full(self) -> bool:
+        if self.docs_per_row is not None:
+            return self._count >= self.docs_per_row
         if self.buffer_docs is not None:
             return self._count >= self.buffer_docs
         return self._tokens >= self.buffer_rows * self.row_len
@@ -101,12 +111,15 @@ class BestFitPacker:
         cannot fill a row and ``drop_last`` (the same rule as drop_last for unpacked batches)."""
         if not self._count:
             return False
+        if self.docs_per_row is not None:
+            return not (exhausted and self.drop_last and self._count < self.docs_per_row)
         return not (exhausted and self.drop_last and self.buffered_tokens < self.row_len)
 
     def next_row(self) -> PackedRow:
         picked: list[np.ndarray] = []
         space = self.row_len
-        while self._present and self._present[0] <= space:
+        most = self.docs_per_row or self.row_len
+        while self._present and self._present[0] <= space and len(picked) < most:
             i = bisect.bisect_right(self._present, space) - 1  # the longest length that fits
             n = self._present[i]
             stack = self._stacks[n]

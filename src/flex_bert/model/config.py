@@ -1,9 +1,12 @@
 """FlexBertConfig: every key of the upstream `model_config` YAML block, typed and validated.
 
-Defaults are ModernBERT-base. `from_dict` is the door for YAML: it rejects unknown keys (with a close-match
-suggestion), coerces YAML's stringly numbers (`eps: 1e-5` is a *string* to a YAML 1.1 parser), and refuses
-values that would change the computation in a way this implementation does not reproduce. Keys that upstream
-accepts but that change nothing here are listed in `IGNORED_UPSTREAM_KEYS` and warn.
+Defaults are ModernBERT-base, except `local_attn_rotary_emb_base`, whose default is upstream's -1 ("use
+`rotary_emb_base`"): a YAML that omits it trains its local layers as upstream would (the presets `base()` and
+`large()` state the released checkpoints' 10000). `from_dict` is the door for YAML: it rejects unknown keys
+(with a close-match suggestion), coerces YAML's stringly numbers (`eps: 1e-5` is a *string* to a YAML 1.1
+parser), and refuses values that would change the computation in a way this implementation does not
+reproduce. Keys that upstream accepts but that change nothing here are listed in `IGNORED_UPSTREAM_KEYS` and
+warn (one line for all of them); keys with another name here are in `RENAMED_KEYS`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from typing import Any
 # at config load, before any work).
 ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sdpa")
 
-# Keys upstream's FlexBertConfig knows that have no effect on this implementation's computation: flash-attn
-# switches (we choose kernels with `attention_backend`), compile switches, and the classification head (this
-# package only builds the MLM model). They are accepted with a warning so upstream YAMLs still load.
+# Keys upstream's FlexBertConfig (and the Hugging Face BertConfig it extends) knows that upstream's FlexBERT MLM
+# model never reads or that cannot change its computation: flash-attn switches (we choose kernels with
+# `attention_backend`), compile switches, the classification head (this package only builds the MLM model),
+# BERT's token-type and position-embedding settings (ModernBERT has neither), `hidden_dropout_prob`,
+# `layer_norm_eps` and `initializer_range` (FlexBERT uses its own dropouts, `norm_kwargs.eps` and `init_std`),
+# `head_pred_dropout` (stored, never applied), `num_initial_layers` (only with `initial_*_layer`), `bos/eos`
+# ids (no effect on MLM) and `sparse_prediction` (MosaicBERT's name for `masked_prediction`: same loss).
 IGNORED_UPSTREAM_KEYS = frozenset(
     {
         "use_fa2",
@@ -41,8 +48,45 @@ IGNORED_UPSTREAM_KEYS = frozenset(
         "head_class_norm",
         "pooling_type",
         "encoder_layer",
+        "head_pred_dropout",
+        "num_initial_layers",
+        "hidden_dropout_prob",
+        "layer_norm_eps",
+        "initializer_range",
+        "type_vocab_size",
+        "position_embedding_type",
+        "use_cache",
+        "classifier_dropout",
+        "bos_token_id",
+        "eos_token_id",
+        "sparse_prediction",
     }
 )
+
+# Community forks' names for keys of this config (the Hebrew ModernBERT fork's local rotary base): the key here
+# takes the value, unless the YAML also sets the key here to something other than "unset".
+RENAMED_KEYS = {"rotary_emb_base_local": "local_attn_rotary_emb_base"}
+
+# Upstream's defaults where this config's differ (upstream's FlexBertConfig, or the `bert-base-uncased`
+# BertConfig it starts from). A YAML written for upstream that leaves one of these out gets another model here.
+UPSTREAM_DEFAULTS: dict[str, Any] = {
+    "num_hidden_layers": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 30522,
+    "attention_layer": "base",
+    "attn_out_dropout_prob": 0.0,
+    "embedding_layer": "absolute_pos",
+    "final_norm": False,
+    "mlp_layer": "mlp",
+    "normalization": "rmsnorm",
+    "norm_kwargs": {},
+    "head_pred_act": "silu",
+    "init_method": "default",
+    "skip_first_prenorm": False,
+    "rotary_emb_base": 10000.0,
+    "sliding_window": -1,
+    "global_attn_every_n_layers": -1,
+}
 
 # key -> allowed values, for keys where upstream has several options and we implement a subset.
 _ALLOWED: dict[str, tuple] = {
@@ -65,6 +109,10 @@ _ALLOWED: dict[str, tuple] = {
     "final_norm": (True,),
     "head_pred_norm": (True,),
     "decoder_bias": (True,),
+    "init_small_embedding": (False,),  # upstream's RWKV small init of the embeddings: not implemented
+    "initial_attention_layer": (None,),  # other layer types for the first layers: not implemented
+    "initial_bert_layer": (None,),
+    "initial_mlp_layer": (None,),
 }
 
 
@@ -104,7 +152,7 @@ class FlexBertConfig:
     rotary_emb_base: float = 160000.0
     rotary_emb_scale_base: float | None = None
     rotary_emb_interleaved: bool = False
-    local_attn_rotary_emb_base: float | None = 10000.0  # -1 or None: use rotary_emb_base
+    local_attn_rotary_emb_base: float | None = -1.0  # -1 or None: use rotary_emb_base (upstream's default)
     local_attn_rotary_emb_dim: int | None = None
     # Upstream pads the embedding to the tokenizer. Here vocab_size is explicit (50368 already holds ModernBERT's
     # tokenizer) and a checkpoint of another vocabulary size is refused, so nothing is ever resized.
@@ -120,6 +168,10 @@ class FlexBertConfig:
     decoder_bias: bool = True
     init_std: float = 0.02
     init_cutoff_factor: float = 2.0
+    init_small_embedding: bool = False
+    initial_attention_layer: str | None = None
+    initial_bert_layer: str | None = None
+    initial_mlp_layer: str | None = None
     # --- this implementation ---
     attention_backend: str = "auto"
     # FlexBERT's Triton kernels on CUDA: residual add + dropout + LayerNorm (model/fused_norm.py), the GELU gate
@@ -140,31 +192,44 @@ class FlexBertConfig:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FlexBertConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        kwargs = {}
-        for key, value in dict(d).items():
-            if key in IGNORED_UPSTREAM_KEYS:
-                warnings.warn(
-                    f"model_config key {key!r} has no effect in this implementation; ignored", stacklevel=2
-                )
-                continue
-            if key not in names:
-                close = difflib.get_close_matches(key, names + sorted(IGNORED_UPSTREAM_KEYS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown model_config key {key!r}{hint}")
-            kwargs[key] = value
+        kwargs, ignored, _ = cls.sort_keys(d)
+        if ignored:
+            warnings.warn(
+                f"model_config keys {', '.join(ignored)} have no effect in this implementation; ignored",
+                stacklevel=2,
+            )
         return cls(**kwargs)
 
     @classmethod
+    def sort_keys(cls, d: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+        """A YAML block's keyword arguments here, its ignored keys and its renamed keys that took effect; an
+        unknown key is an error with a close match."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs, ignored = {}, []
+        for key, value in dict(d).items():
+            if key in IGNORED_UPSTREAM_KEYS:
+                ignored.append(key)
+            elif key in names:
+                kwargs[key] = value
+            elif key not in RENAMED_KEYS:
+                known = names + sorted(IGNORED_UPSTREAM_KEYS) + sorted(RENAMED_KEYS)
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown model_config key {key!r}{hint}")
+        renamed = [k for k, target in RENAMED_KEYS.items() if k in d and kwargs.get(target) in (None, -1)]
+        kwargs.update({RENAMED_KEYS[k]: d[k] for k in renamed})
+        return kwargs, ignored, renamed
+
+    @classmethod
     def base(cls, **overrides: Any) -> FlexBertConfig:
-        """ModernBERT-base: 22 layers, hidden 768, 149,655,232 parameters."""
-        return cls.from_dict(overrides)
+        """ModernBERT-base: 22 layers, hidden 768, 149,655,232 parameters, local layers' rotary base 10000."""
+        return cls.from_dict({"local_attn_rotary_emb_base": 10000.0, **overrides})
 
     @classmethod
     def large(cls, **overrides: Any) -> FlexBertConfig:
-        """ModernBERT-large: 28 layers, hidden 1024, 395,881,664 parameters."""
+        """ModernBERT-large: 28 layers, hidden 1024, 395,881,664 parameters, local layers' rotary base 10000."""
         d = dict(num_hidden_layers=28, hidden_size=1024, intermediate_size=2624, num_attention_heads=16)
-        return cls.from_dict({**d, **overrides})
+        return cls.base(**{**d, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

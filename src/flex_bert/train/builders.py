@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 
 import torch
-from composer.core import DataSpec, Evaluator
+from composer.core import DataSpec, Evaluator, Time
 from composer.utils import dist
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat
+from flex_bert.data.batch_warmup import BatchSizeWarmup
+from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat, split_flat
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
+from flex_bert.train import compat, tiled_init
 from flex_bert.train.composer_model import FlexBertComposer
 
 
@@ -29,7 +31,7 @@ def build_tokenizer(name: str):
 
 
 def build_model_config(cfg: DictConfig, tokenizer) -> FlexBertConfig:
-    settings = OmegaConf.to_container(cfg.model.model_config, resolve=True)
+    settings = compat.model_settings(cfg)
     for key in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
         token_id = getattr(tokenizer, key, None)
         if key not in settings and token_id is not None:
@@ -51,6 +53,8 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
 
         state = load_composer_model_state(cfg.model.pretrained_checkpoint, cfg.trust_checkpoint, TRUST_KEY)
         model.model.load_state_dict(state, strict=True)
+    if cfg.init_from_checkpoint is not None:
+        tiled_init.init_from_checkpoint(model.model, cfg.init_from_checkpoint, trust=cfg.trust_checkpoint)
     if config.compile_model:
         model.model.compile_layers(tune=cfg.model.compile_tuning)
     return model
@@ -111,10 +115,6 @@ def rows_per_global_batch(cfg: DictConfig) -> int:
 def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
     loader = cfg.train_loader
     ds_cfg = loader.dataset
-    if not loader.sequence_packing:
-        raise ValueError(
-            "train_loader.sequence_packing: false is not supported; packing is how FlexBERT trains"
-        )
     whole_word = ds_cfg.whole_word_mask
     vocab_size = build_model_config(cfg, tokenizer).vocab_size
     documents = _documents(ds_cfg, tokenizer, shuffle=False, vocab_size=vocab_size, role="training")
@@ -132,6 +132,8 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         shuffle_seed=ds_cfg.shuffle_seed,
         buffer_docs=loader.packing_buffer_docs,
         drop_last=loader.drop_last,
+        docs_per_row=None if loader.sequence_packing else cfg.device_train_microbatch_size,
+        warmup=batch_size_warmup(cfg),
     )
     dataloader = DataLoader(
         dataset,
@@ -148,6 +150,25 @@ def build_train_dataspec(cfg: DictConfig, tokenizer) -> DataSpec:
         get_num_samples_in_batch=lambda b: b["input_ids"].shape[0] * slots_per_row,
         get_num_tokens_in_batch=lambda b: b["input_ids"].numel() if count_padding else int(b["num_tokens"]),
     )
+
+
+def batch_size_warmup_given(cfg: DictConfig) -> bool:
+    """Upstream's batch-size warmup applies to packed training only (``compat`` checked the settings)."""
+    return cfg.train_loader.batch_size_warmup_min_size is not None and cfg.train_loader.sequence_packing
+
+
+def batch_size_warmup(cfg: DictConfig) -> BatchSizeWarmup | None:
+    """Upstream's batch-size warmup for packed training, per device."""
+    loader = cfg.train_loader
+    if not batch_size_warmup_given(cfg):
+        return None
+    world, micro = dist.get_world_size(), cfg.device_train_microbatch_size
+    tokens = Time.from_timestring(str(loader.batch_size_warmup_tokens)).value
+    min_rows, max_rows = loader.batch_size_warmup_min_size // micro, rows_per_global_batch(cfg) // world
+    if min_rows >= max_rows:
+        print(f"batch-size warmup: {max_rows} row(s) per GPU is the minimum already; no warmup", flush=True)
+        return None
+    return BatchSizeWarmup(min_rows, max_rows, tokens=-(-tokens // world))
 
 
 def split_rows(batch: dict, microbatch_size: int | float) -> list[dict]:
@@ -172,11 +193,12 @@ def split_rows(batch: dict, microbatch_size: int | float) -> list[dict]:
     return out
 
 
-def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
-    if cfg.eval_loader is None:
-        return None
-    loader, ds_cfg = cfg.eval_loader, cfg.eval_loader.dataset
+def eval_batch_size(cfg: DictConfig) -> int:
+    """Documents per GPU and evaluation batch: device_eval_batch_size, else global_eval_batch_size / GPUs (as
+    upstream), else 32."""
     world = dist.get_world_size()
+    if cfg.device_eval_batch_size is None:
+        return max(1, cfg.global_eval_batch_size // world) if cfg.global_eval_batch_size else 32
     if (
         cfg.global_eval_batch_size is not None
         and cfg.global_eval_batch_size != cfg.device_eval_batch_size * world
@@ -188,6 +210,14 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
             f"device_eval_batch_size ({cfg.device_eval_batch_size}) documents per GPU x {world} GPU(s)",
             stacklevel=2,
         )
+    return cfg.device_eval_batch_size
+
+
+def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
+    if cfg.eval_loader is None:
+        return None
+    loader, ds_cfg = cfg.eval_loader, cfg.eval_loader.dataset
+    world = dist.get_world_size()
     vocab_size = build_model_config(cfg, tokenizer).vocab_size
     dataset = MaskedDocuments(
         _documents(ds_cfg, tokenizer, shuffle=False, vocab_size=vocab_size, role="evaluation"),
@@ -198,7 +228,7 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
     )
     dataloader = DataLoader(
         dataset,
-        batch_size=cfg.device_eval_batch_size,
+        batch_size=eval_batch_size(cfg),
         sampler=dist.get_sampler(dataset, shuffle=False, drop_last=loader.drop_last),
         collate_fn=collate_flat,
         num_workers=loader.num_workers,
@@ -206,13 +236,13 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
     )
     if len(dataloader) == 0:  # composer would report NaN metrics from no batch at all
         raise ValueError(
-            f"the eval split has {len(dataset)} documents, fewer than one batch (device_eval_batch_size "
-            f"{cfg.device_eval_batch_size} x {world} GPU(s)) with eval_loader.drop_last: true; set drop_last: "
+            f"the eval split has {len(dataset)} documents, fewer than one batch ({eval_batch_size(cfg)} "
+            f"documents x {world} GPU(s)) with eval_loader.drop_last: true; set drop_last: "
             "false or a smaller device_eval_batch_size"
         )
     spec = DataSpec(
         dataloader,
-        split_batch=lambda b, n: [b],
+        split_batch=split_flat,
         get_num_samples_in_batch=lambda b: len(b["doc_lengths"][0]),
         get_num_tokens_in_batch=lambda b: int(b["num_tokens"]),
     )
@@ -221,4 +251,5 @@ def build_evaluator(cfg: DictConfig, tokenizer) -> Evaluator | None:
         dataloader=spec,
         metric_names=["LanguageCrossEntropy", "MaskedAccuracy"],
         subset_num_batches=cfg.eval_subset_num_batches,
+        device_eval_microbatch_size=cfg.device_eval_microbatch_size,
     )

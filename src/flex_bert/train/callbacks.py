@@ -1,10 +1,13 @@
-"""Callbacks the seed YAML names that composer lacks, the JSONL metrics file, and their builders."""
+"""Callbacks the seed YAML names that composer lacks, the JSONL metrics file, and the builders of the callbacks,
+loggers and algorithms a YAML names."""
 
 from __future__ import annotations
 
 import gc
 import json
 import os
+import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -68,6 +71,19 @@ class PackingEfficiency(Callback):
         if int(state.timestamp.batch) % self.log_interval == 0 and self._slots:
             logger.log_metrics({"train/packing_efficiency": self._real / self._slots})
             self._real = self._slots = 0
+
+
+class DataloaderSpeed(Callback):
+    """How long each batch took to come out of the loader (upstream's dataloader_speed callback)."""
+
+    def before_dataloader(self, state: State, logger: Logger) -> None:
+        self._start = time.perf_counter_ns()
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        elapsed = time.perf_counter_ns() - self._start
+        logger.log_metrics(
+            {"throughput/batch_serve_time_ns": elapsed, "throughput/batch_serve_time_ms": elapsed / 1e6}
+        )
 
 
 class NonFiniteLoss(ValueError):
@@ -264,7 +280,7 @@ class JsonlLogger(LoggerDestination):
 
 
 def build_callbacks(cfg) -> list[Callback]:
-    from composer.callbacks import LRMonitor, MemoryMonitor, SpeedMonitor
+    from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
     out: list[Callback] = []
     names = dict(cfg.callbacks)
@@ -275,17 +291,22 @@ def build_callbacks(cfg) -> list[Callback]:
     for name, settings in names.items():
         s = registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
         if name == "speed_monitor":
-            out.append(
-                SpeedMonitor(window_size=s.window_size, gpu_flops_available=_peak_flops(cfg.precision))
-            )
+            peak = s.gpu_flops_available or _peak_flops(cfg.precision)
+            out.append(SpeedMonitor(window_size=s.window_size, gpu_flops_available=peak))
         elif name == "lr_monitor":
             out.append(LRMonitor())
         elif name == "memory_monitor":
             out.append(MemoryMonitor())
         elif name == "scheduled_gc":
             out.append(ScheduledGc(s.batch_interval))
-        elif name == "log_grad_norm":
+        elif name == "log_grad_norm" and s.log_optimizer_metrics:
             out.append(LogGradNorm(s.batch_log_interval))
+        elif name == "optimizer_monitor":
+            out.append(OptimizerMonitor(s.log_optimizer_metrics, s.batch_log_interval))
+        elif name == "runtime_estimator":
+            out.append(RuntimeEstimator(s.skip_batches, s.time_unit))
+        elif name == "dataloader_speed":
+            out.append(DataloaderSpeed())
         elif name == "packing_efficiency":
             out.append(PackingEfficiency(s.log_interval))
         elif name == "nan_guard":
@@ -301,6 +322,17 @@ def build_callbacks(cfg) -> list[Callback]:
             out.append(
                 TorchProfile(folder.format(run_name=cfg.run_name), s.start_batch, s.num_batches, s.trace)
             )
+    return out
+
+
+def build_algorithms(cfg) -> list:
+    """Composer's algorithms, with composer's meaning (upstream's main.py builds the same ones)."""
+    from composer.algorithms import EMA, GradientClipping
+
+    out = []
+    for name, settings in cfg.algorithms.items():
+        s = registry.check_named("algorithms", name, settings or {}, registry.ALGORITHMS)
+        out.append(GradientClipping(**asdict(s)) if name == "gradient_clipping" else EMA(**asdict(s)))
     return out
 
 
@@ -320,14 +352,30 @@ def build_loggers(cfg) -> list[LoggerDestination]:
     for name, settings in cfg.loggers.items():
         s = registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
         if name == "wandb":
-            from composer.loggers import WandBLogger
-
-            out.append(WandBLogger(project=s.project, entity=s.entity, name=s.name, tags=s.tags or None))
+            kwargs = {k: v for k, v in asdict(s).items() if k not in ("tags", "init_kwargs")}
+            out.append(_wandb_logger()(**kwargs, tags=s.tags or None, init_kwargs=s.init_kwargs or None))
         elif name == "tensorboard":
             from composer.loggers import TensorboardLogger
 
             out.append(TensorboardLogger(log_dir=s.log_dir))
     return out
+
+
+def _wandb_logger() -> type:
+    from composer.loggers import WandBLogger
+
+    class Wandb(WandBLogger):
+        """composer's WandBLogger. It holds checkpoints only with ``log_artifacts``; without, autoresume does not
+        ask wandb's API for one (that needs a login, even for a run that logs offline)."""
+
+        def download_file(self, remote_file_name: str, destination: str, overwrite=False, progress_bar=True):
+            if not self._log_artifacts:
+                raise FileNotFoundError(
+                    f"{remote_file_name}: wandb holds no checkpoints without log_artifacts"
+                )
+            return super().download_file(remote_file_name, destination, overwrite, progress_bar)
+
+    return Wandb
 
 
 class RunInfo(Callback):

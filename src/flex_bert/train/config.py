@@ -3,18 +3,22 @@
 Every default is declared once, here, with its valid values (``checks.setting``). ``load_config`` merges YAML
 files and ``key=value`` overrides onto these dataclasses with OmegaConf, so an unknown or misspelled key (at any
 depth), a wrong type, a value out of range or a missing value fails before any work, in one line naming the key.
-Sections that choose an implementation (scheduler, callbacks, loggers) are checked against their registry in
+A top-level key that the config uses by name (``${checkpoint_dir}``, or ``{pretrain_run_name}`` in a path) is a
+variable, not a typo: it is accepted and dropped once resolved
+(``flex_bert.train.compat``, which also reports how upstream's and composer's keys are read). Sections that choose
+an implementation (scheduler, callbacks, loggers, algorithms) are checked against their registry in
 ``flex_bert.train.registry``. Cross-field rules are in ``validate``.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from flex_bert.train.checks import (
@@ -70,9 +74,16 @@ class LoaderConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     drop_last: bool = True
     num_workers: int = setting(0, NON_NEGATIVE)
+    # true: best-fit packing of whole documents into rows; false: each max_seq_len slot of a row holds one
+    # document (upstream's unpacked batches: global_train_batch_size documents per step), still unpadded
     sequence_packing: bool = False
     # documents the best-fit packer chooses from (default: 4 rows' worth of tokens)
     packing_buffer_docs: int | None = setting(None, COUNT)
+    # upstream's batch-size warmup (packed training): a device's packed rows grow one at a time from
+    # batch_size_warmup_min_size / device_train_microbatch_size to the full batch while the first
+    # batch_size_warmup_tokens real tokens are trained, each size for about the same number of steps
+    batch_size_warmup_min_size: int | None = setting(None, COUNT)
+    batch_size_warmup_tokens: str | None = setting(None, TimeRange(lo=0, lo_open=True, units=("tok",)))
     prefetch_factor: int = setting(2, COUNT)
     pin_memory: bool = True
 
@@ -84,6 +95,9 @@ class ModelSection:
     tokenizer_name: str | None = None  # must equal the top-level tokenizer_name
     disable_train_metrics: bool = True
     pretrained_checkpoint: str | None = None  # weights only, e.g. from scripts/convert_from_hf.py
+    # upstream: the metric re-computes the loss without label smoothing; there is none here, so no effect
+    recompute_metric_loss: bool = False
+    gradient_checkpointing: bool | None = None  # upstream's place for model_config.gradient_checkpointing
     # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels.
     # Off by default: since the memory-bound work runs in FlexBERT's own Triton kernels it gains nothing
     # (base at 1024 on an H200: 428,524 tokens/s with it, 428,548 without) and costs ~100 s of compilation;
@@ -105,6 +119,21 @@ class OptimizerConfig:
 
 
 @dataclass
+class InitFromCheckpoint:
+    """Upstream's initialisation of a larger model from a smaller one's checkpoint by weight tiling."""
+
+    checkpoint_cfg: Any = (
+        MISSING  # the smaller model's YAML file (its `model` section), or that section itself
+    )
+    checkpoint_load_path: str = MISSING  # reads <checkpoint_load_path>/<checkpoint_run_name>/latest-rank0.pt
+    checkpoint_run_name: str = MISSING
+    mode: str = setting(
+        "tile_weights_from_middle",
+        OneOf(("tile_weights_from_middle", "tile_weights_from_edge", "center_weights")),
+    )
+
+
+@dataclass
 class TrainConfig:
     run_name: str = MISSING
     # Shared values the sections interpolate (${data_local}, ${max_seq_len}, ...).
@@ -113,7 +142,8 @@ class TrainConfig:
     max_seq_len: int = setting(8192, COUNT)
     tokenizer_name: str = "answerdotai/ModernBERT-base"
     mlm_probability: float = setting(0.3, PROBABILITY)
-    count_padding_tokens: bool = False
+    # token durations count padding too, as upstream's default; the ModernBERT YAMLs set false (real tokens)
+    count_padding_tokens: bool = True
 
     model: ModelSection = field(default_factory=ModelSection)
     train_loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -128,7 +158,10 @@ class TrainConfig:
     eval_subset_num_batches: int = setting(-1, Range(lo=1, also=(-1,)))  # -1: the whole eval split
     global_train_batch_size: int = setting(MISSING, COUNT)  # in max_seq_len slots, not documents (packing)
     global_eval_batch_size: int | None = setting(None, COUNT)
-    device_eval_batch_size: int = setting(32, COUNT)
+    # documents per GPU and evaluation batch; unset: global_eval_batch_size / GPUs (as upstream), else 32
+    device_eval_batch_size: int | None = setting(None, COUNT)
+    # composer's: each evaluation batch runs in micro-batches of this many documents (unset: the whole batch)
+    device_eval_microbatch_size: int | None = setting(None, COUNT)
     device_train_microbatch_size: int = setting(MISSING, COUNT)  # slots per micro-batch = one packed row
     seed: int = setting(17, SEED)
     precision: str = setting("amp_bf16", OneOf(("amp_bf16", "amp_fp16", "fp32")))
@@ -140,6 +173,15 @@ class TrainConfig:
     console_log_interval: str = setting("1ba", TimeRange(lo=0, lo_open=True, units=("ba", "ep")))
     callbacks: dict[str, Any] = field(default_factory=dict)
     loggers: dict[str, Any] = field(default_factory=dict)
+    algorithms: dict[str, Any] = field(default_factory=dict)  # composer algorithms (registry.ALGORITHMS)
+    # composer's Trainer arguments that upstream's main.py passes through, with composer's meaning
+    train_subset_num_batches: int = setting(-1, Range(lo=1, also=(-1,)))  # batches per epoch; -1: all
+    spin_dataloaders: bool = True  # the packed loader resumes from its saved position either way
+    python_log_level: str | None = setting(
+        None, OneOf((None, "debug", "info", "warning", "error", "critical"))
+    )
+    # composer's whole-model torch.compile: this recipe compiles each layer instead (model_config.compile_model)
+    compile_config: dict[str, Any] | None = None
 
     save_folder: str | None = None
     save_interval: str = setting("1000ba", POSITIVE_TIME)
@@ -158,20 +200,40 @@ class TrainConfig:
     # resuming on data (or a batch shape) other than the checkpoint's is an error; true starts the data
     # stream again instead (weights, optimizer and time continue)
     restart_data_if_changed: bool = False
+    init_from_checkpoint: InitFromCheckpoint | None = None
 
     fsdp_config: dict[str, Any] | None = None
     dist_timeout: float = setting(600.0, Range(lo=0, lo_open=True, hi=timedelta.max.total_seconds()))
 
 
 def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> DictConfig:
-    """YAML files, then ``key=value`` overrides, onto the typed schema; resolved and validated.
+    """YAML files, then ``key=value`` overrides, onto the typed schema; resolved and validated."""
+    return load_config_and_notes(yaml_paths, overrides)[0]
+
+
+def load_config_and_notes(
+    yaml_paths: list[str], overrides: list[str] | None = None
+) -> tuple[DictConfig, list]:
+    """The config, and one line for each upstream or composer key that was mapped or is ignored.
 
     omegaconf names an unknown key (at any depth), a wrong type or a broken interpolation; ``one_line`` makes
-    that one line, with a close match for an unknown key."""
+    that one line, with a close match for an unknown key. Variables (top-level keys the config uses by name,
+    in an interpolation or a path's braces) join the schema for the merge and leave it once resolved."""
+    from flex_bert.train import compat
+
     try:
         parts = [OmegaConf.load(p) for p in yaml_paths] + [OmegaConf.from_dotlist(list(overrides or []))]
-        cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), *parts)
+        variables = compat.variables(parts, TrainConfig)
+        cfg = OmegaConf.structured(TrainConfig)
+        with open_dict(cfg):
+            cfg.update({v: None for v in variables})
+        cfg = OmegaConf.merge(cfg, *parts)
         OmegaConf.resolve(cfg)
+        values = {v: cfg[v] for v in variables}
+        with open_dict(cfg):
+            for v in variables:
+                del cfg[v]
+        filled = compat.fill_paths(cfg, values)
     except OmegaConfBaseException as e:
         raise one_line(e) from None
     except TypeError as e:  # omegaconf: e.g. a list item set as `key.0=...` over a list
@@ -182,19 +244,25 @@ def load_config(yaml_paths: list[str], overrides: list[str] | None = None) -> Di
     if missing:
         raise ValueError(f"missing required config values: {', '.join(missing)}")
     validate(cfg)
-    return cfg
+    return cfg, compat.notes(cfg, variables, filled)
 
 
 def validate(cfg: DictConfig) -> None:
     """Each setting's declared rule (``checks.setting``), then cross-field rules, each naming the key to change."""
-    from flex_bert.train import registry
+    from flex_bert.train import compat, registry
 
     check_settings(cfg)
     registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
-    for name, settings in cfg.callbacks.items():
-        registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
-    for name, settings in cfg.loggers.items():
-        registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
+    for section, table in (
+        ("callbacks", registry.CALLBACKS),
+        ("loggers", registry.LOGGERS),
+        ("algorithms", registry.ALGORITHMS),
+    ):
+        for name, settings in cfg[section].items():
+            registry.check_named(section, name, settings or {}, table)
+    compat.check_model_config(cfg)
+    compat.check_batch_size_warmup(cfg)
+    compat.check_init_from_checkpoint(cfg)
     if cfg.optimizer.name not in registry.OPTIMIZERS:
         raise ValueError(
             f"optimizer.name {cfg.optimizer.name!r} is not supported{suggest(cfg.optimizer.name, registry.OPTIMIZERS)}"
@@ -225,10 +293,9 @@ def validate(cfg: DictConfig) -> None:
             f"global_train_batch_size ({cfg.global_train_batch_size}) must be a multiple of "
             f"device_train_microbatch_size ({cfg.device_train_microbatch_size}) x the number of GPUs"
         )
-    if cfg.reset_time and not cfg.load_path:
-        raise ValueError("reset_time: true needs load_path (there is nothing to reset)")
-    if cfg.restart_override and not cfg.load_path:
-        raise ValueError("restart_override: true needs load_path")
+    for key in ("reset_time", "restart_override"):
+        if cfg[key] and not cfg.load_path:  # a phase-2 YAML smoke-tested from scratch: upstream goes on too
+            warnings.warn(f"{key}: true has no effect without load_path (nothing is loaded)", stacklevel=2)
     for key, value in (
         ("model.tokenizer_name", cfg.model.tokenizer_name),
         ("train_loader.dataset.tokenizer_name", cfg.train_loader.dataset.tokenizer_name),
@@ -243,14 +310,10 @@ def validate(cfg: DictConfig) -> None:
                 "set tokenizer_name (the seed YAML's sections interpolate ${tokenizer_name})"
             )
     if cfg.eval_loader is not None and cfg.eval_loader.dataset.shuffle:
-        import warnings
-
         warnings.warn(
             "eval_loader.dataset.shuffle has no effect: evaluation reads documents in order", stacklevel=2
         )
     if cfg.model.pretrained_model_name not in (None, "bert-base-uncased"):
-        import warnings
-
         warnings.warn(
             "model.pretrained_model_name has no effect (an upstream leftover); use load_path", stacklevel=2
         )

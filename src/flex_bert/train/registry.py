@@ -2,7 +2,8 @@
 
 A settings dataclass validates each YAML section: unknown keys are errors with a suggestion, and each field's
 valid values are declared beside its default (``checks.setting``). Schedulers map to ``(settings, builder)``;
-callbacks and loggers to their settings, built in ``flex_bert.train.callbacks``.
+callbacks, loggers and algorithms to their settings, built in ``flex_bert.train.callbacks``. Entries upstream's
+main.py builds that this recipe does not are in ``REFUSED``: their name fails at load with the reason.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ from flex_bert.train.checks import (
     FRACTION,
     NON_NEGATIVE,
     NON_NEGATIVE_TIME,
+    POSITIVE,
     POSITIVE_TIME,
     OneOf,
+    Range,
+    TimeRange,
     check_settings,
     one_line,
     setting,
@@ -100,6 +104,9 @@ OPTIMIZERS = {"decoupled_stableadamw"}
 @dataclass
 class SpeedMonitorSettings:
     window_size: int = setting(100, COUNT)
+    gpu_flops_available: float | None = setting(
+        None, POSITIVE
+    )  # peak FLOP/s for MFU (default: H100/H200 989e12)
 
 
 @dataclass
@@ -116,6 +123,19 @@ class ScheduledGcSettings:
 @dataclass
 class LogGradNormSettings:
     batch_log_interval: int = setting(10, COUNT)
+    log_optimizer_metrics: bool = True  # upstream's switch: false logs nothing
+
+
+@dataclass
+class OptimizerMonitorSettings:  # composer's OptimizerMonitor
+    log_optimizer_metrics: bool = True
+    batch_log_interval: int = setting(10, COUNT)
+
+
+@dataclass
+class RuntimeEstimatorSettings:  # composer's RuntimeEstimator
+    skip_batches: int = setting(1, Range(lo=0))
+    time_unit: str = setting("hours", OneOf(("seconds", "minutes", "hours", "days")))
 
 
 @dataclass
@@ -154,16 +174,23 @@ CALLBACKS: dict[str, type] = {  # name -> settings; built in flex_bert.train.cal
     "nan_guard": NanGuardSettings,
     "progress": ProgressSettings,
     "torch_profile": TorchProfileSettings,
+    "optimizer_monitor": OptimizerMonitorSettings,
+    "runtime_estimator": RuntimeEstimatorSettings,
+    "dataloader_speed": Empty,  # upstream's: how long each batch took to come out of the loader
 }
 
 
 # ---- loggers ----------------------------------------------------------------------------------------------
 @dataclass
-class WandbSettings:
+class WandbSettings:  # composer's WandBLogger arguments
     project: str | None = None
     entity: str | None = None
     name: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_artifacts: bool = False
+    rank_zero_only: bool = True
+    init_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to wandb.init (resume, id, mode, ...)
 
 
 @dataclass
@@ -174,6 +201,35 @@ class TensorboardSettings:
 LOGGERS: dict[str, type] = {
     "wandb": WandbSettings,
     "tensorboard": TensorboardSettings,
+}
+
+
+# ---- algorithms (composer's) ----------------------------------------------------------------------------
+@dataclass
+class GradientClippingSettings:
+    clipping_type: str = setting("norm", OneOf(("norm", "value", "adaptive")))
+    clipping_threshold: float = setting(1.0, POSITIVE)
+
+
+@dataclass
+class EmaSettings:
+    half_life: str | None = setting("1000ba", TimeRange(lo=0, lo_open=True, units=("ba", "ep")))
+    smoothing: float | None = setting(None, Range(lo=0, hi=1, lo_open=True, hi_open=True))
+    ema_start: str = setting("0.0dur", NON_NEGATIVE_TIME)
+    update_interval: str | None = setting(None, TimeRange(lo=0, lo_open=True, units=("ba", "ep")))
+
+
+ALGORITHMS: dict[str, type] = {
+    "gradient_clipping": GradientClippingSettings,
+    "ema": EmaSettings,
+}
+
+# Names upstream's main.py builds that have no meaning for this model, and what to use instead.
+REFUSED = {
+    "algorithms.alibi": "ALiBi replaces position embeddings in BERT; FlexBERT uses rotary embeddings",
+    "algorithms.gated_linear_units": "it swaps BERT's MLP for a GLU by surgery; FlexBERT's MLP is a GLU already",
+    "algorithms.rope_schedule": "a schedule of the rotary base is not implemented; set model_config.rotary_emb_base "
+    "per phase",
 }
 
 
@@ -190,6 +246,8 @@ def _validated(where: str, settings_cls: type, settings) -> Any:
 
 
 def check_named(section: str, name: str, settings, table: dict) -> Any:
+    if f"{section}.{name}" in REFUSED:
+        raise ValueError(f"{section}.{name} is not supported: {REFUSED[f'{section}.{name}']}")
     if name not in table:
         raise ValueError(f"unknown {section} entry {name!r}{suggest(name, table)}")
     return _validated(f"{section}.{name}", table[name], settings)

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from flex_bert.checkpoint_io import route_composer_loads
 from flex_bert.folder_lock import folder_lock
 from flex_bert.train import builders
-from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks, build_loggers
-from flex_bert.train.config import load_config
+from flex_bert.train.callbacks import DataResume, RunInfo, build_algorithms, build_callbacks, build_loggers
+from flex_bert.train.config import load_config_and_notes
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
 from flex_bert.train.restart import (
@@ -101,6 +101,10 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         seed=cfg.seed,
         callbacks=[run_info, data_resume, *build_callbacks(cfg)],
         loggers=build_loggers(cfg),
+        algorithms=build_algorithms(cfg),
+        train_subset_num_batches=cfg.train_subset_num_batches,
+        spin_dataloaders=cfg.spin_dataloaders,
+        python_log_level=cfg.python_log_level,
         progress_bar=cfg.progress_bar and sys.stdout.isatty(),  # a bar in a log file is noise
         log_to_console=cfg.log_to_console,
         console_log_interval=cfg.console_log_interval,
@@ -150,7 +154,8 @@ def check_duration(cfg: DictConfig) -> None:
 
 
 def train(yamls: list[str], overrides: list[str]) -> Trainer:
-    cfg = load_config(yamls, overrides)
+    cfg, notes = load_config_and_notes(yamls, overrides)
+    _print_notes(notes)
     check_duration(cfg)
     with _lock_save_folder(cfg):
         trainer = build_trainer(cfg)
@@ -216,6 +221,12 @@ def _complete(trainer: Trainer, cfg: DictConfig) -> bool:
     return True
 
 
+def _print_notes(notes: list[str]) -> None:
+    """How this config's upstream and composer keys were read (mapped or ignored), one line each."""
+    for line in notes:
+        print(f"config: {line}", flush=True)
+
+
 def _save_resolved_config(cfg: DictConfig) -> None:
     if cfg.save_folder and dist.get_global_rank() == 0:
         folder = _save_folder(cfg)
@@ -225,13 +236,14 @@ def _save_resolved_config(cfg: DictConfig) -> None:
 
 def plan(cfg: DictConfig) -> dict:
     """Parameter count, tokens per optimizer step and the number of steps, without touching a GPU."""
-    from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+    from flex_bert.model import FlexBertForMaskedLM
+    from flex_bert.train import compat
 
     try:
         config = builders.build_model_config(cfg, builders.build_tokenizer(cfg.tokenizer_name))
     except ValueError as e:  # no tokenizer here yet: count with the config's own special-token ids
         print(f"note: {e}")
-        config = FlexBertConfig.from_dict(OmegaConf.to_container(cfg.model.model_config, resolve=True))
+        config = compat.check_model_config(cfg)
     with torch.device("meta"):
         n_params = FlexBertForMaskedLM(config).num_parameters()
     slots = cfg.global_train_batch_size * cfg.train_loader.dataset.max_seq_len
@@ -245,6 +257,8 @@ def plan(cfg: DictConfig) -> dict:
         )
     else:
         steps, how = None, f"not known ahead for a duration in {duration.unit.value}"
+    if steps is not None and builders.batch_size_warmup_given(cfg):
+        how += "; more steps: the batch-size warmup trains smaller batches first"
     return {
         "parameters": n_params,
         "tokens_per_optimizer_step": slots,
@@ -274,16 +288,17 @@ def _split_tokens(dataset_cfg: DictConfig) -> int | None:
 
 
 def dry_run(yamls: list[str], overrides: list[str]) -> dict:
-    """The resolved config, the plan, and every check a run would make before its first batch (preflight):
-    raises PreflightFailed naming each problem."""
+    """The resolved config, how upstream and composer keys were read, the plan, and every check a run would
+    make before its first batch (preflight): raises PreflightFailed naming each problem."""
     from flex_bert.train.preflight import preflight
 
-    cfg = load_config(yamls, overrides)
+    cfg, notes = load_config_and_notes(yamls, overrides)
     check_duration(cfg)
     print(OmegaConf.to_yaml(cfg, resolve=True))
+    _print_notes(notes)
     info = plan(cfg)
     print(json.dumps(info, indent=2))
     for line in preflight(cfg):
         print(f"ok: {line}")
     print("dry run: no problems found", flush=True)
-    return info
+    return {**info, "config_notes": notes}
