@@ -18,6 +18,7 @@ document so every evaluation sees the same masks.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import warnings
 from collections.abc import Iterator
@@ -331,11 +332,15 @@ def _documents_fingerprint(documents) -> dict:
 
 def _packing_state(saved: Any) -> PackingState:
     """A checkpoint's position, checked: a malformed one is one ValueError line, never a traceback later."""
-    fields_ = ("epoch", "position", "buffer", "batch")
-    if not isinstance(saved, dict) or set(saved) != set(fields_):
+    every = [f.name for f in dataclasses.fields(PackingState)]
+    required = [f.name for f in dataclasses.fields(PackingState) if f.default is dataclasses.MISSING]
+    if not isinstance(saved, dict) or not set(required) <= set(saved) <= set(every):
         what = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        raise ValueError(f"the checkpoint's data position is malformed: expected keys {fields_}, got {what}")
-    ints = [saved["epoch"], saved["position"], saved["batch"]]
+        raise ValueError(
+            f"the checkpoint's data position is malformed: expected keys {required} (and optionally "
+            f"{sorted(set(every) - set(required))}), got {what}"
+        )
+    ints = [v for k, v in saved.items() if k != "buffer"]
     buffer = saved["buffer"]
     if not isinstance(buffer, list) or not all(_is_count(v) for v in [*ints, *buffer]):
         raise ValueError(
@@ -343,7 +348,7 @@ def _packing_state(saved: Any) -> PackingState:
             "a list of them)"
         )
     return PackingState(
-        int(saved["epoch"]), int(saved["position"]), [int(v) for v in buffer], int(saved["batch"])
+        **{k: [int(v) for v in buffer] if k == "buffer" else int(v) for k, v in saved.items()}
     )
 
 
