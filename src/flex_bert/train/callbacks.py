@@ -12,6 +12,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger, LoggerDestination
 
 from flex_bert.train import registry
+from flex_bert.train.mixture_report import MixtureReport, stream_labels
 from flex_bert.train.profiling import TorchProfile
 
 
@@ -272,6 +273,7 @@ def build_callbacks(cfg) -> list[Callback]:
             out.append(
                 TorchProfile(folder.format(run_name=cfg.run_name), s.start_batch, s.num_batches, s.trace)
             )
+    out.append(MixtureReport(*stream_labels(cfg.train_loader.dataset)))  # what the data is made of
     return out
 
 
