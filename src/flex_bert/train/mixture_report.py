@@ -87,7 +87,7 @@ class MixtureReport(Callback):
         new_phase = dataset.saved_position == "ignore"  # reset_time: the data starts again
         if not new_phase and loaded.get("names") == self.names:
             self.samples = np.asarray(loaded["samples"], np.int64)
-        if dataset.resume is not None:  # mid-epoch resume: no epoch_start event comes
+        if dataset.resume is not None and int(state.timestamp.batch_in_epoch):  # mid-epoch: no epoch_start
             self._begin_epoch(dataset.resume.epoch, dataset.resume)
 
     def epoch_start(self, state: State, logger: Logger) -> None:
