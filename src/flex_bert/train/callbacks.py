@@ -15,6 +15,7 @@ from composer.core import Callback, Event, State
 from composer.loggers import Logger, LoggerDestination
 
 from flex_bert.train import registry
+from flex_bert.train.mixture_report import MixtureReport, stream_labels
 from flex_bert.train.profiling import TorchProfile
 from flex_bert.train.progress import ProgressLine
 
@@ -322,6 +323,7 @@ def build_callbacks(cfg) -> list[Callback]:
             out.append(
                 TorchProfile(folder.format(run_name=cfg.run_name), s.start_batch, s.num_batches, s.trace)
             )
+    out.append(MixtureReport(*stream_labels(cfg.train_loader.dataset)))  # what the data is made of
     return out
 
 
