@@ -51,9 +51,9 @@ def readme_steps() -> dict[int, list[str]]:
     return {int(n): re.findall(r"`([^`]+)`", cell) for n, cell in rows}
 
 
-def _run(work: Path, command: str, *extra: str) -> str:
+def _run(work: Path, command: str, *extra: str, exit_code: int = 0) -> str:
     """A README command (plus `extra` arguments) in `work`, in this interpreter's environment (the README
-    activates .venv first): its output, after checking it exited 0."""
+    activates .venv first): its output, after checking its exit code (0 unless said)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["CUDA_VISIBLE_DEVICES"] = ""  # a tiny CPU run: composer's launcher then starts one process
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -64,7 +64,7 @@ def _run(work: Path, command: str, *extra: str) -> str:
         [program, *words[1:], *extra], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{command} {' '.join(extra)} exited {proc.returncode}:\n{out[-3000:]}"
+    assert proc.returncode == exit_code, f"{command} {' '.join(extra)} exited {proc.returncode}:\n{out[-3000:]}"
     return out
 
 
@@ -112,11 +112,15 @@ def test_readme_workflow_runs_as_written(work, monkeypatch):
         _run(w, merge.replace("/train", f"/{split}"))
         assert (w / "tokenized_datasets" / split / "index.json").is_file()
 
-    # 4. the plan of ModernBERT-base's phase 1, as written (offline: counting needs no hub tokenizer)
+    # 4. the plan of ModernBERT-base's phase 1, as written: offline and before the download, it prints the
+    # plan, then names what is missing (the hub tokenizer, the starting checkpoint) and exits non-zero
     from omegaconf import OmegaConf
 
     assert "--dry_run" in steps[4][0] and "phase1.yml" in steps[4][0]
-    plan = json.loads(re.findall(r"^\{\n.*?^\}$", _run(w, steps[4][0]), re.S | re.M)[-1])
+    dry = _run(w, steps[4][0], exit_code=1)
+    assert "error: tokenizer: cannot load tokenizer 'answerdotai/ModernBERT-base'" in dry
+    assert "error: load_path: checkpoint" in dry and "does not exist" in dry
+    plan = json.loads(re.findall(r"^\{\n.*?^\}$", dry, re.S | re.M)[-1])
     phase1 = OmegaConf.load(ROOT / "yamls" / "phase1.yml")
     assert plan["parameters"] == 149_655_232  # ModernBERT-base (docs: MODERNBERT_FACTS.md)
     assert plan["tokens_per_optimizer_step"] == phase1.global_train_batch_size * phase1.max_seq_len
