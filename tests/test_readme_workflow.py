@@ -64,7 +64,9 @@ def _run(work: Path, command: str, *extra: str, exit_code: int = 0) -> str:
         [program, *words[1:], *extra], cwd=work, env=env, capture_output=True, text=True, timeout=300
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == exit_code, f"{command} {' '.join(extra)} exited {proc.returncode}:\n{out[-3000:]}"
+    assert proc.returncode == exit_code, (
+        f"{command} {' '.join(extra)} exited {proc.returncode}:\n{out[-3000:]}"
+    )
     return out
 
 
