@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from flex_bert.data.masking import IGNORE_INDEX
 from flex_bert.data.sources import (
     FORMATS,
@@ -76,10 +78,11 @@ class ReadReport:
 def _records(path: Path, columns: Columns) -> Iterator[tuple[int, int | None, dict | None, tuple | None]]:
     """(row number, line, {text, label} values, problem) of every data row of one file."""
     wanted = (columns.text_column, columns.label_column)
+    options = ("text_column", "label_column")  # the task file keys
     kind = FORMATS[path.suffix.lower()]
     if kind == "csv":
         header = _csv_header(path)
-        idx = [_choose_column(path, header, c) for c in wanted]
+        idx = [_choose_column(path, header, c, o) for c, o in zip(wanted, options, strict=True)]
         for number, line, fields, problem in csv_records(path, len(header)):
             values = None if problem else {"text": fields[idx[0]], "label": fields[idx[1]]}
             yield number, line, values, problem
@@ -93,7 +96,7 @@ def _records(path: Path, columns: Columns) -> Iterator[tuple[int, int | None, di
     elif kind == "parquet":
         pf = _parquet_file(path)
         names = pf.schema_arrow.names
-        cols = [names[_choose_column(path, names, c)] for c in wanted]
+        cols = [names[_choose_column(path, names, c, o)] for c, o in zip(wanted, options, strict=True)]
         number = 0
         for batch in pf.iter_batches(batch_size=1024, columns=cols):
             for text, label in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
@@ -279,3 +282,24 @@ def encode(examples: list[Example], tokenizer, labels: list[str], task: str, max
         out.input_ids.append(row[: 1 + room] + [sep])
         out.targets.append(tags[: 1 + room] + [IGNORE_INDEX])
     return out
+
+
+def collate(input_ids: list[list[int]], targets: list, task: str) -> dict:
+    """Examples laid out flat with `cu_seqlens`, no padding (as pre-training's rows):
+    input_ids (T,) int64; cu_seqlens (n+1,) int32; max_seqlen int; labels: (n,) int64 (single_label),
+    (n, L) float32 (multi_label) or (T,) int64 (token)."""
+    import torch
+
+    lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
+    cu = np.zeros(len(input_ids) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu[1:])
+    if task == "token":
+        labels = torch.tensor([t for row in targets for t in row], dtype=torch.int64)
+    else:
+        labels = torch.tensor(targets, dtype=torch.float32 if task == "multi_label" else torch.int64)
+    return {
+        "input_ids": torch.tensor([t for row in input_ids for t in row], dtype=torch.int64),
+        "cu_seqlens": torch.from_numpy(cu),
+        "max_seqlen": int(lengths.max()),
+        "labels": labels,
+    }

@@ -77,8 +77,11 @@ def resolve_dataset_files(dataset: str) -> list[Path]:
     return files
 
 
-def _choose_column(path: Path, columns: list[str], requested: str | None) -> int:
-    """Index of the text column: `requested`, else the first of DEFAULT_TEXT_COLUMNS present."""
+def _choose_column(
+    path: Path, columns: list[str], requested: str | None, option: str = "--text_column"
+) -> int:
+    """Index of the text column: `requested`, else the first of DEFAULT_TEXT_COLUMNS present. `option` is
+    what the user sets to choose another."""
     names = [c.strip() for c in columns]
     wanted = [requested] if requested else list(DEFAULT_TEXT_COLUMNS)
     for name in wanted:
@@ -90,7 +93,7 @@ def _choose_column(path: Path, columns: list[str], requested: str | None) -> int
         if hits:
             return hits[0]
     what = f"column {requested!r}" if requested else f"a text column ({' or '.join(DEFAULT_TEXT_COLUMNS)})"
-    raise DataError(f"{path}: no {what}; columns found: {names} (choose one with --text_column)")
+    raise DataError(f"{path}: no {what}; columns found: {names} (choose one with {option})")
 
 
 def _open_text(path: Path):
