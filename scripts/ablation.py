@@ -14,6 +14,7 @@ OUT/ablation.png is the bar chart. Run it again after a crash: finished cells ar
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     models = {}
     for item in args.models:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path or name in models:
-            p.error(f"starting points are distinct NAME=PATH pairs, got {item!r}")
+        if not sep or not re.fullmatch(r"[\w.+-]+", name) or not path or name in models:
+            p.error(
+                f"starting points are distinct NAME=PATH pairs (NAME: letters, digits, _.+-), got {item!r}"
+            )
         models[name] = path
     return args, models
 

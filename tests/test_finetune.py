@@ -182,3 +182,30 @@ def test_bad_input_is_one_line_error(tiny_task, tmp_path):  # noqa: F811
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
         f"error: {bad_label_csv}: " + cases[2][1]
     ]
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label", "token"])
+def test_micro_batches_are_whole_examples(task):
+    from flex_bert.train.finetune import split_examples
+
+    ids = [[2, 5, 6, 3], [2, 7, 3], [2, 8, 9, 10, 3], [2, 11, 3], [2, 12, 13, 3]]
+    targets = {
+        "single_label": [0, 1, 1, 0, 1],
+        "multi_label": [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]],
+        "token": [
+            [-100, 0, 1, -100],
+            [-100, 1, -100],
+            [-100, 0, -100, 1, -100],
+            [-100, 0, -100],
+            [-100, 1, 0, -100],
+        ],
+    }[task]
+    parts = split_examples(collate(ids, targets, task), 2, task)
+    assert [p["input_ids"].tolist() for p in parts] == [ids[0] + ids[1], ids[2] + ids[3], ids[4]]
+    assert [p["cu_seqlens"].tolist() for p in parts] == [[0, 4, 7], [0, 5, 8], [0, 4]]
+    assert [p["max_seqlen"] for p in parts] == [4, 5, 4]
+    assert [p["labels"].tolist() for p in parts] == [
+        targets[0] + targets[1] if task == "token" else targets[0:2],
+        targets[2] + targets[3] if task == "token" else targets[2:4],
+        targets[4] if task == "token" else targets[4:5],
+    ]
