@@ -4,7 +4,8 @@ One computation (numpy, from weighted counts) serves the training metric (train/
 evaluation and the ablation's bootstrap. Predictions and truth are arrays:
     single_label  (n,) label ids
     multi_label   (n, L) 0/1; accuracy is exact match (every label of the example right)
-    token         (m,) label ids of the scored words (first pieces), with `groups` (m,): their sentence
+    token         (m,) label ids of the scored words (first pieces), with `groups` (m,): their sentence;
+                  scored per word, every tag a class (`O` included), not per entity as seqeval does
 F1 of a class = 2 TP / (2 TP + FP + FN). A class absent from both truth and predictions has no F1 (None)
 and is left out of the macro average, as scikit-learn's f1_score does when not given `labels`.
 """

@@ -22,8 +22,9 @@ from typing import Any
 ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sdpa")
 
 # Keys upstream's FlexBertConfig knows that have no effect on this implementation's computation: flash-attn
-# switches (we choose kernels with `attention_backend`), compile switches, and the classification head (this
-# package only builds the MLM model). They are accepted with a warning so upstream YAMLs still load.
+# switches (we choose kernels with `attention_backend`), compile switches, and the classification head (a
+# fine-tuning task file sets it: model/classification.py). They are accepted with a warning so upstream YAMLs
+# still load.
 IGNORED_UPSTREAM_KEYS = frozenset(
     {
         "use_fa2",
