@@ -166,6 +166,7 @@ def test_bad_input_is_one_line_error(tiny_task, tmp_path):  # noqa: F811
     cases = [
         (["lerning_rate=1"], "unknown task file key 'lerning_rate'"),
         (["task=regression"], "task 'regression' is not supported"),
+        (["batch_size=abc"], "task file key 'batch_size': Value 'abc' of type 'str' could not be converted"),
         (
             [f"train_file={bad_label_csv}"],
             "no column 'label'; columns found: ['text', 'category'] (choose one with label_column)",
@@ -177,10 +178,10 @@ def test_bad_input_is_one_line_error(tiny_task, tmp_path):  # noqa: F811
         with pytest.raises(ValueError) as e:
             finetune(load_finetune_config([SEQUENCE_YAML], overrides + changes))
         assert match in str(e.value) and "\n" not in str(e.value)
-    cmd = [sys.executable, str(REPO / "scripts" / "finetune.py"), SEQUENCE_YAML, *overrides, cases[2][0][0]]
+    cmd = [sys.executable, str(REPO / "scripts" / "finetune.py"), SEQUENCE_YAML, *overrides, cases[3][0][0]]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")})
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
-        f"error: {bad_label_csv}: " + cases[2][1]
+        f"error: {bad_label_csv}: " + cases[3][1]
     ]
 
 
@@ -209,3 +210,13 @@ def test_micro_batches_are_whole_examples(task):
         targets[2] + targets[3] if task == "token" else targets[2:4],
         targets[4] if task == "token" else targets[4:5],
     ]
+
+
+def test_stableadamw_with_micro_batches_updates_the_encoder(tiny_task, tmp_path):  # noqa: F811
+    result = run(tiny_task, tmp_path, **{"optimizer.name": "decoupled_stableadamw", "microbatch_size": 4,
+                                         "max_duration": "2ba", "eval_interval": "2ba"})  # fmt: skip
+    assert result["complete"]
+    model, _ = load_task_checkpoint(tmp_path / "run" / "best.pt")
+    _, start, _ = load_start(tiny_task["untrained"])
+    key = "bert.encoder.layers.1.mlp.Wi.weight"
+    assert not torch.equal(model.state_dict()[key], start[key])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from flex_bert.train.config import OptimizerConfig, _suggest
 
@@ -77,8 +78,8 @@ def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = No
                 raise ValueError(f"unknown task file key {key!r}{_suggest(str(key), schema.keys())}")
     try:
         cfg = OmegaConf.merge(schema, *parts)
-    except Exception as e:  # omegaconf's validation errors name the key and the value
-        raise ValueError(str(e).splitlines()[0]) from None
+    except OmegaConfBaseException as e:  # a wrong type: one line naming the key
+        raise ValueError(f"task file key {e.full_key!r}: {str(e).splitlines()[0]}") from None
     OmegaConf.resolve(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
