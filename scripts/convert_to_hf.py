@@ -6,12 +6,15 @@
 
 The folder also holds a model card (README.md: base model, data, tokens, final eval loss, the run's YAML).
 The result loads with `AutoModelForMaskedLM.from_pretrained(HF_DIR)` and `pipeline("fill-mask", HF_DIR)`.
+A fine-tuned checkpoint (scripts/finetune.py) becomes ModernBertForSequenceClassification or
+ModernBertForTokenClassification with its labels (`AutoModelFor...Classification`).
 Upstream checkpoints carry no FlexBERT config: pass `--config` (the training YAML's model.model_config).
 """
 
 import argparse
 
 from flex_bert.hf import export_to_hf
+from flex_bert.hf_tasks import export_task_to_hf, is_task_checkpoint
 
 
 def main() -> None:
@@ -31,6 +34,12 @@ def main() -> None:
     )
     args = p.parse_args()
     try:
+        if is_task_checkpoint(args.input_checkpoint, trust=args.trust_checkpoint):
+            out = export_task_to_hf(
+                args.input_checkpoint, args.output_dir, args.dtype, args.tokenizer, args.trust_checkpoint
+            )
+            print(f"wrote {out}")
+            return
         out = export_to_hf(
             args.input_checkpoint,
             args.output_dir,

@@ -85,7 +85,7 @@ def work(tmp_path_factory) -> dict:
 
 def test_readme_workflow_runs_as_written(work, monkeypatch):
     steps, w, tok = readme_steps(), work["dir"], work["tokenizer"]
-    assert set(steps) == set(range(1, 9)), f"the README's table lists steps {sorted(steps)}"
+    assert set(steps) == set(range(1, 10)), f"the README's table lists steps {sorted(steps)}"
 
     # 2. one MDS folder per dataset (the tiny CSV where the command reads it); --eval_fraction (README:
     # Converter) holds out the eval split's documents

@@ -77,8 +77,11 @@ def resolve_dataset_files(dataset: str) -> list[Path]:
     return files
 
 
-def _choose_column(path: Path, columns: list[str], requested: str | None) -> int:
-    """Index of the text column: `requested`, else the first of DEFAULT_TEXT_COLUMNS present."""
+def _choose_column(
+    path: Path, columns: list[str], requested: str | None, option: str = "--text_column"
+) -> int:
+    """Index of the text column: `requested`, else the first of DEFAULT_TEXT_COLUMNS present. `option` is
+    what the user sets to choose another."""
     names = [c.strip() for c in columns]
     wanted = [requested] if requested else list(DEFAULT_TEXT_COLUMNS)
     for name in wanted:
@@ -90,7 +93,7 @@ def _choose_column(path: Path, columns: list[str], requested: str | None) -> int
         if hits:
             return hits[0]
     what = f"column {requested!r}" if requested else f"a text column ({' or '.join(DEFAULT_TEXT_COLUMNS)})"
-    raise DataError(f"{path}: no {what}; columns found: {names} (choose one with --text_column)")
+    raise DataError(f"{path}: no {what}; columns found: {names} (choose one with {option})")
 
 
 def _open_text(path: Path):
@@ -150,10 +153,11 @@ class _LineTape:
         self.row_done()
 
 
-def _read_csv(path: Path, requested: str | None) -> Iterator[Row]:
+def csv_records(path: Path, n_cols: int) -> Iterator[tuple[int, int, list[str] | None, tuple | None]]:
+    """(row number, first line, fields, problem) of each data row after the header; fields is None when
+    problem (reason, message) is set. A malformed row costs that row only (_LineTape)."""
     _raise_csv_field_limit()
-    header = _csv_header(path)
-    col, n_cols, name, number = _choose_column(path, header, requested), len(header), str(path), 0
+    number = 0
     with _open_text(path) as f:
         tape = _LineTape(f)
         next(csv.reader(tape, strict=True))  # the header
@@ -168,21 +172,29 @@ def _read_csv(path: Path, requested: str | None) -> Iterator[Row]:
                 number += 1
                 unterminated = "unexpected end of data" in str(e)
                 msg = "unterminated quoted field" if unterminated else f"not valid CSV: {e}"
-                yield Row(name, number, None, ("malformed", msg), start)
+                yield number, start, None, ("malformed", msg)
                 tape.resume_after(start)
                 continue
             if not fields:  # a blank line is not a row
                 continue
             number += 1
             if len(fields) != n_cols:
-                msg = f"has {len(fields)} fields, the header has {n_cols}"
-                yield Row(name, number, None, ("malformed", msg), start)
+                yield number, start, None, ("malformed", f"has {len(fields)} fields, the header has {n_cols}")
             else:
-                yield Row(name, number, fields[col], None, start)
+                yield number, start, fields, None
 
 
-def _read_jsonl(path: Path, requested: str | None) -> Iterator[Row]:
-    name, number, key = str(path), 0, None
+def _read_csv(path: Path, requested: str | None) -> Iterator[Row]:
+    _raise_csv_field_limit()
+    header = _csv_header(path)
+    col, name = _choose_column(path, header, requested), str(path)
+    for number, line, fields, problem in csv_records(path, len(header)):
+        yield Row(name, number, None if problem else fields[col], problem, line)
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, int, dict | None, tuple | None]]:
+    """(row number, line, object, problem) of each non-blank line; object is None when problem is set."""
+    number = 0
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             line = raw.decode("utf-8", errors="surrogateescape")
@@ -194,26 +206,35 @@ def _read_jsonl(path: Path, requested: str | None) -> Iterator[Row]:
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                yield Row(name, number, None, ("malformed", f"not valid JSON: {e}"), line_no)
+                yield number, line_no, None, ("malformed", f"not valid JSON: {e}")
                 continue
             if not isinstance(obj, dict):
-                yield Row(name, number, None, ("malformed", "not a JSON object"), line_no)
+                yield number, line_no, None, ("malformed", "not a JSON object")
                 continue
-            if key is None:
-                key = list(obj)[_choose_column(path, list(obj), requested)]
-            text = obj.get(key, KeyError)
-            if text is KeyError:
-                yield Row(name, number, None, ("malformed", f"has no {key!r} key"), line_no)
-            elif text is not None and not isinstance(text, str):
-                yield Row(
-                    name,
-                    number,
-                    None,
-                    ("malformed", f"{key!r} is a {type(text).__name__}, not text"),
-                    line_no,
-                )
-            else:
-                yield Row(name, number, text or "", None, line_no)
+            yield number, line_no, obj, None
+
+
+def _read_jsonl(path: Path, requested: str | None) -> Iterator[Row]:
+    name, key = str(path), None
+    for number, line_no, obj, problem in jsonl_records(path):
+        if problem:
+            yield Row(name, number, None, problem, line_no)
+            continue
+        if key is None:
+            key = list(obj)[_choose_column(path, list(obj), requested)]
+        text = obj.get(key, KeyError)
+        if text is KeyError:
+            yield Row(name, number, None, ("malformed", f"has no {key!r} key"), line_no)
+        elif text is not None and not isinstance(text, str):
+            yield Row(
+                name,
+                number,
+                None,
+                ("malformed", f"{key!r} is a {type(text).__name__}, not text"),
+                line_no,
+            )
+        else:
+            yield Row(name, number, text or "", None, line_no)
 
 
 def _parquet_file(path: Path):

@@ -4,6 +4,12 @@ No composer, omegaconf, hub or transformers imports here; see docs/CONTRACTS.md 
 """
 
 from .attention import BACKENDS, Attention, get_backend
+from .classification import (
+    FlexBertForSequenceClassification,
+    FlexBertForTokenClassification,
+    TaskConfig,
+    build_task_model,
+)
 from .config import FlexBertConfig
 from .mlm import FlexBertForMaskedLM, FlexBertModel, MaskedLMOutput, init_weights
 
@@ -12,8 +18,12 @@ __all__ = [
     "Attention",
     "FlexBertConfig",
     "FlexBertForMaskedLM",
+    "FlexBertForSequenceClassification",
+    "FlexBertForTokenClassification",
     "FlexBertModel",
     "MaskedLMOutput",
+    "TaskConfig",
+    "build_task_model",
     "get_backend",
     "init_weights",
 ]

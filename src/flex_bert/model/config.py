@@ -26,11 +26,12 @@ ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sd
 
 # Keys upstream's FlexBertConfig (and the Hugging Face BertConfig it extends) knows that upstream's FlexBERT MLM
 # model never reads or that cannot change its computation: flash-attn switches (we choose kernels with
-# `attention_backend`), compile switches, the classification head (this package only builds the MLM model),
-# BERT's token-type and position-embedding settings (ModernBERT has neither), `hidden_dropout_prob`,
-# `layer_norm_eps` and `initializer_range` (FlexBERT uses its own dropouts, `norm_kwargs.eps` and `init_std`),
-# `head_pred_dropout` (stored, never applied), `num_initial_layers` (only with `initial_*_layer`), `bos/eos`
-# ids (no effect on MLM) and `sparse_prediction` (MosaicBERT's name for `masked_prediction`: same loss).
+# `attention_backend`), compile switches, the classification head (a fine-tuning task file sets it:
+# model/classification.py), BERT's token-type and position-embedding settings (ModernBERT has neither),
+# `hidden_dropout_prob`, `layer_norm_eps` and `initializer_range` (FlexBERT uses its own dropouts,
+# `norm_kwargs.eps` and `init_std`), `head_pred_dropout` (stored, never applied), `num_initial_layers` (only with
+# `initial_*_layer`), `bos/eos` ids (no effect on MLM) and `sparse_prediction` (MosaicBERT's name for
+# `masked_prediction`: same loss).
 IGNORED_UPSTREAM_KEYS = frozenset(
     {
         "use_fa2",

@@ -3,7 +3,7 @@
 ``decoupled_stableadamw`` = ``optimi.StableAdamW(decouple_lr=True, max_lr=lr)``: weight decay is scaled by
 lr / max_lr, so it follows the schedule. With ``filter_bias_norm_wd`` the first parameter group holds norms and
 biases (ndim <= 1) with no weight decay and the second all matrices, in upstream's order, so upstream optimizer
-states map onto ours group for group.
+states map onto ours group for group. ``adamw`` (fine-tuning) is torch's AdamW over the same groups.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float, filter_bias_norm_w
     return groups + [{"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> StableAdamW:
-    if cfg.name != "decoupled_stableadamw":
-        raise ValueError(f"optimizer.name must be 'decoupled_stableadamw', got {cfg.name!r}")
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.name not in ("decoupled_stableadamw", "adamw"):
+        raise ValueError(f"optimizer.name must be 'decoupled_stableadamw' or 'adamw', got {cfg.name!r}")
     betas = tuple(float(b) for b in cfg.betas)
     if len(betas) != 2:
         raise ValueError(f"optimizer.betas needs two values, got {list(cfg.betas)}")
+    groups = param_groups(model, cfg.weight_decay, cfg.filter_bias_norm_wd)
+    if cfg.name == "adamw":  # torch's AdamW, as Hugging Face's Trainer (fine-tuning)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     opt = StableAdamW(
-        param_groups(model, cfg.weight_decay, cfg.filter_bias_norm_wd),
+        groups,
         lr=cfg.lr,
         betas=betas,
         eps=cfg.eps,
