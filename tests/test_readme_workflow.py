@@ -4,7 +4,8 @@ The commands are read from the table itself, so a changed README command is what
 temporary folder holding links to main.py, data/, scripts/ and yamls/ (the README's paths are relative to
 the repository), with only what a tiny CPU run needs added: the tokenizer and sizes as flags or key=value
 overrides. Step 1 (download) is replaced by a tiny step-0 run whose checkpoint is put where phase1.yml's
-load_path expects the downloaded one (the demo trains such a stand-in too).
+load_path expects the downloaded one (the demo trains such a stand-in too); step 9 uses its Hugging Face export as
+the downloaded base model.
 """
 
 import json
@@ -177,3 +178,29 @@ def test_readme_workflow_runs_as_written(work, monkeypatch):
     ):
         found = re.search(r"\bloss\W+([\d.]+)", _run(w, command))
         assert found and math.isfinite(float(found.group(1))) and float(found.group(1)) > 0, command
+
+    # 9. the ablation, as written: the step-0 stand-in exported by step 7's command plays the downloaded
+    # base (an HF folder), a tiny labelled task (data/demo_task.py) sits where --set train_file points, and
+    # a tiny budget comes as more --set overrides (the later value wins) with 2 seeds
+    from flex_bert.data.demo_task import write_demo_task
+
+    ablation = steps[9][0]
+    args = shlex.split(ablation)
+    assert args[:2] == ["python", "scripts/ablation.py"]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    models = dict(a.split("=", 1) for i, a in enumerate(args) if "=" in a and args[i - 1] != "--set")
+    assert list(models) == ["base", "dapt"] and models["dapt"] == checkpoint
+    train_file = next(s.split("=", 1)[1] for s in sets if s.startswith("train_file="))
+    assert Path(train_file).name == "train.csv"
+    write_demo_task(w / Path(train_file).parent, seed=0, train=96, test=0)
+    _run(w, export.replace(checkpoint, str(start.relative_to(w))).replace(hf_dir, models["base"]))
+    budget = ["max_seq_len=48", "batch_size=16", "max_duration=2ep", "optimizer.lr=1e-3", "pooling=mean"]
+    _run(w, ablation, "--seeds", "2", "--resamples", "200", *(x for s in budget for x in ("--set", s)))
+    out = w / args[args.index("--out") + 1]
+    assert all((out / f"ablation.{ext}").is_file() for ext in ("md", "json", "png"))
+    summary = json.loads((out / "ablation.json").read_text())
+    assert list(summary["models"]) == ["base", "dapt"] and summary["seeds"] == [1, 2]
+    for row in summary["models"].values():
+        assert all(math.isfinite(v) for m in ("accuracy", "macro_f1") for v in row[m]["values"]), row
+    assert summary["models"]["base"]["start"] == models["base"]
+    assert "| base |" in (out / "ablation.md").read_text()
