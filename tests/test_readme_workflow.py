@@ -4,8 +4,8 @@ The commands are read from the table itself, so a changed README command is what
 temporary folder holding links to main.py, data/, scripts/ and yamls/ (the README's paths are relative to
 the repository), with only what a tiny CPU run needs added: the tokenizer and sizes as flags or key=value
 overrides. Step 1 (download) is replaced by a tiny step-0 run whose checkpoint is put where phase1.yml's
-load_path expects the downloaded one (the demo trains such a stand-in too); step 9 uses its Hugging Face export as
-the downloaded base model.
+load_path expects the downloaded one (the demo trains such a stand-in too); step 9 uses its Hugging Face
+export as the downloaded base model.
 """
 
 import json
