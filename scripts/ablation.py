@@ -2,13 +2,15 @@
 
     python scripts/ablation.py --task yamls/finetune/TASK.yml --out runs/ablation \
         base=answerdotai/ModernBERT-base-local-dir dapt=checkpoints/dapt/latest-rank0.pt tapt=... \
-        [--seeds 3 | --seed_list 1,2,3] [--set key=value ...] [--resamples 2000]
+        [--seeds 3 | --seed_list 1,2,3] [--set key=value ...] [--text_column C] [--label_column C] \
+        [--resamples 2000]
 
 Each starting point (a Hugging Face ModernBertForMaskedLM folder or a checkpoint of this recipe; the first is
 the reference) is fine-tuned with each seed (scripts/finetune.py's run, under OUT/cells/). OUT/ablation.md and
 OUT/ablation.json hold accuracy, macro-F1 and per-class F1 as mean +- std over seeds and each model's paired
 difference to the first (per seed, and a bootstrap over the examples with its 95% interval and p);
-OUT/ablation.png is the bar chart. Run it again after a crash: finished cells are not re-run.
+OUT/ablation.png is the bar chart. Run it again after a crash: finished cells are not re-run. `--text_column`
+(alias `--words_column`) and `--label_column` (alias `--tags_column`) set those task file keys, as `--set` does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 from flex_bert.ablation import run_ablation
+from flex_bert.train.finetune_config import add_key_flags, key_flag_overrides
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
@@ -30,7 +33,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     p.add_argument("--seed_list", default=None, help="explicit comma-separated seeds instead of --seeds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task file override")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    args = p.parse_args(argv)
+    add_key_flags(p)
+    args = p.parse_intermixed_args(argv)
+    args.set += key_flag_overrides(args)
     models = {}
     for item in args.models:
         name, sep, path = item.partition("=")

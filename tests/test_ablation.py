@@ -95,3 +95,17 @@ def test_summary_arithmetic_and_refusal_of_mismatched_examples():
     results["dapt"][1]["predictions"]["truth"] = [0, 1, 1, 1]
     with pytest.raises(ValueError, match="dapt, seed 2 was scored on other examples"):
         summarize(results, {"base": "b", "dapt": "d"})
+
+
+def test_column_flags_set_the_task_file_keys(tiny_task, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--words_column / --tags_column (aliases of --text_column / --label_column) reach the task file's keys:
+    the run reads the columns they name."""
+    budget = finetune_overrides(tiny_task)
+    sets = [a for item in budget for a in ("--set", item)]
+    models = [f"a={tiny_task['untrained']}", f"b={tiny_task['untrained']}"]
+    args = ["--task", SEQUENCE_YAML, "--out", str(tmp_path), *models, *sets, "--tags_column", "category"]
+    with pytest.raises(SystemExit, match=r"^error: .*domain.csv: no column 'category'; columns found"):
+        ablation_cli(monkeypatch, capsys, args)
+    args[-2:] = ["--words_column", "sentence"]
+    with pytest.raises(SystemExit, match=r"^error: .*domain.csv: no column 'sentence'; columns found"):
+        ablation_cli(monkeypatch, capsys, args)

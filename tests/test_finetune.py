@@ -220,3 +220,22 @@ def test_stableadamw_with_micro_batches_updates_the_encoder(tiny_task, tmp_path)
     _, start, _ = load_start(tiny_task["untrained"])
     key = "bert.encoder.layers.1.mlp.Wi.weight"
     assert not torch.equal(model.state_dict()[key], start[key])
+
+
+def test_column_flags_set_the_task_file_keys(tiny_task, tmp_path):  # noqa: F811
+    """--text_column / --label_column on scripts/finetune.py are the task file's text_column / label_column."""
+    renamed = tmp_path / "renamed.csv"
+    lines = tiny_task["data"].read_text().splitlines(keepends=True)
+    renamed.write_text("sentence,category\n" + "".join(lines[1:]))
+    overrides = finetune_overrides(
+        tiny_task, train_file=renamed, start=tiny_task["untrained"], save_folder=tmp_path / "run",
+        max_duration="1ba", eval_interval="1ba",
+    )  # fmt: skip
+    script = str(REPO / "scripts" / "finetune.py")
+    cmd = [sys.executable, script, "--text_column", "sentence", SEQUENCE_YAML, *overrides, "--label_column"]
+    proc = subprocess.run(
+        [*cmd, "category"], capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src")}
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = json.loads((tmp_path / "run" / "result.json").read_text())["config"]
+    assert (config["text_column"], config["label_column"]) == ("sentence", "category")

@@ -69,6 +69,24 @@ class FinetuneConfig:
     log_to_console: bool = False
 
 
+# Flags of scripts/finetune.py and scripts/ablation.py, each only another way to write `KEY=VALUE` for its key
+KEY_FLAGS = {
+    "text_column": ("--text_column", "--words_column"),  # token tasks: the column of word lists
+    "label_column": ("--label_column", "--tags_column"),  # token tasks: the column of tag lists
+}
+
+
+def add_key_flags(parser) -> None:
+    """KEY_FLAGS as options of an argparse parser."""
+    for key, flags in KEY_FLAGS.items():
+        parser.add_argument(*flags, dest=key, metavar="COLUMN", help=f"the task file's {key} ({key}=COLUMN)")
+
+
+def key_flag_overrides(args) -> list[str]:
+    """The KEY_FLAGS given on the command line as `key=value` overrides."""
+    return [f"{key}={getattr(args, key)}" for key in KEY_FLAGS if getattr(args, key) is not None]
+
+
 def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = None) -> DictConfig:
     """YAML files, then `key=value` overrides, onto FinetuneConfig; resolved and checked."""
     schema = OmegaConf.structured(FinetuneConfig)
