@@ -55,3 +55,32 @@ def test_bench_train_tiny(tmp_path):
     assert "| tiny@128 | FlexBERT |" in data["markdown"] and "| tiny@128 | FlexBERT |" in proc.stdout
     assert "MFU = FLOPs" in proc.stdout
     assert list(prof.glob("trace_flexbert_*.json")), "profiler trace missing"
+
+
+def test_bench_finetune_tiny(tmp_path):
+    """Packed FlexBERT fine-tuning against the HF Trainer (when accelerate is installed: the Trainer needs it)
+    and a plain HF loop: same weights, data and steps, so in fp32 the losses agree to float precision."""
+    import importlib.util
+
+    trainer = importlib.util.find_spec("accelerate") is not None
+    out = tmp_path / "ft.json"
+    args = ["scripts/bench_finetune.py", "--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1"]
+    args += ["--batch-size", "2", "--eval-examples", "8", "--json", str(out)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])  # accelerate's
+    proc = subprocess.run(
+        [sys.executable, *args, *([] if trainer else ["--no-trainer"])],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    kinds = ["FlexBERT packed", *(["HF Trainer"] if trainer else []), "HF loop"]
+    assert [r["kind"] for r in data["results"]] == kinds
+    assert data["header"]["batch_size"] == 2 and 50 <= data["header"]["mean_tokens_per_example"] <= 400
+    for r in data["results"]:
+        assert r["examples_per_s"] > 0 and r["tokens_per_s"] > 50 * r["examples_per_s"]
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["eval_loss"])
+    assert list(data["summary"]) == kinds[1:]
+    for s in data["summary"].values():
+        assert s["speedup"] > 0 and s["train_loss_rel_diff"] < 1e-3 and s["eval_loss_rel_diff"] < 1e-4
+    assert "| FlexBERT packed |" in proc.stdout and "FlexBERT / HF loop:" in proc.stdout

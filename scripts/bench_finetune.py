@@ -1,0 +1,378 @@
+"""Fine-tuning throughput: packed FlexBERT sequence classification against the Hugging Face Trainer.
+
+Both sides train the same model from the same random initialisation (ModernBERT-base's shape, built from its
+config, no hub: FlexBERT's weights copied into `ModernBertForSequenceClassification`, same names) on the same
+synthetic labelled examples, in the same order, with the same optimiser (AdamW, no weight decay, no gradient
+clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over fp32 weights:
+
+  FlexBERT    the model + optimizer step loop of `scripts/finetune.py`: each batch laid out flat with
+              `cu_seqlens` (data/labelled.py's collate, no padding), `FlexBertForSequenceClassification`
+              forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer.
+  HF Trainer  `transformers.Trainer` (optim adamw_torch_fused, bf16) over `ModernBertForSequenceClassification`
+              (sdpa), each batch padded to its longest example (rounded up to 8) with an attention mask, in
+              the given order (no shuffling). `--hf-compile` sets TrainingArguments.torch_compile.
+  HF loop     (extra line) the same padded batches and model in a plain loop: the model's cost without the
+              Trainer's own.
+
+Examples: [CLS] + random ids + [SEP], lengths log-normal (median 150, sigma 0.6) clipped to 50..400 tokens
+(paragraphs, as in the DAPT/TAPT procedure); 4 labels, a quarter of each example's tokens drawn from 16 ids
+of its label (so the loss falls within the run). Equal batch size (examples per step); the first --warmup
+steps are not timed (compilation happens there). Tokens/s counts real tokens only. Results agree when both
+sides' mean training loss and their loss on 256 held-out examples are close (bf16: within a few percent).
+
+The Trainer needs `accelerate` (pip install 'accelerate>=1.1', or the project's `.[bench]` extra).
+
+Usage (GPU):  python scripts/bench_finetune.py --batch-size 32 --steps 60 --warmup 10 --json $OUT/ft.json
+              [--flex-compile] [--hf-compile] [--no-hf-loop] [--no-trainer]
+CPU smoke:    python scripts/bench_finetune.py --tiny --device cpu --steps 2 --warmup 1 --eval-examples 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+
+from flex_bert.data.labelled import collate
+from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
+from flex_bert.model import FlexBertConfig
+from flex_bert.model.classification import TaskConfig, build_task_model
+
+NUM_LABELS, SIGNAL_IDS, SIGNAL_FRACTION = 4, 16, 0.25
+MIN_LEN, MAX_LEN, MEDIAN_LEN, SIGMA = 50, 400, 150, 0.6
+TINY = dict(
+    vocab_size=512, num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+    sliding_window=32, pad_token_id=3, cls_token_id=1, sep_token_id=2, mask_token_id=4,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_examples(n: int, cfg: FlexBertConfig, seed: int, max_len: int) -> list[dict]:
+    """n examples {"input_ids": [...], "labels": int}, labels balanced and shuffled."""
+    rng = np.random.default_rng(seed)
+    low, high = 5, min(cfg.vocab_size, 50_000)  # above the special ids, below ModernBERT's added tokens
+    signal = rng.choice(np.arange(low, high), size=(NUM_LABELS, SIGNAL_IDS), replace=False)
+    lengths = np.clip(np.rint(rng.lognormal(math.log(MEDIAN_LEN), SIGMA, n)), MIN_LEN, MAX_LEN).astype(int)
+    lengths = np.minimum(lengths, max_len)
+    labels = rng.permutation(np.arange(n) % NUM_LABELS)
+    out = []
+    for length, label in zip(lengths, labels, strict=True):
+        body = rng.integers(low, high, length - 2)
+        pick = rng.random(length - 2) < SIGNAL_FRACTION
+        body[pick] = rng.choice(signal[label], int(pick.sum()))
+        ids = [cfg.cls_token_id, *body.tolist(), cfg.sep_token_id]
+        out.append({"input_ids": ids, "labels": int(label)})
+    return out
+
+
+def packed(batch: list[dict]) -> dict:
+    return collate([x["input_ids"] for x in batch], [x["labels"] for x in batch], "single_label")
+
+
+def padder(pad_id: int):
+    def pad(batch: list[dict]) -> dict:
+        width = -(-max(len(x["input_ids"]) for x in batch) // 8) * 8
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(batch), width), dtype=torch.int64)
+        for i, x in enumerate(batch):
+            ids[i, : len(x["input_ids"])] = torch.tensor(x["input_ids"])
+            mask[i, : len(x["input_ids"])] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([x["labels"] for x in batch]),
+        }
+
+    return pad
+
+
+def batches(examples: list[dict], size: int) -> list[list[dict]]:
+    return [examples[i : i + size] for i in range(0, len(examples), size)]
+
+
+# ---------------------------------------------------------------------------------------------- models
+def build_models(cfg: FlexBertConfig, device: torch.device):
+    """FlexBERT's task model and HF's, with equal weights (HF's loaded strictly from FlexBERT's)."""
+    import transformers
+
+    task = TaskConfig("single_label", [f"c{i}" for i in range(NUM_LABELS)], pooling="cls")
+    torch.manual_seed(0)
+    flex = build_task_model(cfg, task)
+    hf = transformers.ModernBertForSequenceClassification._from_config(
+        task_config_to_hf(cfg, task), attn_implementation="sdpa"
+    )
+    hf.load_state_dict(task_state_to_hf(flex.state_dict()), strict=True)
+    return flex.to(device).train(), hf.to(device).train()
+
+
+def optimizer_and_schedule(model, args, device: torch.device):
+    """Trainer's defaults as set below: AdamW (fused on a GPU), no weight decay, linear decay, 10% warmup."""
+    from transformers import get_linear_schedule_with_warmup
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
+    total = args.warmup + args.steps
+    return opt, get_linear_schedule_with_warmup(opt, math.ceil(0.1 * total), total)
+
+
+def compile_flex(model) -> None:
+    """As FlexBertForMaskedLM.compile_layers: the embeddings and each encoder layer, dynamic shapes."""
+    for module in (model.bert.embeddings, *model.bert.layers):
+        module.compile(dynamic=True)
+
+
+# ------------------------------------------------------------------------------------------------ timing
+class Clock:
+    """Wall time between two points, synchronising the GPU at each (none in between)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.marks = device, {}
+
+    def mark(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.marks[name] = time.perf_counter()
+
+    def seconds(self, a: str, b: str) -> float:
+        return self.marks[b] - self.marks[a]
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def result(kind: str, args, seconds: float, timed: list[list[dict]], losses: list[float], eval_loss: float):
+    tokens = sum(len(x["input_ids"]) for b in timed for x in b)
+    return {
+        "kind": kind,
+        "examples_per_s": args.steps * args.batch_size / seconds,
+        "tokens_per_s": tokens / seconds,
+        "seconds": seconds,
+        "train_loss": float(np.mean(losses)),
+        "eval_loss": eval_loss,
+    }
+
+
+# -------------------------------------------------------------------------------------------------- runs
+def run_flex(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[float, list[float]]:
+    opt, sched = optimizer_and_schedule(model, args, device)
+    clock, losses = Clock(device), []
+    for i, batch in enumerate(data):
+        if i == args.warmup:
+            clock.mark("start")
+        b = {
+            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in packed(batch).items()
+        }
+        with autocast(device, bf16):
+            loss = model(
+                b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"], labels=b["labels"]
+            ).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    clock.mark("end")
+    return clock.seconds("start", "end"), [float(x) for x in losses]
+
+
+def run_hf_loop(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[float, list[float]]:
+    opt, sched = optimizer_and_schedule(model, args, device)
+    pad = padder(model.config.pad_token_id)
+    clock, losses = Clock(device), []
+    for i, batch in enumerate(data):
+        if i == args.warmup:
+            clock.mark("start")
+        b = {k: v.to(device, non_blocking=True) for k, v in pad(batch).items()}
+        with autocast(device, bf16):
+            loss = model(**b).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+    clock.mark("end")
+    return clock.seconds("start", "end"), [float(x) for x in losses]
+
+
+def run_trainer(model, data: list[list[dict]], args, device, bf16: bool, out_dir: str):
+    """transformers.Trainer over the examples in order; the time from the end of step --warmup to the end."""
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    clock = Clock(device)
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kw):
+            if state.global_step in (args.warmup, args.warmup + args.steps):
+                clock.mark("start" if state.global_step == args.warmup else "end")
+
+    class InOrder(Trainer):  # the given order, so both sides see the same batches
+        def _get_train_sampler(self, *a, **kw):
+            return SequentialSampler(self.train_dataset)
+
+    targs = TrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        learning_rate=args.lr,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=math.ceil(0.1 * (args.warmup + args.steps)),
+        optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+        bf16=bf16,
+        torch_compile=args.hf_compile,
+        use_cpu=device.type == "cpu",
+        logging_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_pin_memory=device.type == "cuda",
+        seed=0,
+    )
+    examples = [x for b in data for x in b]
+    trainer = InOrder(
+        model=model,
+        args=targs,
+        train_dataset=examples,
+        data_collator=padder(model.config.pad_token_id),
+        callbacks=[Marks()],
+    )
+    out = trainer.train()
+    return clock.seconds("start", "end"), [out.training_loss]
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list[dict], device, bf16: bool, is_flex: bool) -> float:
+    """Mean cross-entropy over the held-out examples (batches of 32)."""
+    model.eval()
+    total, pad = 0.0, padder(model.config.pad_token_id) if not is_flex else None
+    for batch in batches(examples, 32):
+        b = packed(batch) if is_flex else pad(batch)
+        b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+        with autocast(device, bf16):
+            if is_flex:
+                logits = model(b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"]).logits
+            else:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        total += float(torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum"))
+    model.train()
+    return total / len(examples)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step (both sides)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps before them (compilation)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--flex-compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--hf-compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True, help="the HF Trainer")
+    p.add_argument("--hf-loop", action=argparse.BooleanOptionalAction, default=True, help="the extra line")
+    p.add_argument("--eval-examples", type=int, default=256, help="held-out examples for the loss check")
+    p.add_argument("--tiny", action="store_true", help="a tiny model (CPU smoke test)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+    if min(args.batch_size, args.steps, args.warmup, args.eval_examples) < 1:
+        p.error("--batch-size, --steps, --warmup and --eval-examples must be at least 1")
+    if args.trainer and importlib.util.find_spec("accelerate") is None:
+        p.error(
+            "the HF Trainer needs accelerate>=1.1 (pip install 'accelerate>=1.1'); --no-trainer leaves it out"
+        )
+    return args
+
+
+def main(argv=None) -> None:
+    import tempfile
+
+    args = parse_args(argv)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    bf16 = device.type == "cuda"  # on a CPU, fp32 (a smoke test)
+    cfg = FlexBertConfig.from_dict(TINY) if args.tiny else FlexBertConfig.base()
+    n_train = (args.warmup + args.steps) * args.batch_size
+    examples = make_examples(n_train + args.eval_examples, cfg, seed=0, max_len=cfg.max_position_embeddings)
+    train, held_out = batches(examples[:n_train], args.batch_size), examples[n_train:]
+    header = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "model": "tiny" if args.tiny else "ModernBERT-base shape",
+        "precision": "bf16 autocast" if bf16 else "fp32",
+        **{
+            k: getattr(args, k) for k in ("batch_size", "steps", "warmup", "lr", "flex_compile", "hf_compile")
+        },
+        "mean_tokens_per_example": float(np.mean([len(x["input_ids"]) for x in examples[:n_train]])),
+    }
+    timed = train[args.warmup :]
+    results = []
+    runs = [("FlexBERT packed", run_flex, True)]
+    if args.trainer:
+        runs.append(("HF Trainer", run_trainer, False))
+    if args.hf_loop:
+        runs.append(("HF loop", run_hf_loop, False))
+    for kind, fn, is_flex in runs:
+        flex, hf = build_models(cfg, device)
+        model = flex if is_flex else hf
+        del flex, hf
+        if is_flex and args.flex_compile:
+            compile_flex(model)
+        if kind == "HF loop" and args.hf_compile:
+            model = torch.compile(model, dynamic=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            extra = (tmp,) if fn is run_trainer else ()
+            seconds, losses = fn(model, train, args, device, bf16, *extra)
+        r = result(kind, args, seconds, timed, losses, eval_loss(model, held_out, device, bf16, is_flex))
+        print(json.dumps(r), flush=True)
+        results.append(r)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    flex = results[0]
+    summary = {  # FlexBERT against each Hugging Face run
+        r["kind"]: {
+            "speedup": flex["examples_per_s"] / r["examples_per_s"],
+            "train_loss_rel_diff": abs(flex["train_loss"] - r["train_loss"]) / r["train_loss"],
+            "eval_loss_rel_diff": abs(flex["eval_loss"] - r["eval_loss"]) / r["eval_loss"],
+        }
+        for r in results[1:]
+    }
+    print_table(header, results, summary)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "results": results, "summary": summary}, f, indent=1)
+
+
+def print_table(header: dict, results: list[dict], summary: dict) -> None:
+    print(json.dumps(header))
+    print("| run | examples/s | tokens/s | mean train loss | held-out loss |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['kind']} | {r['examples_per_s']:,.1f} | {r['tokens_per_s']:,.0f} | {r['train_loss']:.4f} "
+            f"| {r['eval_loss']:.4f} |"
+        )
+    for kind, s in summary.items():
+        print(
+            f"FlexBERT / {kind}: {s['speedup']:.2f}x examples/s; losses differ by "
+            f"{100 * s['train_loss_rel_diff']:.2f}% (train) and {100 * s['eval_loss_rel_diff']:.2f}% (held-out)"
+        )
+
+
+if __name__ == "__main__":
+    main()
