@@ -45,6 +45,7 @@ from flex_bert.data.labelled import collate
 from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
+from flex_bert.model.mlm import LAYER_GRAPHS
 
 NUM_LABELS, SIGNAL_IDS, SIGNAL_FRACTION = 4, 16, 0.25
 MIN_LEN, MAX_LEN, MEDIAN_LEN, SIGMA = 50, 400, 150, 0.6
@@ -124,7 +125,9 @@ def optimizer_and_schedule(model, args, device: torch.device):
 
 def compile_flex(model) -> None:
     """As FlexBertForMaskedLM.compile_layers: the embeddings and each encoder layer, dynamic shapes."""
-    for module in (model.bert.embeddings, *model.bert.layers):
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(LAYER_GRAPHS, getattr(torch._dynamo.config, limit)))
+    for module in (model.bert.embeddings, *model.bert.encoder.layers):
         module.compile(dynamic=True)
 
 
