@@ -164,15 +164,20 @@ def result(kind: str, args, seconds: float, timed: list[list[dict]], losses: lis
 
 
 # -------------------------------------------------------------------------------------------------- runs
+def loader(data: list[list[dict]], collate_fn, device: torch.device):
+    """The batches in order, collated and pinned as the Trainer's DataLoader does (so copies overlap)."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(data, batch_size=None, collate_fn=collate_fn, pin_memory=device.type == "cuda")
+
+
 def run_flex(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[float, list[float]]:
     opt, sched = optimizer_and_schedule(model, args, device)
     clock, losses = Clock(device), []
-    for i, batch in enumerate(data):
+    for i, batch in enumerate(loader(data, packed, device)):
         if i == args.warmup:
             clock.mark("start")
-        b = {
-            k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in packed(batch).items()
-        }
+        b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with autocast(device, bf16):
             loss = model(
                 b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"], labels=b["labels"]
@@ -188,12 +193,11 @@ def run_flex(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[f
 
 def run_hf_loop(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[float, list[float]]:
     opt, sched = optimizer_and_schedule(model, args, device)
-    pad = padder(model.config.pad_token_id)
     clock, losses = Clock(device), []
-    for i, batch in enumerate(data):
+    for i, batch in enumerate(loader(data, padder(model.config.pad_token_id), device)):
         if i == args.warmup:
             clock.mark("start")
-        b = {k: v.to(device, non_blocking=True) for k, v in pad(batch).items()}
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, bf16):
             loss = model(**b).loss
         loss.backward()
