@@ -30,8 +30,8 @@ def compile_layers(model: FlexBertForMaskedLM, tune: bool = False, **compile_kwa
     variant ever falls back to eager (several times slower at long context).
 
     `tune` turns on Inductor's coordinate-descent tuning of the launch configuration of every generated kernel:
-    off by default, as it no longer pays for its compilation time now that FlexBERT's own kernels run the
-    layers' elementwise work (docs/PERFORMANCE.md). It picks launch configurations by timing them, so compiled
+    off by default: with FlexBERT's own kernels running the layers' elementwise work it does not pay for its
+    compilation time (docs/PERFORMANCE.md). It picks launch configurations by timing them, so compiled
     runs on different machines may sum reductions in a different order. Only for the Inductor backend.
     """
     compile_kwargs.setdefault("dynamic", True)
