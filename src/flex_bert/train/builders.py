@@ -15,6 +15,7 @@ from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_fl
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
+from flex_bert.train.compilation import prepare
 from flex_bert.train.composer_model import FlexBertComposer
 
 
@@ -55,8 +56,7 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
         model.model.load_state_dict(state, strict=True)
     if cfg.init_from_checkpoint is not None:
         tiled_init.init_from_checkpoint(model.model, cfg.init_from_checkpoint, trust=cfg.trust_checkpoint)
-    if config.compile_model:
-        model.model.compile_layers(tune=cfg.model.compile_tuning)
+    prepare(model.model, config, tune=cfg.model.compile_tuning)
     return model
 
 
