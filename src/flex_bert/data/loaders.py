@@ -53,8 +53,8 @@ class PackedMLMDataset(IterableDataset):
     [r * R, (r + 1) * R), R = rows_per_batch / W (disjoint across ranks). Row j of global batch k is masked
     with a generator seeded by (seed, epoch, k, j). So the global batch, and with it the training run, is the
     same on any number of GPUs and loader workers: every worker follows the whole packing stream (it reads
-    every document of the cluster's stream, ~19 us each: docs/PERFORMANCE.md gives the limit this puts on the
-    number of GPUs) and builds every workers-th batch from where
+    every document of the cluster's stream, which bounds the number of GPUs one stream can feed:
+    docs/benchmarks/distributed_h200x2_2026-11-22.md) and builds every workers-th batch from where
     the stream starts, in the round-robin order in which the DataLoader collects them. Each batch carries the
     ``PackingState`` after it, the same on every rank; the trainer reports the last one it consumed
     (``note_consumed``), and ``state_dict``/``load_state_dict`` (composer's dataset-resumption hooks) save and
