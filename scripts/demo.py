@@ -70,7 +70,7 @@ def run_stage(stage: str) -> float:
 
 def export_and_evaluate() -> list[dict]:
     from flex_bert.evaluate import evaluate, load_model_for_eval, masked_documents
-    from flex_bert.hf import export_to_hf
+    from flex_bert.hf_checkpoint import export_to_hf
 
     banner("export to Hugging Face (scripts/convert_to_hf.py)")
     hf_dir = CKPT / "hf"

@@ -24,7 +24,7 @@ TINY_MODEL = dict(
 
 def save_start_checkpoint(path: Path, model, tokenizer_dir: Path) -> Path:
     """A FlexBertForMaskedLM in the layout of this recipe's checkpoints (state.model, config, tokenizer)."""
-    from flex_bert.hf import tokenizer_dir_to_state
+    from flex_bert.hf_checkpoint import tokenizer_dir_to_state
 
     state = {
         "model": {f"model.{k}": v for k, v in model.state_dict().items()},

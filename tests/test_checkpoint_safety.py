@@ -10,7 +10,12 @@ import pytest
 import torch
 from _tiny_tokenizer import SPECIAL_IDS, save_tiny_tokenizer
 
-from flex_bert.hf import TOKENIZER_FILES, export_to_hf, tokenizer_dir_to_state, tokenizer_state_to_dir
+from flex_bert.hf_checkpoint import (
+    TOKENIZER_FILES,
+    export_to_hf,
+    tokenizer_dir_to_state,
+    tokenizer_state_to_dir,
+)
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from tests._train_fixtures import tiny_mds  # noqa: F401
 
@@ -165,7 +170,8 @@ def _script_help(name: str, monkeypatch, capsys) -> str:
 
 
 def test_every_script_that_opens_a_checkpoint_has_the_switch_its_refusal_names(tmp_path, monkeypatch, capsys):
-    from flex_bert.hf import flexbert_config_to_hf, import_from_hf
+    from flex_bert.hf_checkpoint import import_from_hf
+    from flex_bert.hf_config import flexbert_config_to_hf
     from tests._train_fixtures import write_code_running_checkpoint
 
     for name in ("convert_to_hf", "convert_from_hf", "evaluate_mlm"):

@@ -116,7 +116,7 @@ def test_early_stopping_after_patience_without_improvement(tiny_task, tmp_path):
 
 
 def test_start_from_hf_folder_equals_start_from_checkpoint(tiny_task, tmp_path):  # noqa: F811
-    from flex_bert.hf import export_to_hf
+    from flex_bert.hf_checkpoint import export_to_hf
 
     hf_dir = export_to_hf(tiny_task["untrained"], tmp_path / "hf")
     cfg_a, state_a, tok_a = load_start(tiny_task["untrained"])

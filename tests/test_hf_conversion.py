@@ -10,15 +10,9 @@ import torch
 import yaml
 from _tiny_tokenizer import SPECIAL_IDS, save_tiny_tokenizer
 
-from flex_bert.hf import (
-    export_to_hf,
-    flexbert_config_to_hf,
-    flexbert_state_to_hf,
-    hf_config_to_flexbert,
-    hf_state_to_flexbert,
-    import_from_hf,
-    load_composer_model_state,
-)
+from flex_bert.hf_checkpoint import export_to_hf, import_from_hf, load_composer_model_state
+from flex_bert.hf_config import flexbert_config_to_hf, hf_config_to_flexbert
+from flex_bert.hf_state import flexbert_state_to_hf, hf_state_to_flexbert
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
 transformers = pytest.importorskip("transformers")

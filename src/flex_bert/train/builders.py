@@ -49,7 +49,7 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
     model = FlexBertComposer(config, disable_train_metrics=cfg.model.disable_train_metrics)
     if cfg.model.pretrained_checkpoint:
         from flex_bert.checkpoint_io import TRUST_KEY
-        from flex_bert.hf import load_composer_model_state
+        from flex_bert.hf_checkpoint import load_composer_model_state
 
         state = load_composer_model_state(cfg.model.pretrained_checkpoint, cfg.trust_checkpoint, TRUST_KEY)
         model.model.load_state_dict(state, strict=True)
