@@ -29,17 +29,14 @@ import argparse
 import importlib.util
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from flex_bert.model import attention, band_attention  # noqa: E402
-from flex_bert.model.attention import (  # noqa: E402
+from flex_bert.model import attention, band_attention
+from flex_bert.model.attention import (
     band_backend,
     flex_attention_backend,
     flex_block_mask,

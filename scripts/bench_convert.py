@@ -14,15 +14,9 @@ import argparse
 import csv
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-try:
-    import flex_bert  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from flex_bert.data.convert import ConvertConfig, convert_dataset
 from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus

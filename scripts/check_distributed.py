@@ -35,7 +35,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 YAML = ROOT / "yamls" / "phase1.yml"
 TINY = [  # the demo's model shape
