@@ -9,6 +9,7 @@ ablation: each stage fine-tuned on a small labelled task made from the corpus (d
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -151,6 +152,9 @@ def ablation() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     start = time.time()
     os.chdir(ROOT)
     for path in (OUT, CKPT):
