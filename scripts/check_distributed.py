@@ -59,11 +59,12 @@ def free_port() -> int:
 
 def build_data(root: Path, max_seq_lens: list[int], docs_per_domain: int) -> tuple[Path, dict[int, Path]]:
     """Demo corpus -> tiny tokenizer -> MDS train/eval splits (merged), one data root per max_seq_len."""
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.demo_corpus import tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=docs_per_domain, eval_docs=64)
     tok = root / "tokenizer"
-    build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=1024)
+    train_bpe_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=1024)
     roots = {}
     for L in max_seq_lens:
         roots[L] = root / f"mds{L}"
