@@ -31,16 +31,12 @@ def banner(text: str) -> None:
 
 def prepare_data() -> None:
     from flex_bert.data.convert import summary_line
-    from flex_bert.data.demo_corpus import (
-        DEMO_DATASETS,
-        build_tiny_tokenizer,
-        tokenize_demo_corpus,
-        write_demo_corpus,
-    )
+    from flex_bert.data.demo_corpus import DEMO_DATASETS, tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     banner("1. corpus and tokenizer (generated; no hub)")
     files = write_demo_corpus(OUT / "corpus", seed=0)
-    build_tiny_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
+    train_bpe_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
     banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
     tokenized = OUT / "tokenized"
     stats, merged = tokenize_demo_corpus(
