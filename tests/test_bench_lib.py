@@ -139,3 +139,35 @@ def test_flex_config_sizes(size):
     cfg = flex_config(size, "sdpa", fused=False)
     assert cfg.attention_backend == "sdpa" and cfg.fused_kernels is False
     assert cfg.hidden_size == {"tiny": 64, "base": 768, "large": 1024}[size]
+
+
+def test_useful_pairs_counts_the_allowed_query_key_pairs():
+    from flex_bert.bench.attention import useful_pairs
+
+    lengths = [1, 5, 9, 20]
+    for window in (None, 2, 4, 8):
+        half = None if window is None else window // 2
+        brute = sum(
+            1 for L in lengths for i in range(L) for j in range(L) if half is None or abs(i - j) <= half
+        )
+        assert useful_pairs(lengths, window) == brute
+
+
+def test_packed_lengths_fill_the_row_exactly():
+    from flex_bert.bench.corpora import packed_lengths
+
+    lengths = packed_lengths(50_000, seed=3, hi=1024)
+    assert sum(lengths) == 50_000 and max(lengths) <= 1024 and min(lengths[:-1]) >= 50
+
+
+def test_distributed_compare_and_verdict():
+    from flex_bert.bench.distributed import LOSS_RTOL, compare, passed
+
+    ref = [{"batch": b, "tokens": 100 * b, "loss": 10.0 - b} for b in (1, 2, 3)]
+    same = compare(ref, [dict(r) for r in ref])
+    assert same["max_rel_diff"] == 0 and passed(same)
+    drift = [dict(r) for r in ref]
+    drift[2]["loss"] = ref[2]["loss"] * (1 + 2 * LOSS_RTOL)
+    assert not passed(compare(ref, drift))
+    other_tokens = [dict(r, tokens=r["tokens"] + 1) for r in ref]
+    assert not passed(compare(ref, other_tokens))

@@ -75,6 +75,17 @@ def document_lengths(n: int, rng: np.random.Generator, median: int = 600, lo: in
     return np.clip(rng.lognormal(np.log(median), 1.0, n), lo, hi).astype(np.int64)
 
 
+def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
+    """Log-normal document lengths (median 600, sigma 1) clipped to [50, hi], the last cut to fill the row."""
+    rng = np.random.default_rng(seed)
+    lengths, total = [], 0
+    while total < n_tokens:
+        n = int(np.clip(rng.lognormal(np.log(600), 1.0), 50, hi))
+        lengths.append(min(n, n_tokens - total))
+        total += lengths[-1]
+    return lengths
+
+
 def synthetic_documents(
     n_tokens: int,
     max_seq_len: int,
