@@ -3,7 +3,7 @@
 One row of `--tokens` tokens (98,304 = 12 x 8192) of log-normal document lengths (median 600, sigma 1, clipped
 to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a global one, forward + backward
 (CUDA events after warm-up, median of `--iters`) of:
-  varlen            torch.nn.attention.varlen.varlen_attn (the current CUDA path; skipped on CPU)
+  varlen            torch.nn.attention.varlen.varlen_attn (FlashAttention-2 kernels; skipped on CPU)
   flex              the "flex" backend called eagerly: block mask built per call + compiled flex_attention
   flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
