@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def _tokenizer_without_post_processor(out: Path):
     from flex_bert.data.tiny_tokenizers import word_level_tokenizer
 
-    word_level_tokenizer(post_processor=False).save_pretrained(str(out))
+    word_level_tokenizer(8, words=["a", "b", "c"], post_processor=False).save_pretrained(str(out))
 
 
 def test_tokenizer_export_frames_inputs_and_names_a_class_every_release_knows(tmp_path):
