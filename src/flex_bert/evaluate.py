@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flex_bert.data.loaders import MaskedDocuments, collate_flat
+from flex_bert.data.eval_batches import MaskedDocuments, collate_flat
 from flex_bert.data.masking import IGNORE_INDEX, MaskingSpec
 
 

@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from flex_bert.data.batch_warmup import BatchSizeWarmup
-from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat, split_flat
+from flex_bert.data.eval_batches import MaskedDocuments, collate_flat, split_flat
+from flex_bert.data.loaders import PackedMLMDataset
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
