@@ -25,90 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from flex_bert.kernels import BACKENDS, band_attention, flex  # noqa: E402
-from flex_bert.kernels.backends import sdpa_attention  # noqa: E402
-from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask  # noqa: E402
+from flex_bert.bench.attention import make_inputs, max_errors, time_ms, useful_pairs
+from flex_bert.bench.corpora import packed_lengths
+from flex_bert.kernels import BACKENDS, band_attention, flex
+from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask
 
 # the band kernel with half a window of 2^30 tokens: global attention, one compilation
 GLOBAL_WINDOW = 1 << 31
-
-
-def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
-    """Log-normal document lengths (median 600, sigma 1) clipped to [50, hi], the last cut to fill the row."""
-    rng = np.random.default_rng(seed)
-    lengths, total = [], 0
-    while total < n_tokens:
-        n = int(np.clip(rng.lognormal(np.log(600), 1.0), 50, hi))
-        lengths.append(min(n, n_tokens - total))
-        total += lengths[-1]
-    return lengths
-
-
-def useful_pairs(lengths: list[int], window: int | None) -> int:
-    """Allowed (query, key) pairs: L^2 per document, minus those farther apart than window // 2."""
-    h = None if window is None else window // 2
-    return sum(L * L - (0 if h is None else max(L - h - 1, 0) * max(L - h, 0)) for L in lengths)
-
-
-def make_inputs(lengths, H, D, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(sum(lengths), H, D, generator=g).to(device, dtype) for _ in range(3))
-    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=device)
-    return q, k, v, cu, max(lengths)
-
-
-def time_ms(fn, inputs, backward: bool, iters: int, warmup: int = 3) -> float:
-    def step():
-        if backward:
-            for t in inputs:
-                t.grad = None
-            fn().backward(grad)
-        else:
-            with torch.no_grad():
-                fn()
-
-    grad = torch.randn_like(inputs[0]) if backward else None
-    cuda = inputs[0].is_cuda
-    times = []
-    for i in range(warmup + iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            step()
-            ms = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            times.append(ms)
-    return statistics.median(times)
-
-
-def max_errors(fn, lengths, H, D, dtype, device, window, backward):
-    q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, device, seed=1)
-    ours = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-    ref = [t.float().requires_grad_(backward) for t in (q, k, v)]
-    out, want = fn(*ours, cu, max_len, window), sdpa_attention(*ref, cu, max_len, window)
-    err = {"err_out": (out.float() - want).abs().max().item()}
-    if backward:
-        grad = torch.randn_like(want)
-        out.backward(grad.to(out.dtype))
-        want.backward(grad)
-        err["err_grad"] = max((a.grad.float() - b.grad).abs().max().item() for a, b in zip(ours, ref))
-    return err
 
 
 def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128) -> list[dict]:

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from flex_bert.kernels import fused_glu, fused_norm  # noqa: E402
+from flex_bert.kernels import fused_glu, fused_norm
 
 
 def _bench(fn) -> float:

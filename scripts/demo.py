@@ -9,6 +9,7 @@ ablation: each stage fine-tuned on a small labelled task made from the corpus (d
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -30,16 +31,12 @@ def banner(text: str) -> None:
 
 def prepare_data() -> None:
     from flex_bert.data.convert import summary_line
-    from flex_bert.data.demo_corpus import (
-        DEMO_DATASETS,
-        build_tiny_tokenizer,
-        tokenize_demo_corpus,
-        write_demo_corpus,
-    )
+    from flex_bert.data.demo_corpus import DEMO_DATASETS, tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     banner("1. corpus and tokenizer (generated; no hub)")
     files = write_demo_corpus(OUT / "corpus", seed=0)
-    build_tiny_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
+    train_bpe_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
     banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
     tokenized = OUT / "tokenized"
     stats, merged = tokenize_demo_corpus(
@@ -70,7 +67,7 @@ def run_stage(stage: str) -> float:
 
 def export_and_evaluate() -> list[dict]:
     from flex_bert.evaluate import evaluate, load_model_for_eval, masked_documents
-    from flex_bert.hf import export_to_hf
+    from flex_bert.hf_checkpoint import export_to_hf
 
     banner("export to Hugging Face (scripts/convert_to_hf.py)")
     hf_dir = CKPT / "hf"
@@ -151,6 +148,9 @@ def ablation() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     start = time.time()
     os.chdir(ROOT)
     for path in (OUT, CKPT):

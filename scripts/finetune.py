@@ -16,10 +16,15 @@ import sys
 from flex_bert.train.finetune import finetune
 from flex_bert.train.finetune_config import load_finetune_config
 
+USAGE = "usage: python scripts/finetune.py TASK.yml [more.yml ...] [key=value ...]"
+
 
 def main(argv: list[str]) -> None:
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\n\n{__doc__}")
+        return
     if not argv or argv[0].startswith("-"):
-        sys.exit("usage: python scripts/finetune.py TASK.yml [more.yml ...] [key=value ...]")
+        sys.exit(USAGE)
     yamls = [a for a in argv if a.endswith((".yml", ".yaml")) and "=" not in a]
     overrides = [a for a in argv if "=" in a]
     unknown = [a for a in argv if a not in yamls and a not in overrides]

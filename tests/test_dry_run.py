@@ -65,10 +65,10 @@ def test_a_pickle_that_runs_code_is_refused_without_running_it(tiny_mds, tmp_pat
 
 
 def test_data_of_another_tokenizer_is_found(tiny_mds, tmp_path):  # noqa: F811
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     other = tmp_path / "other_tok"
-    build_tiny_tokenizer(["alpha beta gamma delta"] * 50, other, vocab_size=300)
+    train_bpe_tokenizer(["alpha beta gamma delta"] * 50, other, vocab_size=300)
     y = tiny_yaml(tiny_mds, tmp_path, "tok", tokenizer_name=str(other))
     with pytest.raises(PreflightFailed) as e:
         dry_run([str(y)], ["model.model_config.vocab_size=512"])

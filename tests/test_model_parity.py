@@ -7,7 +7,8 @@ for global and local layers, so that every one of those details shows up in the 
 import pytest
 import torch
 
-from flex_bert.hf import flexbert_config_to_hf, flexbert_state_to_hf
+from flex_bert.hf_config import flexbert_config_to_hf
+from flex_bert.hf_state import flexbert_state_to_hf
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from flex_bert.model.padding import cu_seqlens_from_lengths
 from flex_bert.train.compilation import checkpoint_layers, compile_layers

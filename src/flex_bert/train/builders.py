@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from flex_bert.data.batch_warmup import BatchSizeWarmup
-from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat, split_flat
+from flex_bert.data.eval_batches import MaskedDocuments, collate_flat, split_flat
+from flex_bert.data.loaders import PackedMLMDataset
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
@@ -50,7 +51,7 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
     model = FlexBertComposer(config, disable_train_metrics=cfg.model.disable_train_metrics)
     if cfg.model.pretrained_checkpoint:
         from flex_bert.checkpoint_io import TRUST_KEY
-        from flex_bert.hf import load_composer_model_state
+        from flex_bert.hf_checkpoint import load_composer_model_state
 
         state = load_composer_model_state(cfg.model.pretrained_checkpoint, cfg.trust_checkpoint, TRUST_KEY)
         model.model.load_state_dict(state, strict=True)

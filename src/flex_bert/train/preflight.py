@@ -64,7 +64,8 @@ def _check_checkpoint(path: str, cfg: DictConfig, config) -> str:
     """The checkpoint exists, loads under the safe loader (or trust_checkpoint) and its weights are exactly
     those of model_config; returns what it holds."""
     from flex_bert.checkpoint_io import TRUST_KEY
-    from flex_bert.hf import check_state_matches_config, load_composer_model_state
+    from flex_bert.hf_checkpoint import load_composer_model_state
+    from flex_bert.hf_state import check_state_matches_config
 
     if "://" in path:
         return f"{path} is remote: checked when it is downloaded"

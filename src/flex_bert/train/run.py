@@ -129,7 +129,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
 def _tokenizer_files(tokenizer) -> dict:
     import tempfile
 
-    from flex_bert.hf import tokenizer_dir_to_state
+    from flex_bert.hf_checkpoint import tokenizer_dir_to_state
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
