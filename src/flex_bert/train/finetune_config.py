@@ -13,7 +13,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flex_bert.train.config import OptimizerConfig, _suggest
+from flex_bert.train.checks import suggest
+from flex_bert.train.config import OptimizerConfig
 
 TASK_METRICS = ("accuracy", "macro_f1")  # task_eval.METRICS; the early-stopping and best-checkpoint metric
 
@@ -75,7 +76,7 @@ def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = No
     for part in parts:
         for key in part:
             if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
-                raise ValueError(f"unknown task file key {key!r}{_suggest(str(key), schema.keys())}")
+                raise ValueError(f"unknown task file key {key!r}{suggest(str(key), schema.keys())}")
     try:
         cfg = OmegaConf.merge(schema, *parts)
     except OmegaConfBaseException as e:  # a wrong type: one line naming the key
@@ -102,7 +103,7 @@ def validate(cfg: DictConfig) -> None:
         ("precision", cfg.precision, ("amp_bf16", "amp_fp16", "fp32")),
     ):
         if value not in allowed:
-            raise ValueError(f"{key} {value!r} is not supported{_suggest(str(value), allowed)}")
+            raise ValueError(f"{key} {value!r} is not supported{suggest(str(value), allowed)}")
     if cfg.start is None:
         raise ValueError("start is not set: give the starting point (an HF folder or a .pt checkpoint)")
     if not 0.0 < cfg.eval_fraction < 1.0:
