@@ -148,8 +148,11 @@ def ablation() -> float:
 
 
 def main() -> None:
+    from flex_bert.train.builders import set_cpu_threads
+
     start = time.time()
     os.chdir(ROOT)
+    set_cpu_threads(loader_workers=0)  # this process evaluates and fills masks; torch's default thrashes
     for path in (OUT, CKPT):
         shutil.rmtree(path, ignore_errors=True)
     prepare_data()
