@@ -127,11 +127,8 @@ def ablation() -> float:
     cmd = [sys.executable, str(ROOT / "scripts" / "ablation.py"), "--task", "yamls/demo/finetune.yml"]
     cmd += ["--out", str(OUT / "ablation"), "--seeds", "3", *stages]
     log = OUT / "ablation.log"
-    # The tiny model's tensors are too small to share between threads: two threads on a busy 2-core machine
-    # spend most of their time waiting for each other
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    with open(log, "w") as f:  # fine-tuning sets torch's CPU threads as training does (set_cpu_threads)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
         print(log.read_text()[-4000:])
         raise SystemExit(f"the ablation failed (exit {proc.returncode}); full log: {log}")
@@ -151,8 +148,11 @@ def main() -> None:
     argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     ).parse_args()
+    from flex_bert.train.builders import set_cpu_threads
+
     start = time.time()
     os.chdir(ROOT)
+    set_cpu_threads(loader_workers=0)  # this process evaluates and fills masks; torch's default thrashes
     for path in (OUT, CKPT):
         shutil.rmtree(path, ignore_errors=True)
     prepare_data()

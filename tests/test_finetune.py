@@ -224,3 +224,19 @@ def test_stableadamw_with_micro_batches_updates_the_encoder(tiny_task, tmp_path)
     _, start, _ = load_start(tiny_task["untrained"])
     key = "bert.encoder.layers.1.mlp.Wi.weight"
     assert not torch.equal(model.state_dict()[key], start[key])
+
+
+def test_cpu_fine_tuning_sets_torch_threads_as_pretraining_does(tiny_task, tmp_path, monkeypatch):  # noqa: F811
+    """One core is left to the data path (builders.set_cpu_threads, pre-training's rule): on 4 cores with the
+    examples loaded in the main process, 3 intra-op threads, whatever torch had before."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(tiny_task, tmp_path, device="cpu", max_duration="1ba")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
