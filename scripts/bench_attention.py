@@ -3,13 +3,11 @@
 One row of `--tokens` tokens (98,304 = 12 x 8192) of log-normal document lengths (median 600, sigma 1, clipped
 to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a global one, forward + backward
 (CUDA events after warm-up, median of `--iters`) of:
-  varlen            torch.nn.attention.varlen.varlen_attn (the current CUDA path; skipped on CPU)
-  flex              the "flex" backend called eagerly: block mask built per call + compiled flex_attention
-  flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
+  every backend of `flex_bert.kernels.BACKENDS`, by its name (one that cannot run here is reported failed:
+                    varlen, band, fa4 and flash_attn need CUDA, fa4 and flash_attn their packages), and
+  flex compiled     the flex backend under torch.compile, as inside compiled layers (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
-  band              FlexBERT's Triton sliding-window kernel (model/band_attention.py; local layers, CUDA)
-  band (full)       the same kernel on a global layer, its window wider than any document
-  fa4               flash-attn-4's kernels (model/fa4_attention.py), when the package is installed (CUDA)
+  band (full)       the band kernel on a global layer, its window wider than any document
   mask only         `flex_block_mask` alone, eager (no FLOPs)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
@@ -26,98 +24,18 @@ On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import statistics
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from flex_bert.model import attention, band_attention  # noqa: E402
-from flex_bert.model.attention import (  # noqa: E402
-    band_backend,
-    flex_attention_backend,
-    flex_block_mask,
-    get_backend,
-    sdpa_attention,
-    varlen_attention,
-)
+from flex_bert.bench.attention import make_inputs, max_errors, time_ms, useful_pairs
+from flex_bert.bench.corpora import packed_lengths
+from flex_bert.kernels import BACKENDS, band_attention, flex
+from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask
 
 # the band kernel with half a window of 2^30 tokens: global attention, one compilation
 GLOBAL_WINDOW = 1 << 31
-
-
-def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
-    """Log-normal document lengths (median 600, sigma 1) clipped to [50, hi], the last cut to fill the row."""
-    rng = np.random.default_rng(seed)
-    lengths, total = [], 0
-    while total < n_tokens:
-        n = int(np.clip(rng.lognormal(np.log(600), 1.0), 50, hi))
-        lengths.append(min(n, n_tokens - total))
-        total += lengths[-1]
-    return lengths
-
-
-def useful_pairs(lengths: list[int], window: int | None) -> int:
-    """Allowed (query, key) pairs: L^2 per document, minus those farther apart than window // 2."""
-    h = None if window is None else window // 2
-    return sum(L * L - (0 if h is None else max(L - h - 1, 0) * max(L - h, 0)) for L in lengths)
-
-
-def make_inputs(lengths, H, D, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(sum(lengths), H, D, generator=g).to(device, dtype) for _ in range(3))
-    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device=device)
-    return q, k, v, cu, max(lengths)
-
-
-def time_ms(fn, inputs, backward: bool, iters: int, warmup: int = 3) -> float:
-    def step():
-        if backward:
-            for t in inputs:
-                t.grad = None
-            fn().backward(grad)
-        else:
-            with torch.no_grad():
-                fn()
-
-    grad = torch.randn_like(inputs[0]) if backward else None
-    cuda = inputs[0].is_cuda
-    times = []
-    for i in range(warmup + iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            step()
-            ms = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            times.append(ms)
-    return statistics.median(times)
-
-
-def max_errors(fn, lengths, H, D, dtype, device, window, backward):
-    q, k, v, cu, max_len = make_inputs(lengths, H, D, dtype, device, seed=1)
-    ours = [t.clone().requires_grad_(backward) for t in (q, k, v)]
-    ref = [t.float().requires_grad_(backward) for t in (q, k, v)]
-    out, want = fn(*ours, cu, max_len, window), sdpa_attention(*ref, cu, max_len, window)
-    err = {"err_out": (out.float() - want).abs().max().item()}
-    if backward:
-        grad = torch.randn_like(want)
-        out.backward(grad.to(out.dtype))
-        want.backward(grad)
-        err["err_grad"] = max((a.grad.float() - b.grad).abs().max().item() for a, b in zip(ours, ref))
-    return err
 
 
 def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128) -> list[dict]:
@@ -190,7 +108,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     dtype, backward = (torch.bfloat16, True) if cuda else (torch.float32, False)
-    attention.FLEX_BLOCK_SIZE = args.block_size
+    flex.FLEX_BLOCK_SIZE = args.block_size
     H, D, bs = args.heads, args.head_dim, args.block_size
     lengths = packed_lengths(args.tokens, args.seed, hi=args.max_len)
     check_lengths = packed_lengths(min(args.check_tokens, args.tokens), args.seed + 1, hi=2048)
@@ -212,23 +130,13 @@ def main(argv=None) -> int:
         flops = 4 * H * D * useful_pairs(lengths, window) * (3.5 if backward else 1.0)
         build = lambda w=window: flex_block_mask(cu, q.shape[0], w, block_size=bs, full_width=not cuda)  # noqa: E731
         mask = build()
-        kernels = {
-            "varlen": varlen_attention,
-            "flex": flex_attention_backend,
-            "flex compiled": compiled,
-            "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
-        }
-        if window is not None:
-            kernels["band"] = band_backend
-        else:  # the band kernel with a window wider than any document: full attention in 64-token tiles
+        kernels = {name: backend.fn for name, backend in BACKENDS.items()}
+        kernels["flex compiled"] = compiled
+        kernels["flex premask"] = lambda *a, m=mask: flex_attention_backend(*a, block_mask=m)
+        if window is None and cuda:  # the band kernel with a window wider than any document: full attention
             kernels["band (full)"] = lambda q, k, v, cu, n, w: band_attention.band_attention(
                 q, k, v, cu, GLOBAL_WINDOW
             )
-        if cuda and importlib.util.find_spec("flash_attn") and importlib.util.find_spec("flash_attn.cute"):
-            kernels["fa4"] = get_backend("fa4")
-        if not cuda:
-            del kernels["varlen"]
-            kernels.pop("band", None)
         if chosen:
             kernels = {n: f for n, f in kernels.items() if n in chosen}
         rows = []

@@ -14,19 +14,14 @@ import argparse
 import csv
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-try:
-    import flex_bert  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from flex_bert.data.convert import ConvertConfig, convert_dataset
-from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+from flex_bert.data.demo_corpus import write_demo_corpus
 from flex_bert.data.sources import iter_dataset_texts
+from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
 
 def make_corpus(out: Path, megabytes: float, seed: int = 0) -> Path:
@@ -106,7 +101,7 @@ def main() -> None:
         if tokenizer is None:
             tokenizer = str(tmp / "tokenizer")
             parts = tmp / "parts"
-            build_tiny_tokenizer([parts / "clinical.csv", parts / "finance.csv"], tokenizer, vocab_size=1024)
+            train_bpe_tokenizer([parts / "clinical.csv", parts / "finance.csv"], tokenizer, vocab_size=1024)
         size_mb = dataset.stat().st_size / 1e6
         print(
             f"corpus: {size_mb:.1f} MB CSV ({time.time() - t:.1f} s to generate); tokenizer: {tokenizer}; "

@@ -28,70 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from flex_bert.bench.corpora import packed_dataset, synthetic_documents
 
-from flex_bert.data.loaders import PackedMLMDataset  # noqa: E402
-from flex_bert.data.masking import MaskingSpec  # noqa: E402
-from flex_bert.data.tokenize import chunk_ids  # noqa: E402
-
-CLS_ID, SEP_ID, PAD_ID, MASK_ID = 50281, 50282, 50283, 50284
-SPEC = MaskingSpec(mask_token_id=MASK_ID, vocab_size=50280, special_ids=(CLS_ID, SEP_ID, PAD_ID, MASK_ID))
-MLM_PROBABILITY = 0.3
 LAYOUTS = {"12x8192": (12, 8192), "96x1024": (96, 1024)}
-
-
-def document_lengths(n: int, rng: np.random.Generator, median: int = 600, lo: int = 50, hi: int = 8192):
-    """Log-normal document lengths (sigma 1), clipped to [lo, hi]."""
-    return np.clip(rng.lognormal(np.log(median), 1.0, n), lo, hi).astype(np.int64)
-
-
-def synthetic_documents(
-    n_tokens: int,
-    max_seq_len: int,
-    seed: int = 0,
-    *,
-    vocab_low: int = 5,
-    vocab_high: int = 50000,
-    cls_id: int = CLS_ID,
-    sep_id: int = SEP_ID,
-    max_doc_len: int = 8192,
-    median: int = 600,
-) -> list[np.ndarray]:
-    """About ``n_tokens`` tokens of random `[CLS] ... [SEP]` uint16 documents, cut to ``max_seq_len``."""
-    rng = np.random.default_rng(seed)
-    lengths = document_lengths(max(1, int(n_tokens / (1.6 * median))) + 16, rng, median, hi=max_doc_len)
-    lengths = lengths[: max(1, int(np.searchsorted(np.cumsum(lengths), n_tokens)) + 1)]
-    pool = rng.integers(vocab_low, vocab_high + 1, int(lengths.sum()), dtype=np.uint16)
-    docs, pos = [], 0
-    for n in lengths.tolist():
-        inner = pool[pos : pos + n - 2]
-        pos += n
-        if n <= max_seq_len:
-            doc = np.empty(n, dtype=np.uint16)
-            doc[0], doc[1:-1], doc[-1] = cls_id, inner, sep_id
-            docs.append(doc)
-        else:
-            docs.extend(chunk_ids(inner, max_seq_len, cls_id, sep_id))
-    return docs
-
-
-def make_dataset(docs, row_len: int, max_seq_len: int, seed: int = 0) -> PackedMLMDataset:
-    """The training dataset over in-memory documents (MDS-like samples: ``{"input_ids": ndarray}``)."""
-    return PackedMLMDataset(
-        [{"input_ids": d} for d in docs],
-        rows_per_batch=1,
-        row_len=row_len,
-        max_seq_len=max_seq_len,
-        pad_id=PAD_ID,
-        masking=SPEC,
-        mlm_probability=MLM_PROBABILITY,
-        seed=seed,
-    )
 
 
 def bench_layout(docs: list[np.ndarray], micro: int, max_seq_len: int) -> dict:
     row_len = micro * max_seq_len
-    ds = make_dataset(docs, row_len, max_seq_len)
+    ds = packed_dataset(docs, row_len, max_seq_len)
 
     t0 = time.perf_counter()
     rows = list(ds.packer.pack(iter(docs)))

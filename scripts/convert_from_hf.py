@@ -8,7 +8,7 @@ config and tokenizer under `state.integrations.huggingface`, so training can sta
 
 import argparse
 
-from flex_bert.hf import import_from_hf
+from flex_bert.hf_checkpoint import import_from_hf
 
 
 def main() -> None:

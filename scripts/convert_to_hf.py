@@ -13,7 +13,7 @@ Upstream checkpoints carry no FlexBERT config: pass `--config` (the training YAM
 
 import argparse
 
-from flex_bert.hf import export_to_hf
+from flex_bert.hf_checkpoint import export_to_hf
 from flex_bert.hf_tasks import export_task_to_hf, is_task_checkpoint
 
 

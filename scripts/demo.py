@@ -9,6 +9,7 @@ ablation: each stage fine-tuned on a small labelled task made from the corpus (d
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -30,16 +31,12 @@ def banner(text: str) -> None:
 
 def prepare_data() -> None:
     from flex_bert.data.convert import summary_line
-    from flex_bert.data.demo_corpus import (
-        DEMO_DATASETS,
-        build_tiny_tokenizer,
-        tokenize_demo_corpus,
-        write_demo_corpus,
-    )
+    from flex_bert.data.demo_corpus import DEMO_DATASETS, tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     banner("1. corpus and tokenizer (generated; no hub)")
     files = write_demo_corpus(OUT / "corpus", seed=0)
-    build_tiny_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
+    train_bpe_tokenizer([files["clinical"], files["finance"]], OUT / "tokenizer", vocab_size=1024)
     banner("2. CSV -> tokenized MDS, one folder per dataset (data/convert_dataset_to_mds.py)")
     tokenized = OUT / "tokenized"
     stats, merged = tokenize_demo_corpus(
@@ -70,7 +67,7 @@ def run_stage(stage: str) -> float:
 
 def export_and_evaluate() -> list[dict]:
     from flex_bert.evaluate import evaluate, load_model_for_eval, masked_documents
-    from flex_bert.hf import export_to_hf
+    from flex_bert.hf_checkpoint import export_to_hf
 
     banner("export to Hugging Face (scripts/convert_to_hf.py)")
     hf_dir = CKPT / "hf"
@@ -130,11 +127,8 @@ def ablation() -> float:
     cmd = [sys.executable, str(ROOT / "scripts" / "ablation.py"), "--task", "yamls/demo/finetune.yml"]
     cmd += ["--out", str(OUT / "ablation"), "--seeds", "3", *stages]
     log = OUT / "ablation.log"
-    # The tiny model's tensors are too small to share between threads: two threads on a busy 2-core machine
-    # spend most of their time waiting for each other
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    with open(log, "w") as f:  # fine-tuning sets torch's CPU threads as training does (set_cpu_threads)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
         print(log.read_text()[-4000:])
         raise SystemExit(f"the ablation failed (exit {proc.returncode}); full log: {log}")
@@ -151,8 +145,14 @@ def ablation() -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
+    from flex_bert.train.builders import set_cpu_threads
+
     start = time.time()
     os.chdir(ROOT)
+    set_cpu_threads(loader_workers=0)  # this process evaluates and fills masks; torch's default thrashes
     for path in (OUT, CKPT):
         shutil.rmtree(path, ignore_errors=True)
     prepare_data()

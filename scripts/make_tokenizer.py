@@ -13,8 +13,8 @@ and for tests.
 import argparse
 from pathlib import Path
 
-from flex_bert.data.demo_corpus import build_tiny_tokenizer
 from flex_bert.data.sources import FORMATS
+from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
         p.error(f"not a readable text file of a known format: {', '.join(missing)}")
     if args.vocab_size < 64:
         p.error("--vocab-size must be at least 64")
-    tok = build_tiny_tokenizer(files, args.out, vocab_size=args.vocab_size)
+    tok = train_bpe_tokenizer(files, args.out, vocab_size=args.vocab_size)
     print(f"wrote {args.out}: {len(tok)} tokens")
 
 

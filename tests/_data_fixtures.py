@@ -22,10 +22,10 @@ def demo_corpus(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(demo_corpus, tmp_path_factory) -> Path:
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
-    build_tiny_tokenizer([demo_corpus["clinical"], demo_corpus["finance"]], out, vocab_size=1024)
+    train_bpe_tokenizer([demo_corpus["clinical"], demo_corpus["finance"]], out, vocab_size=1024)
     return out
 
 

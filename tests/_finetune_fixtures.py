@@ -24,7 +24,7 @@ TINY_MODEL = dict(
 
 def save_start_checkpoint(path: Path, model, tokenizer_dir: Path) -> Path:
     """A FlexBertForMaskedLM in the layout of this recipe's checkpoints (state.model, config, tokenizer)."""
-    from flex_bert.hf import tokenizer_dir_to_state
+    from flex_bert.hf_checkpoint import tokenizer_dir_to_state
 
     state = {
         "model": {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -37,13 +37,14 @@ def save_start_checkpoint(path: Path, model, tokenizer_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_task(tmp_path_factory) -> dict[str, Path]:
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.demo_corpus import write_demo_corpus
     from flex_bert.data.sources import iter_dataset_texts
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
     from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
     root = tmp_path_factory.mktemp("tiny_task")
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=60, eval_docs=2)
-    tok = build_tiny_tokenizer([files["clinical"], files["finance"]], root / "tokenizer", vocab_size=512)
+    tok = train_bpe_tokenizer([files["clinical"], files["finance"]], root / "tokenizer", vocab_size=512)
     with open(root / "domain.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "label"])

@@ -12,12 +12,13 @@ DEMO_YAML = Path(__file__).resolve().parents[1] / "yamls" / "demo" / "pretrain.y
 
 @pytest.fixture(scope="session")
 def tiny_mds(tmp_path_factory) -> dict[str, Path]:
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.demo_corpus import tokenize_demo_corpus, write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("train_data")
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=80, eval_docs=12)
     tok = root / "tokenizer"
-    build_tiny_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=512)
+    train_bpe_tokenizer([files["clinical"], files["finance"]], tok, vocab_size=512)
     tokenize_demo_corpus(files, tok, root / "mds", 128, num_workers=1)
     return {"root": root, "data": root / "mds", "tokenizer": tok}
 

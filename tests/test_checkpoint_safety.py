@@ -8,23 +8,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from _tiny_tokenizer import SPECIAL_IDS, save_tiny_tokenizer
 
-from flex_bert.hf import TOKENIZER_FILES, export_to_hf, tokenizer_dir_to_state, tokenizer_state_to_dir
+from flex_bert.data.tiny_tokenizers import WORD_LEVEL_IDS, save_word_level_tokenizer
+from flex_bert.hf_checkpoint import (
+    TOKENIZER_FILES,
+    export_to_hf,
+    tokenizer_dir_to_state,
+    tokenizer_state_to_dir,
+)
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from tests._train_fixtures import tiny_mds  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(
     vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
-    **SPECIAL_IDS,
+    **WORD_LEVEL_IDS,
 )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tokenizer_state(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("tok")
-    save_tiny_tokenizer(folder, 128)
+    save_word_level_tokenizer(folder, 128)
     return tokenizer_dir_to_state(folder)
 
 
@@ -137,7 +142,7 @@ def _yaml(tmp_path: Path) -> Path:
 
 def test_only_allow_listed_tokenizer_files_are_stored_and_code_is_named(tmp_path, capsys):
     folder = tmp_path / "tok"
-    save_tiny_tokenizer(folder, 128)
+    save_word_level_tokenizer(folder, 128)
     (folder / "tokenization_custom.py").write_text("import os\n")
     (folder / "vocab.txt").write_text("a\nb\n")
     state = tokenizer_dir_to_state(folder)
@@ -165,7 +170,8 @@ def _script_help(name: str, monkeypatch, capsys) -> str:
 
 
 def test_every_script_that_opens_a_checkpoint_has_the_switch_its_refusal_names(tmp_path, monkeypatch, capsys):
-    from flex_bert.hf import flexbert_config_to_hf, import_from_hf
+    from flex_bert.hf_checkpoint import import_from_hf
+    from flex_bert.hf_config import flexbert_config_to_hf
     from tests._train_fixtures import write_code_running_checkpoint
 
     for name in ("convert_to_hf", "convert_from_hf", "evaluate_mlm"):
@@ -174,7 +180,7 @@ def test_every_script_that_opens_a_checkpoint_has_the_switch_its_refusal_names(t
     flexbert_config_to_hf(FlexBertConfig.from_dict(TINY)).save_pretrained(hf_dir)
     write_code_running_checkpoint(hf_dir / "pytorch_model.bin", target)
     with pytest.raises(ValueError, match="pass --trust-checkpoint"):
-        import_from_hf(hf_dir, tmp_path / "out.pt", mask_token_id=SPECIAL_IDS["mask_token_id"])
+        import_from_hf(hf_dir, tmp_path / "out.pt", mask_token_id=WORD_LEVEL_IDS["mask_token_id"])
     assert not target.exists()
 
 

@@ -168,11 +168,11 @@ def test_task_config_refuses_bad_values():
 
 @pytest.mark.parametrize("task", ["single_label", "multi_label", "token"])
 def test_export_loads_through_auto_classes_with_labels(tmp_path, task):
-    from _tiny_tokenizer import save_tiny_tokenizer
+    from flex_bert.data.tiny_tokenizers import save_word_level_tokenizer
 
     spec = TaskConfig(task, ["neg", "pos", "mixed"], pooling="mean", dropout=0.1)
     flex, _ = make_pair(spec)
-    tok = save_tiny_tokenizer(tmp_path / "tok", VOCAB)
+    tok = save_word_level_tokenizer(tmp_path / "tok", VOCAB)
     ckpt = save_task_checkpoint(tmp_path / "best.pt", flex, tok)
     reloaded, _ = load_task_checkpoint(ckpt)
     assert type(reloaded) is type(flex) and reloaded.task == spec

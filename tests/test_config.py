@@ -84,11 +84,12 @@ def test_missing_required_value_is_named(tmp_path):
 
 
 def test_dry_run_turns_epochs_into_tokens_from_the_conversion_stats(tmp_path):
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.demo_corpus import write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
     from tests._data_fixtures import run_convert
 
     files = write_demo_corpus(tmp_path / "corpus", docs_per_domain=20, eval_docs=2)
-    build_tiny_tokenizer([files["clinical"]], tmp_path / "tok", vocab_size=300)
+    train_bpe_tokenizer([files["clinical"]], tmp_path / "tok", vocab_size=300)
     stats = run_convert(files["clinical"], tmp_path / "mds" / "train", tmp_path / "tok")["train"]
     overrides = [f"data_local={tmp_path / 'mds'}", "max_duration=3ep", "scheduler.t_max=1000ba"]
     with pytest.raises(ValueError, match=f"max_duration={3 * stats['tokens']}tok"):

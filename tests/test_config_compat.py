@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from flex_bert.data.batch_warmup import BatchSizeWarmup
-from flex_bert.data.loaders import PackedMLMDataset, collate_flat, split_flat
+from flex_bert.data.eval_batches import collate_flat, split_flat
+from flex_bert.data.loaders import PackedMLMDataset
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model.tiling import layer_map, tile, tile_state_dict
 from flex_bert.train.config import load_config, load_config_and_notes

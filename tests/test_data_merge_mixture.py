@@ -19,10 +19,10 @@ from _data_fixtures import (  # noqa: E402
     write_edited,
 )
 
-from flex_bert.data.demo_corpus import build_tiny_tokenizer  # noqa: E402
 from flex_bert.data.merge import check_compatible, merge_datasets, read_conversion_stats  # noqa: E402
 from flex_bert.data.mixture import build_streams  # noqa: E402
 from flex_bert.data.sources import DataError  # noqa: E402
+from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer  # noqa: E402
 from flex_bert.data.tokenize import tokenizer_fingerprint  # noqa: E402
 
 pytest_plugins = ["_data_fixtures"]  # session fixtures: demo_corpus, tiny_tokenizer_dir, tiny_tokenizer
@@ -169,7 +169,7 @@ def test_merge_cli_error_is_one_line(two_datasets):
 
 def test_merge_refuses_different_tokenizers(two_datasets, demo_corpus, tmp_path):
     other = tmp_path / "other_tok"
-    build_tiny_tokenizer([demo_corpus["finance"]], other, vocab_size=700)
+    train_bpe_tokenizer([demo_corpus["finance"]], other, vocab_size=700)
     run_convert(demo_corpus["eval"], two_datasets, other)
     with pytest.raises(DataError, match="different tokenizers"):
         merge_datasets(two_datasets)

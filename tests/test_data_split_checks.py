@@ -38,10 +38,10 @@ def tokenizer(tiny_mds):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def other_tokenizer_dir(tiny_mds, tmp_path_factory):  # noqa: F811
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("other_tok")
-    build_tiny_tokenizer([tiny_mds["root"] / "corpus" / "finance.csv"], out, vocab_size=300)
+    train_bpe_tokenizer([tiny_mds["root"] / "corpus" / "finance.csv"], out, vocab_size=300)
     return out
 
 

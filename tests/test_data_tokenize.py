@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+from flex_bert.data.demo_corpus import write_demo_corpus
+from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 from flex_bert.data.tokenize import (
     DocumentProcessor,
     _segmentable,
@@ -94,7 +95,7 @@ def test_fingerprint_identifies_the_tokenizer(tiny_tokenizer_dir, tiny_tokenizer
     assert fp == tokenizer_fingerprint(tiny_tokenizer) == load_tokenizer(str(tiny_tokenizer_dir)).fingerprint
     tiny_tokenizer.save_pretrained(str(tmp_path / "copy"))
     assert tokenizer_fingerprint(str(tmp_path / "copy")) == fp
-    other = build_tiny_tokenizer([demo_corpus["clinical"]], tmp_path / "other", vocab_size=600)
+    other = train_bpe_tokenizer([demo_corpus["clinical"]], tmp_path / "other", vocab_size=600)
     assert tokenizer_fingerprint(other) != fp
     assert ids_dtype(len(tiny_tokenizer)) == "uint16" and ids_dtype(65536) == "uint16"
     assert ids_dtype(65537) == "uint32"
@@ -107,7 +108,7 @@ def test_demo_corpus_and_tokenizer_are_deterministic_and_modernbert_shaped(
     assert all(a[k].read_bytes() == demo_corpus[k].read_bytes() for k in a)
     assert a["clinical"].read_text().splitlines()[0] == "id,notes"
     assert a["finance"].read_text().splitlines()[0] == "id,text"
-    build_tiny_tokenizer([a["clinical"], a["finance"]], tmp_path / "tok", vocab_size=1024)
+    train_bpe_tokenizer([a["clinical"], a["finance"]], tmp_path / "tok", vocab_size=1024)
     assert (tmp_path / "tok" / "tokenizer.json").read_bytes() == (
         tiny_tokenizer_dir / "tokenizer.json"
     ).read_bytes()

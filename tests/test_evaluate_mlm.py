@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from flex_bert.data.masking import MaskingSpec, mask_tokens
-from flex_bert.hf import export_to_hf
+from flex_bert.hf_checkpoint import export_to_hf
 from flex_bert.train.run import train
 from tests._train_fixtures import tiny_mds, tiny_yaml  # noqa: F401
 
@@ -77,7 +77,7 @@ def test_dapt_path_from_a_released_hf_model(trained, tiny_mds, tmp_path):  # noq
     load_weights_only (fresh optimizer and schedule) -> training starts from exactly those weights."""
     from safetensors.torch import load_file
 
-    from flex_bert.hf import hf_state_to_flexbert
+    from flex_bert.hf_state import hf_state_to_flexbert
     from flex_bert.train.config import load_config
     from flex_bert.train.run import build_trainer
 

@@ -116,7 +116,7 @@ def test_early_stopping_after_patience_without_improvement(tiny_task, tmp_path):
 
 
 def test_start_from_hf_folder_equals_start_from_checkpoint(tiny_task, tmp_path):  # noqa: F811
-    from flex_bert.hf import export_to_hf
+    from flex_bert.hf_checkpoint import export_to_hf
 
     hf_dir = export_to_hf(tiny_task["untrained"], tmp_path / "hf")
     cfg_a, state_a, tok_a = load_start(tiny_task["untrained"])
@@ -125,7 +125,11 @@ def test_start_from_hf_folder_equals_start_from_checkpoint(tiny_task, tmp_path):
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key
     same = {"compile_model": 0, "attention_backend": 0, "global_attn_every_n_layers": 0}  # no effect here
+    same["local_attn_rotary_emb_base"] = (
+        0  # -1 ("as the global base") exports as that base: compared resolved
+    )
     assert cfg_a.to_dict() | same == cfg_b.to_dict() | same
+    assert cfg_a.local_rope_theta == cfg_b.local_rope_theta
     assert [cfg_a.is_local_layer(i) for i in range(2)] == [cfg_b.is_local_layer(i) for i in range(2)]
     assert tok_a and tok_b
 
@@ -239,3 +243,19 @@ def test_column_flags_set_the_task_file_keys(tiny_task, tmp_path):  # noqa: F811
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = json.loads((tmp_path / "run" / "result.json").read_text())["config"]
     assert (config["text_column"], config["label_column"]) == ("sentence", "category")
+
+
+def test_cpu_fine_tuning_sets_torch_threads_as_pretraining_does(tiny_task, tmp_path, monkeypatch):  # noqa: F811
+    """One core is left to the data path (builders.set_cpu_threads, pre-training's rule): on 4 cores with the
+    examples loaded in the main process, 3 intra-op threads, whatever torch had before."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(tiny_task, tmp_path, device="cpu", max_duration="1ba")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _tiny_tokenizer import SPECIAL_IDS, save_tiny_tokenizer
 
-from flex_bert.hf import (
-    export_to_hf,
-    flexbert_config_to_hf,
-    flexbert_state_to_hf,
-    hf_config_to_flexbert,
-    hf_state_to_flexbert,
-    import_from_hf,
-    load_composer_model_state,
-)
+from flex_bert.data.tiny_tokenizers import WORD_LEVEL_IDS, save_word_level_tokenizer
+from flex_bert.hf_checkpoint import export_to_hf, import_from_hf, load_composer_model_state
+from flex_bert.hf_config import flexbert_config_to_hf, hf_config_to_flexbert
+from flex_bert.hf_state import flexbert_state_to_hf, hf_state_to_flexbert
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 
 transformers = pytest.importorskip("transformers")
@@ -27,7 +21,7 @@ VOCAB = 128
 TINY = dict(
     vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
     sliding_window=8, global_attn_every_n_layers=3, rotary_emb_base=1000.0, local_attn_rotary_emb_base=50.0,
-    **SPECIAL_IDS,
+    **WORD_LEVEL_IDS,
 )  # fmt: skip
 
 
@@ -46,7 +40,7 @@ def hf_dir(tmp_path_factory) -> Path:
                 p.add_(0.1 * torch.randn_like(p))
     out = tmp_path_factory.mktemp("hf_src")
     model.save_pretrained(out)
-    save_tiny_tokenizer(out, VOCAB)
+    save_word_level_tokenizer(out, VOCAB)
     return out
 
 

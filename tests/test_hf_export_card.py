@@ -18,21 +18,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def _tokenizer_without_post_processor(out: Path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from flex_bert.data.tiny_tokenizers import word_level_tokenizer
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(str(out))
+    word_level_tokenizer(8, words=["a", "b", "c"], post_processor=False).save_pretrained(str(out))
 
 
 def test_tokenizer_export_frames_inputs_and_names_a_class_every_release_knows(tmp_path):

@@ -146,11 +146,12 @@ def test_stratified_split_holds_out_each_labels_share():
 
 @pytest.fixture(scope="module")
 def bpe(tmp_path_factory):
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.demo_corpus import write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("bpe")
     files = write_demo_corpus(root / "corpus", seed=0, docs_per_domain=20, eval_docs=2)
-    return build_tiny_tokenizer([files["clinical"], files["finance"]], root / "tok", vocab_size=400)
+    return train_bpe_tokenizer([files["clinical"], files["finance"]], root / "tok", vocab_size=400)
 
 
 def test_token_labels_on_first_pieces_match_the_tokenizers_word_offsets(bpe):

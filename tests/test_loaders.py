@@ -129,7 +129,7 @@ def test_a_foreign_data_state_is_ignored_with_a_warning():
 
 def test_evaluation_covers_every_document_on_every_world_size():
     """A StreamingDataset's len() is one rank's share; evaluation must index all documents (its .size)."""
-    from flex_bert.data.loaders import MaskedDocuments
+    from flex_bert.data.eval_batches import MaskedDocuments
 
     class RankShare(list):  # what StreamingDataset looks like on 2 ranks: len() = half, size = all
         size = 100
@@ -165,7 +165,7 @@ def test_a_checkpoint_of_the_per_rank_format_still_resumes():
 def test_host_counts_of_labels_and_tokens_match_the_tensors():
     """num_labelled / num_tokens (host ints, so FLOPs and statistics need no device sync) agree with the
     tensors, for packed training batches, their micro-batches, and flat evaluation batches."""
-    from flex_bert.data.loaders import MaskedDocuments, collate_flat
+    from flex_bert.data.eval_batches import MaskedDocuments, collate_flat
     from flex_bert.train.builders import split_rows
 
     for batch in DataLoader(_dataset(_docs(), rows_per_batch=4), batch_size=None):

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from tests import _config_shapes as shapes
 
 # model_config of the BioClinical ModernBERT phase-1 YAML, verbatim (note `eps: 1e-5` is a *string* to YAML 1.1).
 SEED_MODEL_CONFIG = """
@@ -122,26 +123,12 @@ def test_upstream_keys_without_effect_warn():
     assert cfg == FlexBertConfig.from_dict({})
 
 
-# model_config keys of the Hebrew ModernBERT YAMLs that are not in the seed YAML, with their values there. All of
-# them leave upstream's FlexBERT MLM model unchanged except rotary_emb_base_local, the fork's local rotary base.
-HEBREW_EXTRA_KEYS = {
-    "layer_norm_eps": 1e-5,
-    "max_position_embeddings": 1024,
-    "sparse_prediction": False,
-    "rotary_emb_base_local": 10000.0,
-    "init_std": 0.02,
-    "init_cutoff_factor": 2.0,
-    "init_small_embedding": False,
-    "deterministic_fa2": False,
-    "initial_attention_layer": None,
-    "initial_bert_layer": None,
-    "initial_mlp_layer": None,
-    "num_initial_layers": 0,
-    "pad_logits": False,
-    "type_vocab_size": 1,
-    "bos_token_id": 2,
-    "eos_token_id": 3,
-}
+# model_config keys of the Hebrew ModernBERT YAMLs that are not in the seed YAML (tests/_config_shapes.py), less
+# the fork's tokenizer ids, with max_seq_len resolved. All of them leave upstream's FlexBERT MLM model unchanged
+# except rotary_emb_base_local, the fork's local rotary base.
+FORK_TOKEN_IDS = ("cls_token_id", "pad_token_id", "sep_token_id")
+HEBREW_EXTRA_KEYS = {k: v for k, v in shapes.HEBREW_ARCH_EXTRA.items() if k not in FORK_TOKEN_IDS}
+HEBREW_EXTRA_KEYS["max_position_embeddings"] = 1024
 
 
 def test_hebrew_model_config_keys_load_in_one_warning_and_the_forks_local_base_is_used():

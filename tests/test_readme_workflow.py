@@ -74,13 +74,14 @@ def _run(work: Path, command: str, *extra: str, exit_code: int = 0) -> str:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict:
     """A folder laid out like the repository, with a tiny corpus and tokenizer."""
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer, write_demo_corpus
+    from flex_bert.data.demo_corpus import write_demo_corpus
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     work = tmp_path_factory.mktemp("workflow")
     for name in ("main.py", "data", "scripts", "yamls"):
         (work / name).symlink_to(ROOT / name)
     files = write_demo_corpus(work / "corpus", seed=0, docs_per_domain=30, eval_docs=8)
-    build_tiny_tokenizer([files["clinical"]], work / "tokenizer", vocab_size=512)
+    train_bpe_tokenizer([files["clinical"]], work / "tokenizer", vocab_size=512)
     return {"dir": work, "tokenizer": str(work / "tokenizer"), "csv": files["clinical"]}
 
 

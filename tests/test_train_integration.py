@@ -152,10 +152,10 @@ def test_truncated_checkpoint_is_an_error_naming_the_file(phases, tiny_mds, tmp_
 
 
 def test_training_refuses_data_of_another_tokenizer_or_longer_samples(tiny_mds, tmp_path):  # noqa: F811
-    from flex_bert.data.demo_corpus import build_tiny_tokenizer
+    from flex_bert.data.tiny_tokenizers import train_bpe_tokenizer
 
     other = tmp_path / "other_tok"
-    build_tiny_tokenizer([tiny_mds["root"] / "corpus" / "finance.csv"], other, vocab_size=300)
+    train_bpe_tokenizer([tiny_mds["root"] / "corpus" / "finance.csv"], other, vocab_size=300)
     y = tiny_yaml(tiny_mds, tmp_path, "other", tokenizer_name=str(other))
     with pytest.raises(ValueError, match="not with the training tokenizer"):
         train([str(y)], [])

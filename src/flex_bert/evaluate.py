@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flex_bert.data.loaders import MaskedDocuments, collate_flat
+from flex_bert.data.eval_batches import MaskedDocuments, collate_flat
 from flex_bert.data.masking import IGNORE_INDEX, MaskingSpec
 
 
@@ -137,7 +137,7 @@ def load_model_for_eval(checkpoint=None, hf_model=None, config=None, tokenizer=N
 
         model = AutoModelForMaskedLM.from_pretrained(hf_model, attn_implementation="sdpa")
         return model.float(), "hf", AutoTokenizer.from_pretrained(tokenizer or hf_model)
-    from flex_bert.hf import load_flexbert_checkpoint
+    from flex_bert.hf_checkpoint import load_flexbert_checkpoint
 
     model, stored_tokenizer_dir = load_flexbert_checkpoint(
         checkpoint, config=config, trust=trust, with_tokenizer=tokenizer is None

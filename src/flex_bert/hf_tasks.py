@@ -17,21 +17,21 @@ from pathlib import Path
 import torch
 
 from flex_bert.checkpoint_io import safe_torch_load
-from flex_bert.hf import (
-    _DTYPES,
-    _checkpoint_config,
-    _model_state,
-    _read_hf_weights,
-    _stored,
-    _strip_prefixes,
-    _write_hf_config,
-    check_state_matches_config,
-    flexbert_config_to_hf,
-    flexbert_state_to_hf,
-    hf_config_to_flexbert,
-    hf_state_to_flexbert,
+from flex_bert.hf_checkpoint import (
+    DTYPES,
+    checkpoint_config,
+    model_state,
+    read_hf_weights,
+    stored_value,
     tokenizer_dir_to_state,
     tokenizer_state_to_dir,
+)
+from flex_bert.hf_config import flexbert_config_to_hf, hf_config_to_flexbert, write_hf_config
+from flex_bert.hf_state import (
+    check_state_matches_config,
+    flexbert_state_to_hf,
+    hf_state_to_flexbert,
+    strip_prefixes,
 )
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
@@ -60,7 +60,7 @@ def task_config_to_hf(cfg: FlexBertConfig, task: TaskConfig):
 
 def task_state_to_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Task model state dict (with or without Composer's `model.`) -> HF keys (`classifier.*` unchanged)."""
-    sd = _strip_prefixes(sd)
+    sd = strip_prefixes(sd)
     head = {k: v for k, v in sd.items() if k.startswith("classifier.")}
     return {**flexbert_state_to_hf({k: v for k, v in sd.items() if k not in head}), **head}
 
@@ -77,9 +77,9 @@ def load_start(path: str | Path, trust: bool = False) -> tuple[FlexBertConfig, d
     if not path.is_file():
         raise ValueError(f"starting point {path} does not exist (give an HF folder or a .pt checkpoint)")
     ckpt = safe_torch_load(path, trust=trust)
-    if _stored(ckpt, TASK_KEY) is not None:
+    if stored_value(ckpt, TASK_KEY) is not None:
         raise ValueError(f"{path} is already fine-tuned; start from a pre-trained checkpoint")
-    cfg, state = _checkpoint_config(ckpt, None), _strip_prefixes(_model_state(ckpt, path))
+    cfg, state = checkpoint_config(ckpt, None), strip_prefixes(model_state(ckpt, path))
     check_state_matches_config(state, cfg)
     return cfg, state, _tokenizer_to_dir(ckpt)
 
@@ -95,13 +95,13 @@ def _load_hf_start(hf_dir: Path) -> tuple[FlexBertConfig, dict, str | None]:
     has_tokenizer = (hf_dir / "tokenizer_config.json").exists()
     mask_id = AutoTokenizer.from_pretrained(hf_dir).mask_token_id if has_tokenizer else None
     cfg = hf_config_to_flexbert(hf_cfg, mask_token_id=mask_id)
-    return cfg, hf_state_to_flexbert(_read_hf_weights(hf_dir)), str(hf_dir) if has_tokenizer else None
+    return cfg, hf_state_to_flexbert(read_hf_weights(hf_dir)), str(hf_dir) if has_tokenizer else None
 
 
 def _tokenizer_to_dir(ckpt: Mapping) -> str | None:
     """The checkpoint's tokenizer files written to a temporary folder (lives as long as the process)."""
     hf_entry = ckpt.get("state", {}).get("integrations", {}).get("huggingface", {})
-    files = hf_entry.get("tokenizer") or _stored(ckpt, "tokenizer")
+    files = hf_entry.get("tokenizer") or stored_value(ckpt, "tokenizer")
     if not files:
         return None
     out = tempfile.mkdtemp(prefix="flexbert-tokenizer-")
@@ -128,17 +128,19 @@ def save_task_checkpoint(path: str | Path, model, tokenizer_dir: str | Path, ext
 
 
 def is_task_checkpoint(path: str | Path, trust: bool = False) -> bool:
-    return _stored(safe_torch_load(path, trust=trust), TASK_KEY) is not None
+    return stored_value(safe_torch_load(path, trust=trust), TASK_KEY) is not None
 
 
 def load_task_checkpoint(path: str | Path, trust: bool = False):
     """-> (task model in fp32, eval mode, tokenizer folder or None)."""
     ckpt = safe_torch_load(path, trust=trust)
-    task = _stored(ckpt, TASK_KEY)
+    task = stored_value(ckpt, TASK_KEY)
     if task is None:
         raise ValueError(f"{path} holds no {TASK_KEY}: not a fine-tuned model (scripts/finetune.py)")
-    model = build_task_model(FlexBertConfig.from_dict(_stored(ckpt, "flex_bert_config")), TaskConfig(**task))
-    model.load_state_dict({k: v.float() for k, v in _strip_prefixes(ckpt["state"]["model"]).items()})
+    model = build_task_model(
+        FlexBertConfig.from_dict(stored_value(ckpt, "flex_bert_config")), TaskConfig(**task)
+    )
+    model.load_state_dict({k: v.float() for k, v in strip_prefixes(ckpt["state"]["model"]).items()})
     return model.eval(), _tokenizer_to_dir(ckpt)
 
 
@@ -153,8 +155,8 @@ def export_task_to_hf(
     """Task checkpoint -> HF folder loadable with AutoModelFor{Sequence,Token}Classification."""
     from safetensors.torch import save_file
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(_DTYPES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
     model, stored_tokenizer = load_task_checkpoint(ckpt_path, trust=trust)
     tokenizer_dir = tokenizer_dir or stored_tokenizer
     if tokenizer_dir is None:
@@ -165,7 +167,7 @@ def export_task_to_hf(
 
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out_dir)
     hf_sd = task_state_to_hf(model.state_dict())
-    tensors = {k: v.detach().to(_DTYPES[dtype]).contiguous() for k, v in hf_sd.items()}
+    tensors = {k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in hf_sd.items()}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    _write_hf_config(task_config_to_hf(model.config, model.task), model.config, out_dir)
+    write_hf_config(task_config_to_hf(model.config, model.task), model.config, out_dir)
     return out_dir

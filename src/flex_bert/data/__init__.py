@@ -8,6 +8,7 @@ Kept import-light on purpose (no streaming, transformers or torch here): import 
     flex_bert.data.mixture   StreamSpec, build_streams             (weighted mixtures for training)
     flex_bert.data.tokenize  tokenizer_fingerprint, load_tokenizer, DocumentProcessor
     flex_bert.data.sources   DataError, iter_rows, resolve_dataset_files
-    flex_bert.data.demo_corpus  write_demo_corpus, build_tiny_tokenizer   (tests, offline demo)
+    flex_bert.data.demo_corpus  write_demo_corpus, tokenize_demo_corpus   (tests, offline demo)
+    flex_bert.data.tiny_tokenizers  train_bpe_tokenizer, word_level_tokenizer   (tests, demo, make_tokenizer)
 packing and masking (training side) live in flex_bert.data.packing and flex_bert.data.masking.
 """

@@ -7,13 +7,7 @@ Every decision about a row is taken in the main process, in input order, so the 
 is the same whatever `num_workers` is. Every row read is either a document written or a counted skip:
     rows_read == sum(split_documents.values()) + sum(skipped.values())
 
-Output safety: one conversion per output name at a time (a lock, `<out_dir>/.locks/<name>/`). Each folder
-is written as a hidden sibling `.<name>.tmp-<pid>`, renamed to `<name>` when complete, and only then is
-`<name>.conversion.json` written beside it (atomically, last). A folder without that file, or a file
-without `"complete": true`, is not a finished dataset (merge.read_conversion_stats). With --overwrite the old
-dataset and its stats stay aside until every output is in place; any failure puts them back. The stats
-live beside the folder, not inside, because streaming's merge_index(root, True) reads every .json inside
-the sub-folders of root as a shard index.
+Output safety: `flex_bert.data.mds_output`.
 """
 
 from __future__ import annotations
@@ -21,9 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from flex_bert.data.merge import LOCKS, write_json_atomic
+from flex_bert.data.mds_output import DatasetOutput, Spill
+from flex_bert.data.merge import LOCKS
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
-from flex_bert.data.streaming_logs import quiet_streaming
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
 from flex_bert.folder_lock import folder_lock
 
@@ -118,150 +109,6 @@ def in_eval_split(row_index: int, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
-class _Output:
-    """One dataset folder being written: a temporary sibling, an MDSWriter and its counters."""
-
-    def __init__(self, parent: Path, name: str, role: str, overwrite: bool):
-        self.parent, self.name, self.role, self.overwrite = parent, name, role, overwrite
-        self.final = parent / name
-        self.tmp = parent / f".{name}.tmp-{os.getpid()}"
-        self.stats_path = parent / f"{name}.conversion.json"
-        self.writer = None
-        self.renamed: list[tuple[Path, Path | None]] = []  # swap_in's steps: (src, dst); dst None: created
-        self.aside: list[Path] = []  # the old dataset and stats, hidden until discard_old
-        self.documents = self.chunked_documents = self.samples = self.tokens = 0
-        self.max_token_id = -1  # recorded so that training can refuse ids beyond the model's vocab_size
-
-    def refuse_existing(self) -> None:
-        """Checked before any work, and again just before the rename (another run may have finished)."""
-        if self.overwrite:
-            return
-        for path in (self.final, self.stats_path):
-            if path.exists():
-                raise DataError(
-                    f"{path} already exists; pass --overwrite to replace it (it is left untouched)"
-                )
-
-    def open(self, dtype: str, compression: str | None) -> None:
-        self.parent.mkdir(parents=True, exist_ok=True)
-        stale = sorted(self.parent.glob(f".{self.name}.tmp-*"))
-        if stale:
-            print(
-                f"warning: {stale[0]} is left over from an interrupted conversion; delete it", file=sys.stderr
-            )
-        with quiet_streaming():
-            self.writer = _encoded_mds_writer()(
-                out=str(self.tmp),
-                columns={"input_ids": f"ndarray:{dtype}"},
-                compression=compression,
-                size_limit=1 << 26,
-                keep_local=True,
-            )
-
-    def add(self, samples: list[np.ndarray], encoded: list[bytes] | None = None) -> None:
-        if encoded and len(encoded) != len(samples):
-            raise RuntimeError(f"{len(encoded)} encoded samples for {len(samples)}: a processor bug")
-        for i, sample in enumerate(samples):
-            self.writer.write(encoded[i] if encoded else {"input_ids": sample})
-            self.tokens += len(sample)
-            self.max_token_id = max(self.max_token_id, int(sample.max()))
-        self.documents += 1
-        self.chunked_documents += len(samples) > 1
-        self.samples += len(samples)
-
-    def swap_in(self, stats: dict) -> None:
-        """Move the finished folder into place and write conversion.json beside it (last, atomically). An
-        existing dataset and its stats are kept aside, hidden, until `discard_old`; `restore` undoes this."""
-        self.refuse_existing()
-        for path in (self.stats_path, self.final):  # stats first: an old folder stops looking complete
-            if path.exists():
-                self._rename(path, self.parent / f".{path.name}.old-{os.getpid()}")
-                self.aside.append(self.renamed[-1][1])
-        self._rename(self.tmp, self.final)
-        write_json_atomic(self.stats_path, stats)
-        self.renamed.append((self.stats_path, None))
-
-    def _rename(self, src: Path, dst: Path) -> None:
-        src.rename(dst)
-        self.renamed.append((src, dst))
-
-    def restore(self) -> None:
-        """Undo swap_in as far as it got: the new stats go, the new folder returns to its temporary name
-        (abort removes it), the old dataset and its stats return."""
-        while self.renamed:
-            src, dst = self.renamed.pop()
-            if dst is None:
-                src.unlink(missing_ok=True)
-            else:
-                dst.rename(src)
-        self.aside = []
-
-    def discard_old(self) -> None:
-        for path in self.aside:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self.aside, self.renamed = [], []
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.cancel_future_jobs()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _encoded_mds_writer():
-    from streaming import MDSWriter
-
-    class EncodedMDSWriter(MDSWriter):
-        """MDSWriter that also takes samples the workers already encoded with ``encode_sample``."""
-
-        def encode_sample(self, sample):
-            return sample if isinstance(sample, bytes) else super().encode_sample(sample)
-
-    return EncodedMDSWriter
-
-
-class _Spill:
-    """For take_from="end": all samples go to a scratch file first, since the documents to keep (the last
-    ones whose tokens fit the budget) are known only at the end. Tokenizing happens once."""
-
-    def __init__(self, parent: Path):
-        parent.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix=".spill-", dir=parent))
-        self.file = open(self.dir / "ids.bin", "wb")  # noqa: SIM115  (closed by replay() / close())
-        self.docs: list[tuple[str, np.ndarray]] = []  # (role, sample lengths)
-        self.dtype = None
-
-    def add(self, role: str, samples: list[np.ndarray]) -> None:
-        self.dtype = samples[0].dtype
-        for s in samples:
-            s.tofile(self.file)
-        self.docs.append((role, np.array([len(s) for s in samples], dtype=np.int64)))
-
-    def replay(self, max_tokens: int) -> tuple[int, Iterator[tuple[str, list[np.ndarray]]]]:
-        """(number of leading documents over the budget, iterator over the kept documents' samples)."""
-        self.file.close()
-        totals = [int(lens.sum()) for _, lens in self.docs]
-        keep_from, used = len(totals), 0
-        while keep_from > 0 and used + totals[keep_from - 1] <= max_tokens:
-            keep_from -= 1
-            used += totals[keep_from]
-
-        def kept():
-            ids = np.memmap(self.dir / "ids.bin", dtype=self.dtype, mode="r") if self.docs else None
-            offset = sum(totals[:keep_from])
-            for role, lens in self.docs[keep_from:]:
-                samples = []
-                for n in lens:
-                    samples.append(np.array(ids[offset : offset + n]))
-                    offset += int(n)
-                yield role, samples
-
-        return keep_from, kept()
-
-    def close(self) -> None:
-        self.file.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class _Tally:
     """Rows read and rows skipped (by reason), with the first few problems as examples."""
 
@@ -282,7 +129,9 @@ class _Tally:
 class _Router:
     """Sends each document, in input order, to its folder (train/eval), the spill, or over_budget."""
 
-    def __init__(self, cfg: ConvertConfig, outputs: dict[str, _Output], tally: _Tally, spill: _Spill | None):
+    def __init__(
+        self, cfg: ConvertConfig, outputs: dict[str, DatasetOutput], tally: _Tally, spill: Spill | None
+    ):
         self.cfg, self.outputs, self.tally, self.spill = cfg, outputs, tally, spill
         self.tokens = 0
         self.exhausted = False  # take_from="start": the budget is spent, later rows are over_budget
@@ -348,12 +197,12 @@ def _consume(results, tally: _Tally, router: _Router, bar) -> None:
         bar.set_postfix_str(f"{sum(o.tokens for o in router.outputs.values()):,} tokens", refresh=False)
 
 
-def _plan_outputs(cfg: ConvertConfig) -> dict[str, _Output]:
+def _plan_outputs(cfg: ConvertConfig) -> dict[str, DatasetOutput]:
     name = cfg.name or default_name(cfg.dataset)
-    outputs = {"train": _Output(Path(cfg.out_dir), name, "train", cfg.overwrite)}
+    outputs = {"train": DatasetOutput(Path(cfg.out_dir), name, "train", cfg.overwrite)}
     if cfg.eval_fraction > 0:
         eval_dir = Path(cfg.eval_out_dir) if cfg.eval_out_dir else Path(cfg.out_dir).resolve().parent / "eval"
-        outputs["eval"] = _Output(eval_dir, name, "eval", cfg.overwrite)
+        outputs["eval"] = DatasetOutput(eval_dir, name, "eval", cfg.overwrite)
         if outputs["eval"].final.resolve() == outputs["train"].final.resolve():
             raise ValueError(
                 f"the eval folder would be the train folder ({outputs['eval'].final}); set --eval_out_dir"
@@ -369,8 +218,8 @@ def _stats(
     files: list[Path],
     columns: list[str],
     tally: _Tally,
-    outputs: dict[str, _Output],
-    out: _Output,
+    outputs: dict[str, DatasetOutput],
+    out: DatasetOutput,
     seconds: float,
 ) -> dict:
     return {
@@ -406,7 +255,7 @@ def _stats(
     }
 
 
-def _append_token_counts(cfg: ConvertConfig, outputs: dict[str, _Output]) -> None:
+def _append_token_counts(cfg: ConvertConfig, outputs: dict[str, DatasetOutput]) -> None:
     """One line per dataset, `<dataset path> <token count>`, as BioClinical's converter; the eval split's
     line goes to the file of the same name in the eval folder's parent."""
     if not cfg.out_token_counts:
@@ -426,7 +275,7 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _commit(outputs: dict[str, _Output], stats: dict[str, dict]) -> None:
+def _commit(outputs: dict[str, DatasetOutput], stats: dict[str, dict]) -> None:
     """All outputs appear, with their stats, or none does and any old datasets stay as they were."""
     for out in outputs.values():
         out.writer.finish()
@@ -469,7 +318,7 @@ def _convert(
     cfg: ConvertConfig,
     files: list[Path],
     columns: list[str],
-    outputs: dict[str, _Output],
+    outputs: dict[str, DatasetOutput],
     processor_cls: type[DocumentProcessor],
     start: float,
 ) -> dict[str, dict]:
@@ -484,7 +333,7 @@ def _convert(
         for out in outputs.values():
             out.open(info.dtype, compression)
         if cfg.max_tokens is not None and cfg.take_from == "end":
-            spill = _Spill(outputs["train"].parent)
+            spill = Spill(outputs["train"].parent)
         router = _Router(cfg, outputs, tally, spill)
         workers = cfg.num_workers or _available_cores()
         with tqdm(total=cfg.row_count, unit=" rows", disable=not cfg.progress, mininterval=0.5) as bar:

@@ -1,13 +1,11 @@
-"""A synthetic two-domain corpus and a tiny ModernBERT-shaped tokenizer, for tests and the offline demo.
+"""A synthetic two-domain corpus, for tests and the offline demo (its tokenizers: `tiny_tokenizers`).
 
-Both are deterministic (same arguments, same bytes) and need no network.
+Deterministic (same arguments, same bytes); needs no network.
 
 - `write_demo_corpus(out_dir)` writes `clinical.csv` (column `notes`, like BioClinical's CSVs),
   `finance.csv` (column `text`) and `eval.csv` (column `text`, both domains). Sentences come from templates
   over a few hundred words, so a small MLM can learn them; documents vary from one sentence to well over 512
   tokens, and clinical notes contain commas, quotes and newlines (quoted CSV fields).
-- `build_tiny_tokenizer(texts_or_files, out_dir)` trains a byte-level BPE with ModernBERT's special tokens
-  and post-processor and saves it with `save_pretrained`, so `AutoTokenizer.from_pretrained(out_dir)` works.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import csv
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")
 
 _CLINICAL = {
     "sex": ["man", "woman", "male", "female", "patient"],
@@ -249,62 +245,6 @@ def write_demo_corpus(
     eval_texts = [next(docs(rng.choice(["clinical", "finance"]), 1)) for _ in range(eval_docs)]
     _write_csv(paths["eval"], "text", eval_texts)
     return paths
-
-
-def _training_texts(texts_or_files: Iterable[str | Path]) -> Iterator[str]:
-    """Strings are texts; Path objects (or existing file names ending in a known extension) are read."""
-    from flex_bert.data.sources import FORMATS, iter_dataset_texts
-
-    for item in texts_or_files:
-        if isinstance(item, Path) or (
-            isinstance(item, str) and Path(item).suffix.lower() in FORMATS and Path(item).is_file()
-        ):
-            yield from iter_dataset_texts(str(item))
-        else:
-            yield item
-
-
-def build_tiny_tokenizer(texts_or_files: Iterable[str | Path], out_dir: str | Path, vocab_size: int = 1024):
-    """Train a byte-level BPE shaped like ModernBERT's and save it (loadable with AutoTokenizer, offline).
-
-    Like ModernBERT's: NFC normalizer, ByteLevel pre-tokenizer without prefix space, special tokens
-    [UNK] [CLS] [SEP] [PAD] [MASK] ([MASK] with lstrip), post-processor `[CLS] $A [SEP]`, ByteLevel decoder.
-    Returns the loaded `PreTrainedTokenizerFast`.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    specials = [AddedToken(t, special=True, normalized=False, lstrip=(t == "[MASK]")) for t in SPECIAL_TOKENS]
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_training_texts(texts_or_files), trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=8192,
-    )
-    fast.save_pretrained(str(out_dir))
-    return fast
 
 
 DEMO_DATASETS = (("train", "clinical"), ("train", "finance"), ("eval", "eval"))  # (split, dataset name)

@@ -187,8 +187,7 @@ class BatchResult:
 def mds_sample_encoder(dtype: str):
     """``ids -> bytes``: streaming's own ``MDSWriter.encode_sample`` for the converter's one column
     (``input_ids`` as ``ndarray:<dtype>``). The workers encode, so the main process, which must write the
-    samples in input order, only appends bytes (encoding was ~40 us per sample there, the bottleneck of
-    conversions with many workers)."""
+    samples in input order, only appends bytes (encoding there would bound conversions with many workers)."""
     from types import SimpleNamespace
 
     from streaming import MDSWriter

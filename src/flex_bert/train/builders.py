@@ -11,11 +11,25 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from flex_bert.data.batch_warmup import BatchSizeWarmup
-from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat, split_flat
+from flex_bert.data.eval_batches import MaskedDocuments, collate_flat, split_flat
+from flex_bert.data.loaders import PackedMLMDataset
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
+from flex_bert.train.compilation import prepare
 from flex_bert.train.composer_model import FlexBertComposer
+
+
+def set_cpu_threads(loader_workers: int) -> None:
+    """On a CPU run, torch's intra-op threads share the cores with the loader workers: one core is left to the
+    data path, the rest split between them (torch's default, a thread per core, thrashed a busy 2-core machine
+    at a tenth of the speed). OMP_NUM_THREADS, when set, decides instead."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, (cores - 1) // (1 + loader_workers))
+    torch.set_num_threads(threads)
+    print(f"cpu: {threads} intra-op thread(s) on {cores} core(s) (OMP_NUM_THREADS overrides)", flush=True)
 
 
 def build_tokenizer(name: str):
@@ -49,14 +63,13 @@ def build_model(cfg: DictConfig, tokenizer) -> FlexBertComposer:
     model = FlexBertComposer(config, disable_train_metrics=cfg.model.disable_train_metrics)
     if cfg.model.pretrained_checkpoint:
         from flex_bert.checkpoint_io import TRUST_KEY
-        from flex_bert.hf import load_composer_model_state
+        from flex_bert.hf_checkpoint import load_composer_model_state
 
         state = load_composer_model_state(cfg.model.pretrained_checkpoint, cfg.trust_checkpoint, TRUST_KEY)
         model.model.load_state_dict(state, strict=True)
     if cfg.init_from_checkpoint is not None:
         tiled_init.init_from_checkpoint(model.model, cfg.init_from_checkpoint, trust=cfg.trust_checkpoint)
-    if config.compile_model:
-        model.model.compile_layers(tune=cfg.model.compile_tuning)
+    prepare(model.model, config, tune=cfg.model.compile_tuning)
     return model
 
 

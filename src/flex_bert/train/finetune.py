@@ -35,7 +35,8 @@ from flex_bert.hf_tasks import load_start, save_task_checkpoint
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.task_eval import from_counts, predict, predictions, scores, weighted_counts
-from flex_bert.train.builders import build_tokenizer
+from flex_bert.train.builders import build_tokenizer, set_cpu_threads
+from flex_bert.train.compilation import prepare
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.registry import build_scheduler
 
@@ -204,6 +205,7 @@ def build_task(cfg: DictConfig, labels: list[str], tokenizer, start_cfg: FlexBer
         )
     model = build_task_model(config, TaskConfig(cfg.task, labels, cfg.pooling, cfg.classifier_dropout))
     model.load_encoder_state(mlm_state)
+    prepare(model, config)  # checkpointing where model_config asks; task models are not compiled
     return model
 
 
@@ -211,6 +213,8 @@ def finetune(cfg: DictConfig) -> dict:
     """Fine-tune, keep the best evaluation, score it; returns (and writes) result.json's content."""
     started = time.time()
     reproducibility.seed_all(cfg.seed)
+    if _device(cfg) == "cpu":
+        set_cpu_threads(loader_workers=0)  # the task's DataLoaders load in the main process
     start_cfg, mlm_state, stored_tokenizer = load_start(cfg.start, trust=cfg.trust_checkpoint)
     tokenizer_dir = cfg.tokenizer or stored_tokenizer
     if tokenizer_dir is None:

@@ -2,8 +2,9 @@
 
 - Each epoch start prints one line per stream of `train_loader.dataset.streams`: its samples in the epoch
   (streaming's `resample_streams`), their share of the epoch against the configured weight, and their tokens
-  (from the conversion stats; "about" where the epoch takes a random subset of a stream's samples). A single
-  split gets one line: its samples and tokens.
+  and share of the epoch's tokens (from the conversion stats; "about" where the epoch takes a random subset
+  of a stream's samples). A single split gets one line: its samples and tokens. `--dry_run` prints the same
+  lines for epoch 0 (preflight.py), without a trainer.
 - Every batch logs `data/samples/<stream>`: the samples of that stream trained on so far in this run (a
   resumed run continues the count; a new phase, `reset_time`, starts it again). They are counted from the
   packer's position in the epoch order, a few samples per batch, never the whole order.
@@ -45,6 +46,17 @@ def stream_of(documents, ids: np.ndarray) -> np.ndarray:
     if offsets is None:
         return np.zeros(len(ids), np.int64)
     return np.searchsorted(offsets, ids, side="right") - 1
+
+
+def missing_stats(names: list[str], documents) -> str | None:
+    """The streams whose tokens cannot be counted (no conversion stats), in one line; None if there are none."""
+    missing = [n for n, t in zip(names, stream_tokens(documents)) if t is None]
+    if not missing:
+        return None
+    return (
+        f"no conversion stats (<folder>.conversion.json) for {', '.join(missing)}, so its tokens cannot be "
+        "counted: convert it with data/convert_dataset_to_mds.py"
+    )
 
 
 def stream_tokens(documents) -> list[int | None]:
@@ -118,33 +130,50 @@ class MixtureReport(Callback):
         return np.bincount(stream_of(self._dataset.documents, ids), minlength=len(self.names))
 
     def _begin_epoch(self, epoch: int, start: PackingState | None) -> None:
-        documents = self._dataset.documents
-        streams = stream_of(documents, self._dataset.epoch_order(epoch))
-        if streams.size and streams.max() >= len(self.names):
-            raise ValueError(f"the training data has more streams than the config names ({self.names})")
+        streams = epoch_streams(self._dataset, epoch, self.names)
         self._streams = streams.astype(np.int16)  # compact: held for the whole epoch
         self._epoch = epoch
         self._position = start.position if start else 0
         self._buffered = self._count(start.buffer) if start else np.zeros(len(self.names), np.int64)
-        print(self._epoch_lines(epoch, np.bincount(streams, minlength=len(self.names))), flush=True)
-
-    def _epoch_lines(self, epoch: int, chosen: np.ndarray) -> str:
-        documents = self._dataset.documents
-        total = int(chosen.sum())
-        available = getattr(documents, "samples_per_stream", chosen)
-        tokens = stream_tokens(documents) or [None] * len(chosen)
+        chosen = np.bincount(streams, minlength=len(self.names))
+        parts = stream_lines(self.names, self.weights, self._dataset.documents, chosen)
         where = f" (resuming at sample {self._position:,})" if self._position else ""
-        parts = []
-        for name, weight, n, have, tok in zip(self.names, self.weights, chosen, available, tokens):
-            line = f"{name}: {int(n):,} samples"
-            if len(chosen) > 1:
-                line += f" ({n / total:.1%} of the epoch; {weight})"
-            if tok is not None:
-                exact = n % have == 0  # whole copies of the stream: its tokens are known exactly
-                line += f", {'' if exact else 'about '}{round(tok * n / have):,} tokens"
-                line += f" ({n / have:.2f} x its {int(have):,} samples)" if n != have else ""
-            parts.append(line)
-        if len(parts) == 1:
-            return f"training data, epoch {epoch}{where}: {parts[0]}"
-        header = f"training data, epoch {epoch}{where}: {total:,} samples from {len(parts)} streams"
-        return "\n  ".join([header, *parts])
+        print(epoch_report(f"training data, epoch {epoch}{where}", parts, chosen), flush=True)
+
+
+def epoch_streams(dataset, epoch: int, names: list[str]) -> np.ndarray:
+    """The stream of each sample of the epoch, in packing order (streaming's resampling of a mixture)."""
+    streams = stream_of(dataset.documents, dataset.epoch_order(epoch))
+    if streams.size and streams.max() >= len(names):
+        raise ValueError(f"the training data has more streams than the config names ({names})")
+    return streams
+
+
+def stream_lines(names: list[str], weights: list[str], documents, chosen: np.ndarray) -> list[str]:
+    """One line per stream: the samples the epoch takes from it (`chosen`), their share of the epoch against
+    the configured weight, and their tokens and share of the epoch's tokens (from the conversion stats)."""
+    total = int(chosen.sum())
+    available = getattr(documents, "samples_per_stream", chosen)
+    tokens = stream_tokens(documents) or [None] * len(chosen)
+    taken = [None if t is None else t * n / have for t, n, have in zip(tokens, chosen, available)]
+    all_tokens = None if None in taken else sum(taken)
+    parts = []
+    for name, weight, n, have, tok in zip(names, weights, chosen, available, taken):
+        line = f"{name}: {int(n):,} samples"
+        if len(chosen) > 1:
+            line += f" ({n / total:.1%} of the epoch; {weight})"
+        if tok is not None:
+            exact = n % have == 0  # whole copies of the stream: its tokens are known exactly
+            line += f", {'' if exact else 'about '}{round(tok):,} tokens"
+            notes = [f"{tok / all_tokens:.1%} of the tokens"] if len(chosen) > 1 and all_tokens else []
+            notes += [f"{n / have:.2f} x its {int(have):,} samples"] if n != have else []
+            line += f" ({'; '.join(notes)})" if notes else ""
+        parts.append(line)
+    return parts
+
+
+def epoch_report(header: str, parts: list[str], chosen: np.ndarray) -> str:
+    """The header and the lines of stream_lines: one line for a single split, else one per stream."""
+    if len(parts) == 1:
+        return f"{header}: {parts[0]}"
+    return "\n  ".join([f"{header}: {int(chosen.sum()):,} samples from {len(parts)} streams", *parts])

@@ -2,7 +2,8 @@
 
 Each check builds what training builds (tokenizer, model config, the train and eval data with all their
 checks) or reads what it would read (the starting checkpoint, through the safe loader, against the model
-config), without weights on a device, without a Trainer. Problems are collected, not stopped at.
+config), without weights on a device, without a Trainer. Problems are collected, not stopped at. The
+training data is also described: per stream, its samples, tokens and shares of an epoch.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def preflight(cfg: DictConfig) -> list[str]:
     if tokenizer is not None and config is not None:
         train = attempt("train data", lambda: builders.build_train_dataspec(cfg, tokenizer))
         if train is not None:
-            notes.append(f"train data: {len(train.dataloader.dataset.documents):,} documents")
+            report = attempt("train data", lambda: _train_data_report(cfg, train.dataloader.dataset))
+            notes += [report] if report else []
         if cfg.eval_loader is not None:
             evaluator = attempt("eval data", lambda: builders.build_evaluator(cfg, tokenizer))
             if evaluator is not None:
@@ -64,7 +66,8 @@ def _check_checkpoint(path: str, cfg: DictConfig, config) -> str:
     """The checkpoint exists, loads under the safe loader (or trust_checkpoint) and its weights are exactly
     those of model_config; returns what it holds."""
     from flex_bert.checkpoint_io import TRUST_KEY
-    from flex_bert.hf import check_state_matches_config, load_composer_model_state
+    from flex_bert.hf_checkpoint import load_composer_model_state
+    from flex_bert.hf_state import check_state_matches_config
 
     if "://" in path:
         return f"{path} is remote: checked when it is downloaded"
@@ -72,6 +75,28 @@ def _check_checkpoint(path: str, cfg: DictConfig, config) -> str:
     if config is not None:
         check_state_matches_config(state, config, hint="model.model_config describes another architecture")
     return f"{path} loads and matches model_config ({len(state)} tensors)"
+
+
+def _train_data_report(cfg: DictConfig, dataset) -> str:
+    """Epoch 0 of the training data, per stream, as the run prints it at its start (streaming's resampling);
+    a stream without conversion stats is a problem: its tokens and their share cannot be told."""
+    import numpy as np
+
+    from flex_bert.train.mixture_report import (
+        epoch_report,
+        epoch_streams,
+        missing_stats,
+        stream_labels,
+        stream_lines,
+    )
+
+    names, weights = stream_labels(cfg.train_loader.dataset)
+    problem = missing_stats(names, dataset.documents)
+    if problem:
+        raise ValueError(problem)
+    chosen = np.bincount(epoch_streams(dataset, 0, names), minlength=len(names))
+    lines = stream_lines(names, weights, dataset.documents, chosen)
+    return epoch_report("train data, epoch 0", lines, chosen)
 
 
 def _resume_note(cfg: DictConfig) -> str | None:

@@ -42,23 +42,11 @@ def _precision(cfg: DictConfig, device: str) -> str:
     )  # autocast bf16 on CPU is slow and not the GPU's numerics
 
 
-def _cpu_threads(cfg: DictConfig) -> None:
-    """On a CPU run, torch's intra-op threads share the cores with the loader workers: one core is left to the
-    data path, the rest split between them (torch's default, a thread per core, thrashed a busy 2-core machine
-    at a tenth of the speed). OMP_NUM_THREADS, when set, decides instead."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, (cores - 1) // (1 + cfg.train_loader.num_workers))
-    torch.set_num_threads(threads)
-    print(f"cpu: {threads} intra-op thread(s) on {cores} core(s) (OMP_NUM_THREADS overrides)", flush=True)
-
-
 def build_trainer(cfg: DictConfig) -> Trainer:
     reproducibility.seed_all(cfg.seed)
     device = _device(cfg)
     if device == "cpu":
-        _cpu_threads(cfg)
+        builders.set_cpu_threads(cfg.train_loader.num_workers)
     if not dist.is_initialized() and dist.get_world_size() > 1:
         dist.initialize_dist(device, timeout=cfg.dist_timeout)
     tokenizer = builders.build_tokenizer(cfg.tokenizer_name)
@@ -129,7 +117,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
 def _tokenizer_files(tokenizer) -> dict:
     import tempfile
 
-    from flex_bert.hf import tokenizer_dir_to_state
+    from flex_bert.hf_checkpoint import tokenizer_dir_to_state
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)

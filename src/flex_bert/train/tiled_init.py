@@ -61,7 +61,7 @@ def check(spec, large: FlexBertConfig) -> None:
 
 def init_from_checkpoint(model, spec, trust: bool) -> str:
     """Tile ``model`` (a FlexBertForMaskedLM) from the smaller checkpoint; returns the line that says so."""
-    from flex_bert.hf import load_composer_model_state
+    from flex_bert.hf_checkpoint import load_composer_model_state
     from flex_bert.model.tiling import tile_state_dict
 
     path = checkpoint_file(spec)
