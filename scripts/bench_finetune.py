@@ -14,6 +14,8 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
   HF loop     (extra line) the same padded batches and model in a plain loop: the model's cost without the
               Trainer's own.
 
+Timing: flex_bert.bench.timing's Env (bf16 autocast and synchronisation on a GPU).
+
 Examples: [CLS] + random ids + [SEP], lengths log-normal (median 150, sigma 0.6) clipped to 50..400 tokens
 (paragraphs, as in the DAPT/TAPT procedure); 4 labels, a quarter of each example's tokens drawn from 16 ids
 of its label (so the loss falls within the run). Equal batch size (examples per step); the first --warmup
@@ -30,7 +32,6 @@ CPU smoke:    python scripts/bench_finetune.py --tiny --device cpu --steps 2 --w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -41,11 +42,12 @@ import time
 import numpy as np
 import torch
 
+from flex_bert.bench.timing import Env
 from flex_bert.data.labelled import collate
 from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
-from flex_bert.model.mlm import LAYER_GRAPHS
+from flex_bert.train.compilation import LAYER_GRAPHS
 
 NUM_LABELS, SIGNAL_IDS, SIGNAL_FRACTION = 4, 16, 0.25
 MIN_LEN, MAX_LEN, MEDIAN_LEN, SIGMA = 50, 400, 150, 0.6
@@ -136,19 +138,14 @@ class Clock:
     """Wall time between two points, synchronising the GPU at each (none in between)."""
 
     def __init__(self, device: torch.device):
-        self.device, self.marks = device, {}
+        self.env, self.marks = Env(device), {}
 
     def mark(self, name: str) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.env.sync()
         self.marks[name] = time.perf_counter()
 
     def seconds(self, a: str, b: str) -> float:
         return self.marks[b] - self.marks[a]
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def result(kind: str, args, seconds: float, timed: list[list[dict]], losses: list[float], eval_loss: float):
@@ -178,7 +175,7 @@ def run_flex(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[f
         if i == args.warmup:
             clock.mark("start")
         b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with autocast(device, bf16):
+        with Env(device).autocast():
             loss = model(
                 b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"], labels=b["labels"]
             ).loss
@@ -198,7 +195,7 @@ def run_hf_loop(model, data: list[list[dict]], args, device, bf16: bool) -> tupl
         if i == args.warmup:
             clock.mark("start")
         b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast(device, bf16):
+        with Env(device).autocast():
             loss = model(**b).loss
         loss.backward()
         opt.step()
@@ -266,7 +263,7 @@ def eval_loss(model, examples: list[dict], device, bf16: bool, is_flex: bool) ->
     for batch in batches(examples, 32):
         b = packed(batch) if is_flex else pad(batch)
         b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-        with autocast(device, bf16):
+        with Env(device).autocast():
             if is_flex:
                 logits = model(b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"]).logits
             else:

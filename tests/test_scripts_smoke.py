@@ -17,6 +17,7 @@ REAL_RUNS = {
     "bench_allreduce.py": "GPU only (NCCL between GPUs)",
     "bench_attention.py": "GPU figures; its CPU mode compiles flex_attention for minutes",
     "bench_convert.py": "test_bench_convert_tiny_corpus",
+    "bench_finetune.py": "tests/test_bench_smoke.py::test_bench_finetune_tiny",
     "bench_fused.py": "GPU only (Triton kernels)",
     "bench_packing.py": "tests/test_bench_smoke.py::test_bench_packing_tiny",
     "bench_train.py": "tests/test_bench_smoke.py::test_bench_train_tiny",
