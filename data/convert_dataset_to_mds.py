@@ -11,6 +11,7 @@ Each document is tokenized once and cut into [CLS] ... [SEP] samples of at most 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flex_bert.data.convert import ConvertConfig, convert_dataset, summary_line
+from flex_bert.data.convert import ON_ERROR, TAKE_FROM, ConvertConfig, convert_dataset, summary_line
 from flex_bert.data.tokenize import WorkerDied
 
 
@@ -36,6 +37,7 @@ def _count(text: str) -> int:
 
 
 def parse_args(argv=None) -> ConvertConfig:
+    default = {f.name: f.default for f in dataclasses.fields(ConvertConfig)}  # written once, in ConvertConfig
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="a file, a directory or a quoted glob (sorted order)")
     p.add_argument(
@@ -43,31 +45,45 @@ def parse_args(argv=None) -> ConvertConfig:
     )
     p.add_argument("--row_count", type=_count, help="number of input rows, only for the progress bar's ETA")
     p.add_argument("--out_token_counts", help="append '<dataset> <token count>' to this file")
-    p.add_argument("--tokenizer", default="answerdotai/ModernBERT-base", help="hub name or local folder")
+    p.add_argument("--tokenizer", default=default["tokenizer"], help="hub name or local folder")
     p.add_argument("--text_column", help="default: 'text', then 'notes'")
-    p.add_argument("--max_seq_len", type=int, default=8192, help="sample length, [CLS] and [SEP] included")
+    p.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=default["max_seq_len"],
+        help="sample length, [CLS] and [SEP] included",
+    )
     p.add_argument("--num_workers", type=int, help="tokenizing processes (default: all cores)")
     p.add_argument("--compression", default="none", help="MDS shard compression (default none)")
-    p.add_argument("--min_chars", type=int, default=0, help="drop (and count) shorter documents")
+    p.add_argument(
+        "--min_chars", type=int, default=default["min_chars"], help="drop (and count) shorter documents"
+    )
     p.add_argument("--max_tokens", type=_count, help="keep whole documents up to this many tokens")
     p.add_argument(
         "--take_from",
-        choices=["start", "end"],
-        default="start",
+        choices=TAKE_FROM,
+        default=default["take_from"],
         help="with --max_tokens: the first or the last documents of the input order",
     )
     p.add_argument("--name", help="dataset folder name (default: the file's stem)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     p.add_argument(
         "--on_error",
-        choices=["fail", "skip"],
-        default="fail",
+        choices=ON_ERROR,
+        default=default["on_error"],
         help="a malformed or undecodable row: stop with an error naming it, or count and skip it",
     )
-    p.add_argument("--eval_fraction", type=float, default=0.0, help="hold out this fraction of documents")
+    p.add_argument(
+        "--eval_fraction",
+        type=float,
+        default=default["eval_fraction"],
+        help="hold out this fraction of documents",
+    )
     p.add_argument("--eval_out_dir", help="where the held-out folder goes (default OUT_DIR/../eval)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
-    p.add_argument("--batch_rows", type=int, default=256, help="rows per batch sent to a worker")
+    p.add_argument("--seed", type=int, default=default["seed"], help="seed of the held-out split")
+    p.add_argument(
+        "--batch_rows", type=int, default=default["batch_rows"], help="rows per batch sent to a worker"
+    )
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     return ConvertConfig(

@@ -33,6 +33,8 @@ SKIP_REASONS = ("empty", "too_short", "bad_encoding", "malformed", "over_budget"
 ERROR_REASONS = ("bad_encoding", "malformed")  # fatal with on_error="fail"; the others are always counted
 STATS_VERSION = 1
 MAX_PROBLEM_EXAMPLES = 20
+ON_ERROR = ("fail", "skip")  # a malformed or undecodable row: stop naming it, or count and skip it
+TAKE_FROM = ("start", "end")  # with max_tokens: the first or the last documents of the input order
 
 
 @dataclass
@@ -64,9 +66,9 @@ class ConvertConfig:
             raise ValueError(
                 f"--max_seq_len must be at least 3 ([CLS] + 1 token + [SEP]), got {self.max_seq_len}"
             )
-        if self.on_error not in ("fail", "skip"):
+        if self.on_error not in ON_ERROR:
             raise ValueError(f"--on_error must be 'fail' or 'skip', got {self.on_error!r}")
-        if self.take_from not in ("start", "end"):
+        if self.take_from not in TAKE_FROM:
             raise ValueError(f"--take_from must be 'start' or 'end', got {self.take_from!r}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise ValueError(f"--max_tokens must be positive, got {self.max_tokens}")
