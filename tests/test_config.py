@@ -183,13 +183,14 @@ def _numeric_fields(cls, prefix: str):
 
 
 def test_every_numeric_setting_declares_its_range_and_is_in_the_table_above():
-    from flex_bert.train import registry
+    from flex_bert.train.callbacks import CALLBACKS
     from flex_bert.train.config import TrainConfig
+    from flex_bert.train.schedulers import SCHEDULERS
 
     rules = dict(_numeric_fields(TrainConfig, ""))
-    for s, _ in registry.SCHEDULERS.values():
+    for s in SCHEDULERS.values():
         rules.update(_numeric_fields(s, "scheduler."))
-    for n, s in registry.CALLBACKS.items():
+    for n, s in CALLBACKS.items():
         rules.update(_numeric_fields(s, f"callbacks.{n}."))
     assert [k for k, rule in rules.items() if rule is None] == []
     found = {

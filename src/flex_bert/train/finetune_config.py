@@ -13,7 +13,9 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from flex_bert.train.config import OptimizerConfig, _suggest
+from flex_bert.train.checks import suggest
+from flex_bert.train.config import OptimizerConfig
+from flex_bert.train.schedulers import parse_scheduler
 
 TASK_METRICS = ("accuracy", "macro_f1")  # task_eval.METRICS; the early-stopping and best-checkpoint metric
 
@@ -49,9 +51,7 @@ class FinetuneConfig:
     max_seq_len: int = 512
 
     optimizer: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
-    scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur", "alpha_f": 0.0}
-    )
+    scheduler: Any = field(default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur"})
     batch_size: int = 32  # examples per optimizer step (all GPUs together)
     microbatch_size: int | None = None  # examples per forward pass on a GPU; None: the whole device batch
     eval_batch_size: int = 64
@@ -75,7 +75,7 @@ def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = No
     for part in parts:
         for key in part:
             if key not in schema.keys():  # noqa: SIM118 (`in` is False for a MISSING value)
-                raise ValueError(f"unknown task file key {key!r}{_suggest(str(key), schema.keys())}")
+                raise ValueError(f"unknown task file key {key!r}{suggest(str(key), schema.keys())}")
     try:
         cfg = OmegaConf.merge(schema, *parts)
     except OmegaConfBaseException as e:  # a wrong type: one line naming the key
@@ -90,9 +90,8 @@ def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = No
 
 def validate(cfg: DictConfig) -> None:
     from flex_bert.model.classification import POOLINGS, TASKS
-    from flex_bert.train import registry
 
-    registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
+    cfg.scheduler = parse_scheduler(cfg.scheduler)  # checked once: finetune builds from this config
     for key, value, allowed in (
         ("task", cfg.task, TASKS),
         ("pooling", cfg.pooling, POOLINGS),
@@ -102,7 +101,7 @@ def validate(cfg: DictConfig) -> None:
         ("precision", cfg.precision, ("amp_bf16", "amp_fp16", "fp32")),
     ):
         if value not in allowed:
-            raise ValueError(f"{key} {value!r} is not supported{_suggest(str(value), allowed)}")
+            raise ValueError(f"{key} {value!r} is not supported{suggest(str(value), allowed)}")
     if cfg.start is None:
         raise ValueError("start is not set: give the starting point (an HF folder or a .pt checkpoint)")
     if not 0.0 < cfg.eval_fraction < 1.0:
