@@ -43,9 +43,14 @@ def parse_args(argv=None) -> ConvertConfig:
     )
     p.add_argument("--row_count", type=_count, help="number of input rows, only for the progress bar's ETA")
     p.add_argument("--out_token_counts", help="append '<dataset> <token count>' to this file")
-    p.add_argument("--tokenizer", default="answerdotai/ModernBERT-base", help="hub name or local folder")
+    p.add_argument("--tokenizer", default=ConvertConfig.tokenizer, help="hub name or local folder")
     p.add_argument("--text_column", help="default: 'text', then 'notes'")
-    p.add_argument("--max_seq_len", type=int, default=8192, help="sample length, [CLS] and [SEP] included")
+    p.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=ConvertConfig.max_seq_len,
+        help="sample length, [CLS] and [SEP] included",
+    )
     p.add_argument("--num_workers", type=int, help="tokenizing processes (default: all cores)")
     p.add_argument("--compression", default="none", help="MDS shard compression (default none)")
     p.add_argument("--min_chars", type=int, default=0, help="drop (and count) shorter documents")

@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# ModernBERT's context length: the default training length (max_seq_len) and max_position_embeddings.
+CONTEXT_LENGTH = 8192
+
 # Attention backends by name (the functions live in attention.py; names are checked here so that a typo fails
 # at config load, before any work).
 ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sdpa")
@@ -179,7 +182,9 @@ class FlexBertConfig:
     # (fused_glu.py), rotary of QKV (fused_rotary.py), the MLM loss (fused_cross_entropy.py). false: the PyTorch
     # composition (the same computation, another dropout mask). CPU always runs the composition. (The band attention kernel is a backend.)
     fused_kernels: bool = True
-    max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
+    max_position_embeddings: int = (
+        CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
+    )
     gradient_checkpointing: bool = False
     pad_token_id: int = 50283
     cls_token_id: int = 50281

@@ -22,6 +22,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from flex_bert.model.config import CONTEXT_LENGTH
 from flex_bert.train.algorithms import parse_algorithms
 from flex_bert.train.callbacks import parse_callbacks
 from flex_bert.train.checks import (
@@ -66,9 +67,10 @@ class DatasetConfig:
     tokenizer_name: str | None = (
         None  # must equal the top-level tokenizer_name (the seed YAML interpolates it)
     )
-    max_seq_len: int = setting(MISSING, COUNT)
+    # the run's shared values unless a section sets its own
+    max_seq_len: int = setting("${max_seq_len}", COUNT)
     shuffle: bool = True
-    mlm_probability: float = setting(0.3, PROBABILITY)
+    mlm_probability: float = setting("${mlm_probability}", PROBABILITY)
     streaming: bool = False  # false: data must be local (upstream's NoStreamingDataset); true: remote allowed
     shuffle_seed: int = setting(9176, SEED)
     whole_word_mask: bool = False  # TAPT option: mask whole words (all [MASK]), as HF's whole-word collator
@@ -108,9 +110,9 @@ class ModelSection:
     recompute_metric_loss: bool = False
     gradient_checkpointing: bool | None = None  # upstream's place for model_config.gradient_checkpointing
     # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels.
-    # Off by default: since the memory-bound work runs in FlexBERT's own Triton kernels it gains nothing
-    # (base at 1024 on an H200: 428,524 tokens/s with it, 428,548 without) and costs ~100 s of compilation;
-    # its launch configurations are chosen by timing, so runs on different machines may differ in the last bits
+    # Off by default: the memory-bound work runs in FlexBERT's own Triton kernels, so it gains nothing measurable
+    # (docs/PERFORMANCE.md) and adds minutes of compilation; its launch configurations are chosen by timing, so
+    # runs on different machines may differ in the last bits
     compile_tuning: bool = False
     model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
 
@@ -148,7 +150,7 @@ class TrainConfig:
     # Shared values the sections interpolate (${data_local}, ${max_seq_len}, ...).
     data_local: str | None = None
     data_remote: str | None = None
-    max_seq_len: int = setting(8192, COUNT)
+    max_seq_len: int = setting(CONTEXT_LENGTH, COUNT)
     tokenizer_name: str = "answerdotai/ModernBERT-base"
     mlm_probability: float = setting(0.3, PROBABILITY)
     # token durations count padding too, as upstream's default; the ModernBERT YAMLs set false (real tokens)

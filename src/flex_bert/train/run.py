@@ -49,8 +49,8 @@ def _precision(cfg: DictConfig, device: str) -> str:
 
 def _cpu_threads(cfg: DictConfig) -> None:
     """On a CPU run, torch's intra-op threads share the cores with the loader workers: one core is left to the
-    data path, the rest split between them (torch's default, a thread per core, thrashed a busy 2-core machine
-    at a tenth of the speed). OMP_NUM_THREADS, when set, decides instead."""
+    data path, the rest split between them (torch's default, a thread per core, oversubscribes a busy machine).
+    OMP_NUM_THREADS, when set, decides instead."""
     if os.environ.get("OMP_NUM_THREADS"):
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
