@@ -74,6 +74,13 @@ def test_unknown_model_config_key_is_an_error_at_load():
         load_config([SEED], ["model.model_config.mlp_layer=mlp"])
 
 
+def test_a_misspelled_model_config_key_names_its_full_key_with_a_close_match():
+    """model.model_config is a typed node: the merge itself refuses the key, as for any other section."""
+    with pytest.raises(ValueError) as err:
+        load_config([SEED], ["model.model_config.hiden_size=3"])
+    assert str(err.value) == "unknown config key 'model.model_config.hiden_size'; did you mean 'hidden_size'?"
+
+
 def test_missing_required_value_is_named(tmp_path):
     raw = yaml.safe_load(Path(SEED).read_text())
     del raw["max_duration"]

@@ -18,6 +18,7 @@ from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
 from flex_bert.train.composer_model import FlexBertComposer
 from flex_bert.train.shape import RunShape
+from flex_bert.train.upstream_model import from_upstream
 
 
 def build_model_config(cfg: DictConfig, tokenizer) -> FlexBertConfig:
@@ -27,7 +28,7 @@ def build_model_config(cfg: DictConfig, tokenizer) -> FlexBertConfig:
         token_id = getattr(tokenizer, key, None)
         if key not in settings and token_id is not None:
             settings[key] = int(token_id)
-    config = FlexBertConfig.from_dict(settings)
+    config = from_upstream(settings)
     if len(tokenizer) > config.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(tokenizer)} tokens but model_config.vocab_size is {config.vocab_size}"

@@ -44,6 +44,7 @@ from flex_bert.train.checks import (
 from flex_bert.train.loggers import LOGGERS
 from flex_bert.train.schedulers import parse_scheduler
 from flex_bert.train.shape import run_shape
+from flex_bert.train.upstream_model import ModelConfigNode, settle_node
 
 OPTIMIZERS = ("decoupled_stableadamw",)  # fine-tuning has torch's adamw too (finetune_config)
 
@@ -114,7 +115,8 @@ class ModelSection:
     # (docs/PERFORMANCE.md) and adds minutes of compilation; its launch configurations are chosen by timing, so
     # runs on different machines may differ in the last bits
     compile_tuning: bool = False
-    model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
+    # typed (upstream_model.ModelConfigNode): a misspelled key fails at the merge; then the keys set, as a mapping
+    model_config: Any = field(default_factory=ModelConfigNode)
 
 
 @dataclass
@@ -240,6 +242,7 @@ def load_config_and_notes(
             cfg.update({v: None for v in variables})
         cfg = OmegaConf.merge(cfg, *parts)
         OmegaConf.resolve(cfg)
+        settle_node(cfg)
         values = {v: cfg[v] for v in variables}
         with open_dict(cfg):
             for v in variables:
