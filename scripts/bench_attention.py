@@ -3,13 +3,11 @@
 One row of `--tokens` tokens (98,304 = 12 x 8192) of log-normal document lengths (median 600, sigma 1, clipped
 to 50..8192), H=12, D=64, bf16 on CUDA. For a local layer (window 128) and a global one, forward + backward
 (CUDA events after warm-up, median of `--iters`) of:
-  varlen            torch.nn.attention.varlen.varlen_attn (the current CUDA path; skipped on CPU)
-  flex              the "flex" backend called eagerly: block mask built per call + compiled flex_attention
-  flex compiled     the backend under torch.compile, as inside `compile_layers` (mask built in the graph)
+  every backend of `flex_bert.kernels.BACKENDS`, by its name (one that cannot run here is reported failed:
+                    varlen, band, fa4 and flash_attn need CUDA, fa4 and flash_attn their packages), and
+  flex compiled     the flex backend under torch.compile, as inside compiled layers (mask built in the graph)
   flex premask      compiled flex_attention with a prebuilt block mask (attention alone)
-  band              FlexBERT's Triton sliding-window kernel (model/band_attention.py; local layers, CUDA)
-  band (full)       the same kernel on a global layer, its window wider than any document
-  fa4               flash-attn-4's kernels (model/fa4_attention.py), when the package is installed (CUDA)
+  band (full)       the band kernel on a global layer, its window wider than any document
   mask only         `flex_block_mask` alone, eager (no FLOPs)
 Useful TFLOP/s counts only allowed (query, key) pairs: 4*H*D*pairs, x3.5 for forward + backward. Accuracy: max
 abs error of output and input gradients against the exact `sdpa` backend (fp32) on a smaller row
@@ -26,7 +24,6 @@ On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
@@ -38,15 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flex_bert.model import attention, band_attention  # noqa: E402
-from flex_bert.model.attention import (  # noqa: E402
-    band_backend,
-    flex_attention_backend,
-    flex_block_mask,
-    get_backend,
-    sdpa_attention,
-    varlen_attention,
-)
+from flex_bert.kernels import BACKENDS, band_attention, flex  # noqa: E402
+from flex_bert.kernels.backends import sdpa_attention  # noqa: E402
+from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask  # noqa: E402
 
 # the band kernel with half a window of 2^30 tokens: global attention, one compilation
 GLOBAL_WINDOW = 1 << 31
@@ -190,7 +181,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     dtype, backward = (torch.bfloat16, True) if cuda else (torch.float32, False)
-    attention.FLEX_BLOCK_SIZE = args.block_size
+    flex.FLEX_BLOCK_SIZE = args.block_size
     H, D, bs = args.heads, args.head_dim, args.block_size
     lengths = packed_lengths(args.tokens, args.seed, hi=args.max_len)
     check_lengths = packed_lengths(min(args.check_tokens, args.tokens), args.seed + 1, hi=2048)
@@ -212,23 +203,13 @@ def main(argv=None) -> int:
         flops = 4 * H * D * useful_pairs(lengths, window) * (3.5 if backward else 1.0)
         build = lambda w=window: flex_block_mask(cu, q.shape[0], w, block_size=bs, full_width=not cuda)  # noqa: E731
         mask = build()
-        kernels = {
-            "varlen": varlen_attention,
-            "flex": flex_attention_backend,
-            "flex compiled": compiled,
-            "flex premask": lambda *a, m=mask: flex_attention_backend(*a, block_mask=m),
-        }
-        if window is not None:
-            kernels["band"] = band_backend
-        else:  # the band kernel with a window wider than any document: full attention in 64-token tiles
+        kernels = {name: backend.fn for name, backend in BACKENDS.items()}
+        kernels["flex compiled"] = compiled
+        kernels["flex premask"] = lambda *a, m=mask: flex_attention_backend(*a, block_mask=m)
+        if window is None and cuda:  # the band kernel with a window wider than any document: full attention
             kernels["band (full)"] = lambda q, k, v, cu, n, w: band_attention.band_attention(
                 q, k, v, cu, GLOBAL_WINDOW
             )
-        if cuda and importlib.util.find_spec("flash_attn") and importlib.util.find_spec("flash_attn.cute"):
-            kernels["fa4"] = get_backend("fa4")
-        if not cuda:
-            del kernels["varlen"]
-            kernels.pop("band", None)
         if chosen:
             kernels = {n: f for n, f in kernels.items() if n in chosen}
         rows = []

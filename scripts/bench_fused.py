@@ -1,4 +1,4 @@
-"""The fused kernels (model/fused_norm.py, model/fused_glu.py) against Inductor's compiled composition, alone.
+"""The fused kernels (kernels/fused_norm.py, kernels/fused_glu.py) against Inductor's compiled composition, alone.
 
 For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the residual joint
 `x + dropout(branch)` -> LayerNorm (fp32 stream, bf16 branch and output, p = 0.1) and the GLU gate
@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from flex_bert.model import fused_glu, fused_norm  # noqa: E402
+from flex_bert.kernels import fused_glu, fused_norm  # noqa: E402
 
 
 def _bench(fn) -> float:

@@ -76,6 +76,7 @@ from flex_bert.data.loaders import PackedMLMDataset  # noqa: E402
 from flex_bert.data.masking import IGNORE_INDEX, MaskingSpec  # noqa: E402
 from flex_bert.model import BACKENDS, FlexBertConfig, FlexBertForMaskedLM  # noqa: E402
 from flex_bert.model.flops import training_flops_per_token  # noqa: E402
+from flex_bert.train.compilation import compile_layers  # noqa: E402
 from flex_bert.train.composer_model import model_inputs  # noqa: E402
 from flex_bert.train.optim import build_optimizer  # noqa: E402
 from flex_bert.train.profiling import kernel_summary  # noqa: E402
@@ -409,8 +410,8 @@ def flex_stats(batch: dict) -> dict:
 
 
 def compile_flexbert(model: FlexBertForMaskedLM, tune: bool = False) -> str:
-    if hasattr(model, "compile_layers"):
-        model.compile_layers(tune=tune)
+    if isinstance(model, FlexBertForMaskedLM):
+        compile_layers(model, tune=tune)
         return f"compile_layers(tune={tune})"
     model.compile()
     return "torch.compile(model)"

@@ -33,7 +33,7 @@ def main() -> None:
             torch.arange(T, device=device)
             - cu[torch.searchsorted(cu, torch.arange(T, device=device, dtype=torch.int32), right=True) - 1]
         )
-        from flex_bert.model.rotary import rotary_cos_sin
+        from flex_bert.kernels.rotary import rotary_cos_sin
 
         rope = rotary_cos_sin(positions, cfg.head_dim, cfg.local_rope_theta)
         for i in (0, 1):  # a global and a local layer

@@ -1,11 +1,11 @@
-"""The sliding-window Triton kernel (model/band_attention.py) against a float64 reference: explicit scores over
+"""The sliding-window Triton kernel (kernels/band_attention.py) against a float64 reference: explicit scores over
 each document with the |i - j| <= window // 2 mask, softmax, forward and gradients by autograd. On the CPU the
 kernels run in Triton's interpreter (tests/conftest.py)."""
 
 import pytest
 import torch
 
-from flex_bert.model import band_attention
+from flex_bert.kernels import band_attention
 from flex_bert.model.padding import cu_seqlens_from_lengths
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from flex_bert.train.compilation import compile_layers, prepare
 
 
 def _batch(rng, T=256):
@@ -28,7 +29,7 @@ def test_compiled_layers_never_recompile_or_fall_back_to_eager():
         sliding_window=16, pad_token_id=3, cls_token_id=1, sep_token_id=2, mask_token_id=4,
     )  # fmt: skip
     model = FlexBertForMaskedLM(cfg)
-    model.compile_layers()
+    compile_layers(model)
     rng = np.random.default_rng(0)
     graphs = []
     for _ in range(6):
@@ -41,8 +42,6 @@ def test_compiled_layers_never_recompile_or_fall_back_to_eager():
 def test_compile_tuning_reaches_every_compiled_piece(monkeypatch):
     """`tune=True` passes Inductor's coordinate-descent option to each compiled piece (embeddings, every
     layer, head+loss); `tune=False` passes none; a `mode` is kept (torch.compile takes mode or options)."""
-    from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
-
     calls = []
     monkeypatch.setattr(torch, "compile", lambda fn=None, **kw: calls.append(kw) or fn)
     cfg = FlexBertConfig(
@@ -58,11 +57,38 @@ def test_compile_tuning_reaches_every_compiled_piece(monkeypatch):
     )
     for tune, kwargs, want in cases:
         calls.clear()
-        FlexBertForMaskedLM(cfg).compile_layers(tune=tune, **kwargs)
+        compile_layers(FlexBertForMaskedLM(cfg), tune=tune, **kwargs)
         assert len(calls) == 1 + 3 + 1
         assert all(c.get("options", {}).get("coordinate_descent_tuning", False) == want for c in calls)
         assert all(c["dynamic"] is True for c in calls)
         assert all("options" not in c or "mode" not in c for c in calls)  # torch.compile refuses both
     calls.clear()
-    FlexBertForMaskedLM(cfg).compile_layers()  # off by default: it no longer pays (docs/PERFORMANCE.md)
+    compile_layers(FlexBertForMaskedLM(cfg))  # off by default: it no longer pays (docs/PERFORMANCE.md)
     assert len(calls) == 5 and not any("options" in c for c in calls)
+
+
+def test_gradient_checkpointing_from_the_config_recomputes_each_layer_in_training_only():
+    """`prepare` with `gradient_checkpointing` (the training code's call): each layer's forward runs again in the
+    backward, the gradients unchanged; in eval or without gradients each layer runs once."""
+    cfg = FlexBertConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+        sliding_window=8, pad_token_id=0, cls_token_id=1, sep_token_id=2, mask_token_id=3,
+        compile_model=False, attn_out_dropout_prob=0.0,
+    )  # fmt: skip
+    ids, cu, max_seqlen, labels = _batch(np.random.default_rng(1), T=64)
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = FlexBertForMaskedLM(
+            FlexBertConfig(**{**cfg.to_dict(), "gradient_checkpointing": checkpointing})
+        )
+        prepare(model, model.config)
+        for layer in model.bert.encoder.layers:
+            layer.register_forward_pre_hook(lambda *_, on=checkpointing: calls.append(on))
+        model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        with torch.no_grad():
+            model(ids, cu_seqlens=cu, max_seqlen=max_seqlen, labels=labels)
+    assert calls.count(False) == 3 + 3 and calls.count(True) == 2 * 3 + 3
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)

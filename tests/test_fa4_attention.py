@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flex_bert.model import fa4_attention
-from flex_bert.model.attention import get_backend, sdpa_attention
+from flex_bert.kernels import fa4_attention, get_backend
+from flex_bert.kernels.backends import sdpa_attention
 from flex_bert.model.padding import cu_seqlens_from_lengths
 
 H, D = 3, 16
@@ -179,7 +179,7 @@ CROSS_COMPILE = textwrap.dedent(
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from flex_bert.model import fa4_attention as fa4
+    from flex_bert.kernels import fa4_attention as fa4
 
     T, H, D = 3000, 12, 64
     with FakeTensorMode(allow_non_fake_inputs=True):

@@ -1,4 +1,4 @@
-"""The fused MLM loss (model/fused_cross_entropy.py) against float64 `F.cross_entropy` and its gradient by
+"""The fused MLM loss (kernels/fused_cross_entropy.py) against float64 `F.cross_entropy` and its gradient by
 autograd. On the CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flex_bert.model import fused_cross_entropy
+from flex_bert.kernels import fused_cross_entropy
 
 IGNORE = -100
 

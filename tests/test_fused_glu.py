@@ -1,11 +1,11 @@
-"""The fused GLU gate (model/fused_glu.py) against a float64 reference: `gelu(a) * g` (exact erf GELU) and
+"""The fused GLU gate (kernels/fused_glu.py) against a float64 reference: `gelu(a) * g` (exact erf GELU) and
 its gradients by autograd. On the CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from flex_bert.model import fused_glu
+from flex_bert.kernels import fused_glu
 
 
 def _check(T, N, dtype, device, tol):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from flex_bert.train.compilation import compile_layers
 
 
 @pytest.mark.gpu
@@ -28,7 +29,7 @@ def test_fused_model_matches_the_composition_on_gpu(backend):
         over = {"fused_kernels": fused, "attention_backend": backend}
         model = FlexBertForMaskedLM(FlexBertConfig(**{**cfg.to_dict(), **over})).cuda()
         if compiled:
-            model.compile_layers(tune=False)
+            compile_layers(model, tune=False)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(ids, cu_seqlens=cu, max_seqlen=467, labels=labels).loss
         loss.backward()

@@ -1,4 +1,4 @@
-"""The fused residual add + dropout + LayerNorm kernels (model/fused_norm.py) against float64 references.
+"""The fused residual add + dropout + LayerNorm kernels (kernels/fused_norm.py) against float64 references.
 
 On the CPU the Triton kernels run in Triton's interpreter (the same kernel source, executed with numpy); on a
 GPU (`-m gpu`) compiled, eager and inside torch.compile. The reference is the plain composition
@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.model import fused_norm
-from flex_bert.model.layers import add_norm
+from flex_bert.kernels import add_norm, fused_norm
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
-"""The fused rotary kernel (model/fused_rotary.py) against a float64 reference of rotate-half RoPE, forward and
+"""The fused rotary kernel (kernels/fused_rotary.py) against a float64 reference of rotate-half RoPE, forward and
 gradients by autograd. On the CPU the kernels run in Triton's interpreter (tests/conftest.py)."""
 
 import pytest
 import torch
 
-from flex_bert.model import fused_rotary
+from flex_bert.kernels import fused_rotary
+from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
 from flex_bert.model.padding import cu_seqlens_from_lengths
-from flex_bert.model.rotary import positions_from_cu_seqlens, rotary_cos_sin
 
 
 def _reference(x, cos, sin):

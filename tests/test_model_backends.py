@@ -6,17 +6,13 @@ import pytest
 import torch
 import torch.nn.attention.flex_attention as torch_flex
 
+from flex_bert.kernels import BACKENDS, backends, get_backend, policy
+from flex_bert.kernels.backends import sdpa_attention, varlen_attention
+from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask
+from flex_bert.kernels.rotary import positions_from_cu_seqlens
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
-from flex_bert.model.attention import (
-    BACKENDS,
-    flex_attention_backend,
-    flex_block_mask,
-    get_backend,
-    sdpa_attention,
-    varlen_attention,
-)
 from flex_bert.model.padding import cu_seqlens_from_lengths
-from flex_bert.model.rotary import positions_from_cu_seqlens
+from flex_bert.train.compilation import compile_layers
 
 H, D = 4, 16
 
@@ -68,7 +64,6 @@ def test_positions_restart_per_document_and_skip_empty_segments():
 
 
 def test_registry_and_errors():
-    assert sorted(BACKENDS) == ["auto", "band", "fa4", "flash_attn", "flex", "sdpa", "varlen"]
     with pytest.raises(ValueError, match=r"unknown attention backend 'xformers'; choose one of \['auto'"):
         get_backend("xformers")
     q, k, v, cu, max_len = random_qkv([4])
@@ -79,6 +74,34 @@ def test_registry_and_errors():
     torch.testing.assert_close(
         get_backend("auto")(q, k, v, cu, max_len, None), sdpa_attention(q, k, v, cu, 4, None)
     )
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_backend_matches_the_reference_on_cpu_or_refuses_in_one_line(name):
+    """Each backend of the table, on CPU fp32 inputs: the float64 reference, or a ValueError naming another."""
+    q, k, v, cu, max_len = random_qkv(LENGTHS)
+    for window in (None, 8):
+        try:
+            out = get_backend(name)(q, k, v, cu, max_len, window)
+        except ValueError as e:
+            assert "use '" in str(e) and "\n" not in str(e), str(e)
+            continue
+        want = dense_reference(q, k, v, cu, window)
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_backend_is_one_entry_of_the_table(monkeypatch):
+    """An entry in BACKENDS is all a backend needs to be a config choice, `get_backend`'s, and the profiler's
+    (its kernel names fall in the attention categories)."""
+    from flex_bert.kernels import Backend
+    from flex_bert.train.profiling import categorize
+
+    monkeypatch.setitem(BACKENDS, "mine", Backend(sdpa_attention, r"^_mine_fwd", r"^_mine_bwd"))
+    assert FlexBertConfig.from_dict({"attention_backend": "mine"}).attention_backend == "mine"
+    assert get_backend("mine") is sdpa_attention
+    assert categorize("_mine_fwd_kernel") == "attention forward"
+    assert categorize("_mine_bwd_dq") == "attention backward"
 
 
 # ---------------------------------------------------------------------------------------------- flex
@@ -219,7 +242,7 @@ def test_flex_compiled_does_not_recompile_per_document_count():
     of documents reuses the compiled kernel (one graph per window)."""
     from torch._dynamo.utils import counters
 
-    from flex_bert.model.attention import _compiled_flex_attention
+    from flex_bert.kernels.flex import _compiled_flex_attention
 
     torch._dynamo.reset()
     counters.clear()
@@ -274,7 +297,7 @@ def test_band_matches_sdpa_reference(window):
 @pytest.mark.gpu
 def test_auto_runs_band_on_local_and_varlen_on_global_layers(monkeypatch):
     """`auto` on CUDA in bf16: the band kernel on local layers only, varlen on global ones."""
-    from flex_bert.model import band_attention
+    from flex_bert.kernels import band_attention
 
     calls = []
     band = band_attention.band_attention
@@ -315,8 +338,10 @@ def test_flex_inside_compiled_graph_matches_sdpa_reference(window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["auto", "flex", "band", "fa4"])
+@pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "sdpa"])
 def test_model_bf16_matches_fp32_sdpa_and_compiles(backend):
+    if backend == "flash_attn":
+        pytest.importorskip("flash_attn")
     if backend == "fa4":
         pytest.importorskip("flash_attn.cute")
         if torch.cuda.get_device_capability()[0] not in (9, 10):
@@ -338,7 +363,7 @@ def test_model_bf16_matches_fp32_sdpa_and_compiles(backend):
         want = ref(ids, cu_seqlens=cu, max_seqlen=300, labels=labels)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             got = fast(ids, cu_seqlens=cu, max_seqlen=300, labels=labels)
-            fast.compile_layers()
+            compile_layers(fast)
             compiled = fast(ids, cu_seqlens=cu, max_seqlen=300, labels=labels)
     torch.testing.assert_close(got.loss, want.loss, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(compiled.loss, got.loss, rtol=2e-2, atol=2e-2)
@@ -355,16 +380,14 @@ def test_auto_kernel_choice(monkeypatch, capability, installed, window, head_dim
     generation and the package.)"""
     from types import SimpleNamespace
 
-    from flex_bert.model import attention
-
     def interface():
         if not installed:
             raise ValueError("attention_backend 'fa4' needs the flash-attn-4 package")
         return object()
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(attention.fa4_attention_module, "_interface", interface)
-    attention._fa4_usable_on.cache_clear()
+    monkeypatch.setattr(policy.fa4_attention, "_interface", interface)
+    policy._fa4_usable_on.cache_clear()
     try:
         cuda0 = torch.device("cuda", 0)
         q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(10, 12, head_dim), device=cuda0)
@@ -373,31 +396,27 @@ def test_auto_kernel_choice(monkeypatch, capability, installed, window, head_dim
             installed
             and capability[0] in (9, 10)
             and head_dim % 32 == 0
-            and layer in attention.AUTO_FA4_LAYERS
+            and layer in backends.AUTO_FA4_LAYERS
         )
-        other = attention.varlen_attention if window is None else attention.band_backend
-        assert attention.auto_kernel(q, window) is (attention.fa4_backend if fa4 else other)
+        other = backends.varlen_attention if window is None else backends.band_backend
+        assert backends.auto_kernel(q, window) is (backends.fa4_backend if fa4 else other)
         for off in (dict(is_cuda=False), dict(dtype=torch.float32)):  # CPU, fp32: the reference
             other_q = SimpleNamespace(**{**vars(q), **off})
-            assert attention.auto_kernel(other_q, window) is attention.sdpa_attention
+            assert backends.auto_kernel(other_q, window) is backends.sdpa_attention
     finally:
-        attention._fa4_usable_on.cache_clear()
+        policy._fa4_usable_on.cache_clear()
 
 
 def test_auto_runs_fa4_where_measured_faster():
     """The layer types measured faster with FA4 (docs/PERFORMANCE.md, 2026-12-07): global ones only."""
-    from flex_bert.model import attention
-
-    assert {"global"} == set(attention.AUTO_FA4_LAYERS)
+    assert {"global"} == set(backends.AUTO_FA4_LAYERS)
 
 
 def test_fa4_backend_refuses_head_dims_its_backward_gets_wrong(monkeypatch):
     """FA4 4.0.0b40's Hopper backward returned a wrong dQ at head dim 16: the backend refuses head dims that
     are not multiples of 32 before calling it (the CUDA check stubbed out, so this runs on the CPU)."""
-    from flex_bert.model import attention
-
-    monkeypatch.setattr(attention, "_require_cuda_half", lambda backend, q: None)
-    monkeypatch.setattr(attention, "fa4_attention", lambda *a: pytest.fail("FA4 called"))
+    monkeypatch.setattr(backends, "_require_cuda_half", lambda backend, q: None)
+    monkeypatch.setattr(backends, "fa4_attention", lambda *a: pytest.fail("FA4 called"))
     q, k, v, cu, max_len = random_qkv([5, 7], head_dim=48)
     with pytest.raises(ValueError, match="'fa4' needs a head dim that is a multiple of 32 .* got 48"):
-        attention.fa4_backend(q, k, v, cu, max_len, None)
+        backends.fa4_backend(q, k, v, cu, max_len, None)

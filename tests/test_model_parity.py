@@ -10,6 +10,7 @@ import torch
 from flex_bert.hf import flexbert_config_to_hf, flexbert_state_to_hf
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from flex_bert.model.padding import cu_seqlens_from_lengths
+from flex_bert.train.compilation import checkpoint_layers, compile_layers
 
 transformers = pytest.importorskip("transformers")
 
@@ -155,7 +156,8 @@ def test_gradients_match_hf_and_checkpointing():
     for k, g in flexbert_state_to_hf(ours).items():
         torch.testing.assert_close(g, theirs[k], rtol=1e-4, atol=1e-6, msg=k)
 
-    ckpt = FlexBertForMaskedLM(tiny_config(gradient_checkpointing=True)).train()
+    ckpt = FlexBertForMaskedLM(tiny_config()).train()
+    checkpoint_layers(ckpt.bert)
     ckpt.load_state_dict(flex.state_dict())
     ckpt(ids, attention_mask=mask, labels=labels).loss.backward()
     for k, p in ckpt.named_parameters():
@@ -192,7 +194,7 @@ def test_compile_layers_keeps_names_and_values(pair):
     model.load_state_dict(flex.state_dict())
     keys = list(model.state_dict())
     torch._dynamo.reset()
-    model.compile_layers(backend="eager")
+    compile_layers(model, backend="eager")
     assert list(model.state_dict()) == keys  # no `_orig_mod.`
     ids, mask = padded_batch([15, 11], seed=10)
     labels = mlm_labels(ids, mask)

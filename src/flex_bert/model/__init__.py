@@ -3,7 +3,9 @@
 No composer, omegaconf, hub or transformers imports here; see docs/CONTRACTS.md for the interface.
 """
 
-from .attention import BACKENDS, Attention, get_backend
+from flex_bert.kernels import BACKENDS, get_backend
+
+from .attention import Attention
 from .classification import (
     FlexBertForSequenceClassification,
     FlexBertForTokenClassification,

@@ -15,19 +15,18 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from flex_bert.kernels import BACKENDS  # attention backends by name: a typo fails at config load
 
 # ModernBERT's context length: the default training length (max_seq_len) and max_position_embeddings.
 CONTEXT_LENGTH = 8192
 
-# Attention backends by name (the functions live in attention.py; names are checked here so that a typo fails
-# at config load, before any work).
-ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "fa4", "flex", "band", "sdpa")
 
 # key -> allowed values, for keys where upstream has several options and we implement a subset.
-_ALLOWED: dict[str, tuple] = {
+_ALLOWED: dict[str, Collection] = {
     "attention_layer": ("rope",),
     "bert_layer": ("prenorm",),
     "mlp_layer": ("glu",),
@@ -39,7 +38,7 @@ _ALLOWED: dict[str, tuple] = {
     "hidden_act": ("gelu",),
     "head_pred_act": ("gelu",),
     "activation_function": ("gelu",),
-    "attention_backend": ATTENTION_BACKENDS,
+    "attention_backend": BACKENDS,  # the table itself: its names when validation runs
     "rotary_emb_interleaved": (False,),
     "rotary_emb_scale_base": (None,),
     "attention_probs_dropout_prob": (0.0,),  # varlen/flash kernels here run without attention dropout
@@ -98,7 +97,7 @@ class FlexBertConfig:
     sliding_window: int | None = 128  # total local window (64 each side + self); -1 or None: all global
     global_attn_every_n_layers: int = 3  # layer i is global iff i % n == 0; -1: all global
     unpad_embeddings: bool = True  # we always unpad before the embedding; same math either way
-    compile_model: bool = True  # read by the training code (FlexBertForMaskedLM.compile_layers)
+    compile_model: bool = True  # read by the training code (train/compilation.py)
     masked_prediction: bool = True
     # --- upstream keys outside the seed YAML ---
     head_pred_bias: bool = False
@@ -112,14 +111,14 @@ class FlexBertConfig:
     initial_mlp_layer: str | None = None
     # --- this implementation ---
     attention_backend: str = "auto"
-    # FlexBERT's Triton kernels on CUDA: residual add + dropout + LayerNorm (model/fused_norm.py), the GELU gate
-    # (fused_glu.py), rotary of QKV (fused_rotary.py), the MLM loss (fused_cross_entropy.py). false: the PyTorch
-    # composition (the same computation, another dropout mask). CPU always runs the composition. (The band attention kernel is a backend.)
+    # FlexBERT's Triton kernels on CUDA (kernels/ops.py): residual add + dropout + LayerNorm, the GELU gate,
+    # rotary of QKV, the MLM loss. false: the PyTorch composition (the same computation, another dropout mask).
+    # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend.)
     fused_kernels: bool = True
     max_position_embeddings: int = (
         CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # applied by the training code (train/compilation.py)
     pad_token_id: int = 50283
     cls_token_id: int = 50281
     sep_token_id: int = 50282

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from flex_bert.kernels import add_norm, gelu_gate
 
 from .attention import Attention
 from .config import FlexBertConfig
-
-try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
-    from . import fused_glu, fused_norm
-except ImportError:  # pragma: no cover
-    fused_glu = fused_norm = None
 
 
 def layer_norm(config: FlexBertConfig) -> nn.LayerNorm:
@@ -35,45 +31,18 @@ class Embeddings(nn.Module):
 
 
 class GLU(nn.Module):
-    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. With
-    `config.fused_kernels` on CUDA the gate is one Triton kernel each way (`fused_glu.gelu_gate`)."""
+    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. The gate is
+    `kernels.gelu_gate` (a Triton kernel where `config.fused_kernels` and the policy allow)."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__()
         self.fused = config.fused_kernels
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_in_bias)
-        self.act = nn.GELU(approximate="none")  # exact erf GELU, as HF's ACT2FN["gelu"]
         self.drop = nn.Dropout(config.mlp_dropout_prob)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
 
     def forward(self, x_TC: torch.Tensor) -> torch.Tensor:
-        h_TN = self.Wi(x_TC)
-        if self.fused and fused_glu is not None and fused_glu.supported(h_TN):
-            return self.Wo(self.drop(fused_glu.gelu_gate(h_TN)))
-        a, g = h_TN.chunk(2, dim=-1)
-        return self.Wo(self.drop(self.act(a) * g))
-
-
-def add_norm(
-    x_TC: torch.Tensor,
-    branch_TC: torch.Tensor | None,
-    norm: nn.Module,
-    dropout: float | None,
-    training: bool,
-    fused: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A joint of the residual stream: `x = x + dropout(branch)` (no dropout if `dropout` is None; `branch` None
-    adds nothing), then `(x, norm(x))`. With `fused` on CUDA it is one Triton kernel each way
-    (`fused_norm.add_dropout_layer_norm`), the same computation with another dropout mask."""
-    if branch_TC is None:
-        return x_TC, norm(x_TC)
-    if fused and fused_norm is not None and isinstance(norm, nn.LayerNorm) and fused_norm.supported(x_TC):
-        p = dropout if dropout is not None and training else 0.0
-        return fused_norm.add_dropout_layer_norm(x_TC, branch_TC, norm, p)
-    if dropout is not None:
-        branch_TC = F.dropout(branch_TC, dropout, training)
-    x_TC = x_TC + branch_TC
-    return x_TC, norm(x_TC)
+        return self.Wo(self.drop(gelu_gate(self.Wi(x_TC), self.fused)))
 
 
 class EncoderLayer(nn.Module):

@@ -11,22 +11,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from flex_bert.kernels import add_norm, cross_entropy
+from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
 
 from .config import FlexBertConfig
-from .layers import Embeddings, EncoderLayer, add_norm, layer_norm
+from .layers import Embeddings, EncoderLayer, layer_norm
 from .padding import cu_seqlens_from_lengths, repad, unpad
-from .rotary import positions_from_cu_seqlens, rotary_cos_sin
-
-try:  # Triton ships with torch on Linux; elsewhere the PyTorch composition runs
-    from . import fused_cross_entropy
-except ImportError:  # pragma: no cover
-    fused_cross_entropy = None
 
 IGNORE_INDEX = -100
-LAYER_GRAPHS = 32  # dynamo's per-code-object graph limit while layers are compiled (see compile_layers)
 
 
 @dataclass
@@ -42,8 +36,16 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
 
 
+def call_layer(layer: nn.Module, *args):
+    return layer(*args)
+
+
 class FlexBertModel(nn.Module):
-    """Embeddings -> pre-norm layers (global/local attention) -> final norm, on packed tokens."""
+    """Embeddings -> pre-norm layers (global/local attention) -> final norm, on packed tokens.
+
+    Every layer runs through `self.call_layer(layer, *args)`: the training code replaces it to add activation
+    checkpointing (train/compilation.py); the model itself never checkpoints or compiles.
+    """
 
     def __init__(self, config: FlexBertConfig):
         super().__init__()
@@ -51,7 +53,7 @@ class FlexBertModel(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.final_norm = layer_norm(config)
-        self.gradient_checkpointing = config.gradient_checkpointing
+        self.call_layer = call_layer
 
     def forward(self, input_ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         cfg = self.config
@@ -62,10 +64,7 @@ class FlexBertModel(nn.Module):
         mlp_out_TC = None  # each layer's MLP output joins the stream in the next layer (EncoderLayer)
         for layer in self.encoder.layers:
             args = (x_TC, mlp_out_TC, rope_local if layer.is_local else rope_global, cu_seqlens, max_seqlen)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x_TC, mlp_out_TC = checkpoint(layer, *args, use_reentrant=False)
-            else:
-                x_TC, mlp_out_TC = layer(*args)
+            x_TC, mlp_out_TC = self.call_layer(layer, *args)
         return add_norm(x_TC, mlp_out_TC, self.final_norm, None, self.training, cfg.fused_kernels)[1]
 
 
@@ -90,7 +89,6 @@ class FlexBertForMaskedLM(nn.Module):
         self.head = PredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=config.decoder_bias)
         self.tie_weights()
-        self._predict_compiled = None
         self.reset_parameters()
 
     def tie_weights(self) -> None:
@@ -140,7 +138,7 @@ class FlexBertForMaskedLM(nn.Module):
         return out
 
     def _predict_from_hidden(self, hidden_TC, labels_T, num_labelled: int | None = None) -> MaskedLMOutput:
-        predict = self._predict_compiled or self.predict
+        predict = self.predict  # an instance attribute where train/compilation.py compiled it
         if labels_T is None:
             return MaskedLMOutput(None, predict(hidden_TC)[0], None)
         labelled_T = labels_T != IGNORE_INDEX
@@ -156,53 +154,11 @@ class FlexBertForMaskedLM(nn.Module):
         return MaskedLMOutput(loss, logits, count)
 
     def predict(self, hidden_NC: torch.Tensor, labels_N: torch.Tensor | None = None):
-        """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100 (with
-        `config.fused_kernels` on CUDA one Triton kernel each way, `fused_cross_entropy`)."""
+        """Head + decoder, and (with labels) mean cross-entropy in fp32 over labels != -100 (`kernels`)."""
         logits = self.decoder(self.head(hidden_NC))
         if labels_N is None:
             return logits, None
-        fused = self.config.fused_kernels and fused_cross_entropy is not None
-        if fused and fused_cross_entropy.supported(logits):
-            return logits, fused_cross_entropy.cross_entropy(logits, labels_N, IGNORE_INDEX)
-        loss = F.cross_entropy(logits.float(), labels_N, ignore_index=IGNORE_INDEX)
-        return logits, loss
-
-    def compile_layers(self, tune: bool = False, **compile_kwargs) -> None:
-        """torch.compile the embeddings, each encoder layer and head+decoder+loss, in place.
-
-        In-place `Module.compile` keeps parameter names (no `_orig_mod.`), so checkpoints are unchanged. The
-        head, decoder and fp32 loss are compiled as one function so the fp32 upcast of the logits is fused
-        into the loss instead of materialised (N x V x 4 bytes). Used when `config.compile_model` is true.
-
-        Shapes are dynamic from the start (the number of documents, `max_seqlen` and the number of masked
-        tokens change every batch; a first static graph would only be thrown away). All layers share one
-        code object (`EncoderLayer.forward`), so dynamo keeps their graphs in one cache, one graph per layer
-        variant (the first layer without attn_norm, global, local): its limit (8 by default) is raised to
-        LAYER_GRAPHS so that no variant ever falls back to eager (that cost 5x at 8192 context).
-
-        `tune` turns on Inductor's coordinate-descent tuning of the launch configuration of every generated
-        kernel. It gained +4.9% tokens/s (base at 1024 context, H100) while Inductor generated the layers'
-        norm/residual/dropout/GELU kernels; since those run in FlexBERT's own Triton kernels it gains nothing
-        (428,524 against 428,548 tokens/s, H200, docs/PERFORMANCE.md) for about 100 s more compilation, hence
-        off by default. It picks launch configurations by timing them (Inductor caches its choice on disk), so
-        compiled runs on different machines may sum reductions in a different order. Only for the Inductor
-        backend.
-        """
-        compile_kwargs.setdefault("dynamic", True)
-        inductor = compile_kwargs.get("backend", "inductor") == "inductor"
-        # torch.compile takes a mode or options, not both; the max-autotune modes tune by themselves
-        if tune and inductor and compile_kwargs.get("mode") in (None, "default"):
-            compile_kwargs.pop("mode", None)
-            compile_kwargs["options"] = {
-                **compile_kwargs.get("options", {}),
-                "coordinate_descent_tuning": True,
-            }
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-        setattr(torch._dynamo.config, limit, max(LAYER_GRAPHS, getattr(torch._dynamo.config, limit)))
-        self.bert.embeddings.compile(**compile_kwargs)
-        for layer in self.bert.encoder.layers:
-            layer.compile(**compile_kwargs)
-        self._predict_compiled = torch.compile(self.predict, **compile_kwargs)
+        return logits, cross_entropy(logits, labels_N, IGNORE_INDEX, self.config.fused_kernels)
 
     def num_parameters(self) -> int:
         """Unique parameters (the tied decoder weight counted once)."""

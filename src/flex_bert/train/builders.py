@@ -16,6 +16,7 @@ from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_fl
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
 from flex_bert.train import compat, tiled_init
+from flex_bert.train.compilation import prepare
 from flex_bert.train.composer_model import FlexBertComposer
 from flex_bert.train.shape import RunShape
 from flex_bert.train.upstream_model import from_upstream
@@ -40,14 +41,14 @@ def build_model(
     config: FlexBertConfig, section: DictConfig, *, weights: str | None, trust: bool, tiled=None
 ) -> FlexBertComposer:
     """The model of ``config``: tiled from a smaller checkpoint (``init_from_checkpoint``), then the weights of
-    ``weights`` (the phase's weights-only checkpoint, ``restart.Phase.weights_path``), then compiled."""
+    ``weights`` (the phase's weights-only checkpoint, ``restart.Phase.weights_path``), then prepared for
+    training (``compilation.prepare``: compile, activation checkpointing)."""
     model = FlexBertComposer(config, disable_train_metrics=section.disable_train_metrics)
     if tiled is not None:
         tiled_init.init_from_checkpoint(model.model, tiled, trust=trust)
     if weights:
         model.model.load_state_dict(load_weights(weights, trust), strict=True)
-    if config.compile_model:
-        model.model.compile_layers(tune=section.compile_tuning)
+    prepare(model.model, config, tune=section.compile_tuning)
     return model
 
 

@@ -70,10 +70,9 @@ class FlexBertComposer(ComposerModel):
     def flops_per_batch(self, batch: dict) -> float:
         """Training FLOPs of this batch (composer's SpeedMonitor turns it into MFU); padding does no work.
 
-        Python ints only (the loader's counts), no tensor op: SpeedMonitor calls this after every batch, while
-        the GPU waits for the next one, with the host batch; counting its labels with torch on the CPU took
-        13 ms per step on one GPU and 34-50 ms per rank on two (torch's intra-op threads competing with the
-        loader workers for the cores), the cause of the 2-GPU scaling gap (docs/PERFORMANCE.md)."""
+        Python ints only (the loader's counts), no tensor op: SpeedMonitor calls this after every batch with the
+        host batch, and torch ops on the CPU here compete with the loader workers for the cores while the GPU
+        waits (docs/PERFORMANCE.md)."""
         from flex_bert.model.flops import training_flops_per_token
 
         lengths = [n for row in batch["doc_lengths"] for n in row]

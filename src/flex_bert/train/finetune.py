@@ -36,6 +36,7 @@ from flex_bert.hf_tasks import load_start, save_task_checkpoint
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.task_eval import from_counts, predict, predictions, scores, weighted_counts
+from flex_bert.train.compilation import prepare
 from flex_bert.train.optim import build_optimizer
 
 
@@ -203,6 +204,7 @@ def build_task(cfg: DictConfig, labels: list[str], tokenizer, start_cfg: FlexBer
         )
     model = build_task_model(config, TaskConfig(cfg.task, labels, cfg.pooling, cfg.classifier_dropout))
     model.load_encoder_state(mlm_state)
+    prepare(model, config)  # checkpointing where model_config asks; task models are not compiled
     return model
 
 

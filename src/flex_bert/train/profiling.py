@@ -25,29 +25,36 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from torch.autograd import DeviceType
 
+from flex_bert.kernels import BACKENDS
 from flex_bert.train.checks import COUNT, setting
 
-KERNEL_CATEGORIES = (  # first match wins; kernel names of cuBLAS, PyTorch's flash, flex, Inductor, optimi, NCCL
-    ("communication (NCCL)", r"nccl"),
-    (
-        "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)",
-        r"^_add_norm_|^_gelu_gate_|^_rotary_qkv_",
-    ),
-    ("MLM loss (FlexBERT's cross-entropy kernels)", r"^_ce_(fwd|bwd)"),
-    ("attention backward", r"flash.*bwd|fmha.*bwd|flex_attention_backward|attn.*bwd|^_band_bwd"),
-    ("attention forward", r"flash.*fwd|fmha.*fwd|flex_attention|attn.*fwd|^_band_fwd"),
-    ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
-    ("optimizer", r"stableadamw|adam"),
-    ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
-    ("Inductor fused (head norm, loss, ...)", r"^triton_"),
-    ("eager elementwise", r"elementwise|vectorized|unrolled"),
-    ("eager reductions and indexing", r"reduce|softmax|norm|index|scatter|gather|sort|scan"),
-)
-NCCL = KERNEL_CATEGORIES[0][0]
+NCCL = "communication (NCCL)"
+
+
+def kernel_categories() -> tuple[tuple[str, str], ...]:
+    """(category, regular expression) pairs, first match wins: kernel names of NCCL, FlexBERT's kernels, every
+    attention backend of `kernels.BACKENDS` (read at each call, so none is left out), cuBLAS, Inductor, optimi."""
+    return (
+        (NCCL, r"nccl"),
+        (
+            "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)",
+            r"^_add_norm_|^_gelu_gate_|^_rotary_qkv_",
+        ),
+        ("MLM loss (FlexBERT's cross-entropy kernels)", r"^_ce_(fwd|bwd)"),
+        # every backend's kernels (kernels.BACKENDS), backward first: a backward name may contain a forward pattern
+        ("attention backward", "|".join(b.backward_kernels for b in BACKENDS.values())),
+        ("attention forward", "|".join(b.forward_kernels for b in BACKENDS.values())),
+        ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
+        ("optimizer", r"stableadamw|adam"),
+        ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
+        ("Inductor fused (head norm, loss, ...)", r"^triton_"),
+        ("eager elementwise", r"elementwise|vectorized|unrolled"),
+        ("eager reductions and indexing", r"reduce|softmax|norm|index|scatter|gather|sort|scan"),
+    )
 
 
 def categorize(kernel_name: str) -> str:
-    return next((c for c, rx in KERNEL_CATEGORIES if re.search(rx, kernel_name, re.I)), "other")
+    return next((c for c, rx in kernel_categories() if re.search(rx, kernel_name, re.I)), "other")
 
 
 def _union_us(intervals: list[tuple[float, float]]) -> float:

@@ -4,11 +4,10 @@
     out   = (x_new - mean) * rstd * weight (+ bias)      stored in `out_dtype` (the dtype the next matmul reads)
 
 Every layer has two such joints (the attention output joining the stream before `mlp_norm`; the MLP output
-joining it before the next layer's `attn_norm`, or `final_norm`). Unfused, Inductor spends about 2.1 ms a layer
-on them at 98k tokens x 768 on an H100, half the HBM bandwidth (docs/PERFORMANCE.md); here one kernel reads
-x and branch and writes x_new and out (12 bytes per element with an fp32 stream), and one backward kernel reads
-d_out, d_x_new and x_new and writes d_x and d_branch (16 bytes per element). The dropout mask is never stored:
-both kernels draw it from Philox with the same seed and offsets, four uniforms per call (`_keep`).
+joining it before the next layer's `attn_norm`, or `final_norm`). Unfused they are several memory-bound passes
+over the stream; here one kernel reads x and branch and writes x_new and out, and one backward kernel reads
+d_out, d_x_new and x_new and writes d_x and d_branch (measurements: docs/PERFORMANCE.md). The dropout mask is
+never stored: both kernels draw it from Philox with the same seed and offsets, four uniforms per call (`_keep`).
 
 It computes what the PyTorch composition `x + F.dropout(branch)` then `F.layer_norm` computes, including the
 roundings of the composition under autocast: the scaled dropout output is rounded to branch's dtype before the
@@ -16,9 +15,8 @@ add (as F.dropout does), x_new is rounded to x's dtype before it is normalised, 
 rounded to branch's dtype before the dropout scale (as autograd casts it for the add). Only the dropout mask
 differs (another random stream); the LayerNorm sums are fp32 in another order.
 
-`triton_op` makes the kernels visible to torch.compile (no graph break; Inductor schedules them like its own).
-`supported(x)` says where it runs: CUDA with Triton. Tests also run the same kernels on the CPU through Triton's
-interpreter (TRITON_INTERPRET=1, set before this module is imported).
+`fits(x, norm)` says which tensors the kernels take; `policy.py` decides where they run (CUDA with Triton).
+Tests also run them on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before import).
 """
 
 from __future__ import annotations
@@ -28,7 +26,8 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+
+from .op import autograd_op
 
 _MAX_HIDDEN = 8192  # one row lives in registers: beyond this the kernels would spill
 _BWD_PROGRAMS_PER_SM = 4
@@ -38,9 +37,8 @@ _BWD_PROGRAMS_PER_SM = 4
 def _keep(seed, rows, p, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """Dropout's keep mask (BLOCK_R, BLOCK_C) of the tile of `rows`: uniform(0, 1) > p per element. One Philox
     call per 4 elements (`rand4x`: four uniforms per call): the call at (row, j) serves columns 4j..4j+3
-    (interleaved by join + reshape). Drawing one Philox call per element (`tl.rand`) made a joint with dropout
-    about twice as slow as one without (0.46 against 0.22 ms forward at 98k x 768 on an H200): the kernels are
-    otherwise memory-bound. Forward and backward call this with the same seed, rows and tile width."""
+    (interleaved by join + reshape): one call per element (`tl.rand`) would dominate these otherwise
+    memory-bound kernels (docs/PERFORMANCE.md). Forward and backward call this with the same seed, rows and tile width."""
     quarter = tl.arange(0, BLOCK_C // 4)
     offs = rows[:, None].to(tl.int64) * (BLOCK_C // 4) + quarter[None, :]
     u0, u1, u2, u3 = tl.rand4x(seed, offs)
@@ -127,8 +125,8 @@ def _add_norm_bwd(
 
 
 def _blocks(C: int) -> tuple[int, int, int]:
-    """(rows per tile, padded hidden, warps): about 2048 elements a tile, 4 warps (16 elements a thread). On an
-    H200 at 98k x 768 this beat 1, 4 and 8 rows and 2, 8 and 16 warps (`scripts/bench_fused.py --sweep`)."""
+    """(rows per tile, padded hidden, warps): about 2048 elements a tile, 4 warps (16 elements a thread), the
+    fastest of `scripts/bench_fused.py --sweep` (docs/PERFORMANCE.md)."""
     block_c = triton.next_power_of_2(C)
     return max(1, 2048 // block_c), block_c, 4 if block_c <= 2048 else 8
 
@@ -145,7 +143,6 @@ def _bwd_programs(device: torch.device) -> int:
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-@triton_op("flex_bert::add_dropout_layer_norm_fwd", mutates_args=())
 def _fwd(
     x: torch.Tensor,
     branch: torch.Tensor,
@@ -157,12 +154,9 @@ def _fwd(
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     T, C = x.shape
-    x_new = torch.empty_like(x)
-    out = torch.empty((T, C), dtype=out_dtype, device=x.device)
-    mean = torch.empty((T,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((T,), dtype=torch.float32, device=x.device)
+    x_new, out, mean, rstd = _fwd_fake(x, branch, weight, bias, seed, p, eps, out_dtype)
     block_r, block_c, warps = _blocks(C)
-    wrap_triton(_add_norm_fwd)[(triton.cdiv(T, block_r),)](
+    _add_norm_fwd[(triton.cdiv(T, block_r),)](
         x, branch, x_new, out, weight, bias, mean, rstd, seed,
         T, C, eps, p, 1.0 / (1.0 - p),
         HAS_BIAS=bias is not None, DROPOUT=seed is not None, BLOCK_R=block_r, BLOCK_C=block_c,
@@ -171,10 +165,15 @@ def _fwd(
     return x_new, out, mean, rstd
 
 
-@triton_op("flex_bert::add_dropout_layer_norm_bwd", mutates_args=())
+def _fwd_fake(x, branch, weight, bias, seed, p, eps, out_dtype):
+    T = x.shape[0]
+    stats = [x.new_empty((T,), dtype=torch.float32) for _ in range(2)]
+    return torch.empty_like(x), x.new_empty(x.shape, dtype=out_dtype), *stats
+
+
 def _bwd(
-    d_out: torch.Tensor,
     d_x_new: torch.Tensor | None,
+    d_out: torch.Tensor,
     x_new: torch.Tensor,
     weight: torch.Tensor,
     mean: torch.Tensor,
@@ -191,39 +190,40 @@ def _bwd(
     d_w = torch.empty((programs, C), dtype=torch.float32, device=x_new.device)
     d_b = torch.empty((programs if has_bias else 1, C), dtype=torch.float32, device=x_new.device)
     block_r, block_c, warps = _blocks(C)
-    wrap_triton(_add_norm_bwd)[(programs,)](
+    _add_norm_bwd[(programs,)](
         d_out, d_x_new, x_new, weight, mean, rstd, seed, d_x, d_branch, d_w, d_b,
         T, C, p, 1.0 / (1.0 - p), triton.cdiv(T, programs),
         HAS_DXNEW=d_x_new is not None, DROPOUT=seed is not None, HAS_BIAS=has_bias,
         BR_DTYPE=_TRITON_DTYPES[branch_dtype], BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
-    return d_x, d_branch, d_w.sum(0), d_b.sum(0)
+    return d_x, d_branch, d_w.sum(0).to(weight.dtype), d_b.sum(0)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, branch, weight, bias, seed, p, _eps, _out_dtype = inputs
-    x_new, _out, mean, rstd = output
-    ctx.save_for_backward(x_new, weight, mean, rstd, seed)
-    ctx.p, ctx.branch_dtype, ctx.has_bias = p, branch.dtype, bias is not None
-    ctx.mark_non_differentiable(mean, rstd)
-
-
-def _backward(ctx, d_x_new, d_out, _d_mean, _d_rstd):
-    x_new, weight, mean, rstd, seed = ctx.saved_tensors
-    d_x, d_branch, d_w, d_b = _bwd(
-        d_out, d_x_new, x_new, weight, mean, rstd, seed, ctx.p, ctx.branch_dtype, ctx.has_bias
+def _bwd_fake(d_x_new, d_out, x_new, weight, mean, rstd, seed, p, branch_dtype, has_bias):
+    C = x_new.shape[1]
+    d_b = weight.new_empty((C,), dtype=torch.float32)
+    return (
+        torch.empty_like(x_new),
+        x_new.new_empty(x_new.shape, dtype=branch_dtype),
+        torch.empty_like(weight),
+        d_b,
     )
-    return d_x, d_branch, d_w.to(weight.dtype), d_b if ctx.has_bias else None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "flex_bert::add_dropout_layer_norm_fwd", _backward, setup_context=_setup_context
+def _save(inputs, outputs):
+    x, branch, weight, bias, seed, p, _eps, _out_dtype = inputs
+    x_new, _out, mean, rstd = outputs
+    return (x_new, weight, mean, rstd, seed), (p, branch.dtype, bias is not None)
+
+
+_fwd, _bwd = autograd_op(
+    "add_dropout_layer_norm", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0, 1)
 )
 
 
-def supported(x: torch.Tensor) -> bool:
-    """Where the fused kernels run: CUDA tensors (Triton), a hidden size whose row fits in registers."""
-    return x.is_cuda and x.dim() == 2 and x.shape[-1] <= _MAX_HIDDEN
+def fits(x: torch.Tensor, norm: torch.nn.Module) -> bool:
+    """The tensors the kernels take: (tokens, hidden) with a row that fits in registers, a LayerNorm."""
+    return isinstance(norm, torch.nn.LayerNorm) and x.dim() == 2 and x.shape[-1] <= _MAX_HIDDEN
 
 
 def add_dropout_layer_norm(

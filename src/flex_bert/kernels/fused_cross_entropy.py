@@ -9,14 +9,12 @@ computed in fp32 and rounded once to the logits' dtype: what autograd computes f
 `F.cross_entropy(logits.float(), labels)` with bf16 logits (the fp32 gradient cast back to bf16). Nothing of
 size N x V is stored besides the logits themselves and their gradient.
 
-Why: Inductor's kernels for `F.cross_entropy(logits.float())` took 2.24 ms forward and 2.48 ms backward, plus
-a 0.9 ms fill, for base @1024's 29.5k masked tokens x 50,368 on an H200 (docs/PERFORMANCE.md), where the
-bytes (3 GB read forward; 3 GB read and 3 GB written backward) take about 0.8 and 1.6 ms at its bandwidth.
+Why: Inductor's kernels for `F.cross_entropy(logits.float())` make several passes over an N x V buffer and a
+fill, where the bytes need one pass forward and one backward (docs/PERFORMANCE.md).
 
 A label outside [0, V) (other than ignore_index) gives a NaN loss and a NaN gradient row rather than reading
-out of bounds (F.cross_entropy stops with a device assert).
-Both passes are opaque custom ops (as `fused_glu`). `supported(logits)` says where they run: CUDA with
-Triton; tests also run the kernels in Triton's interpreter on the CPU.
+out of bounds (F.cross_entropy stops with a device assert). `fits(logits)` says which tensors it takes;
+`policy.py` decides where it runs. Tests also run the kernels in Triton's interpreter on the CPU.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .op import autograd_op
 
 BLOCK_V, WARPS = 4096, 8
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -71,11 +71,9 @@ def _ce_bwd(LOGITS, LABELS, LSE, DLOSS, DLOGITS, V, stride, ignore_index, BLOCK:
         tl.store(out + c, d.to(DLOGITS.dtype.element_ty), mask=c < V)
 
 
-@torch.library.custom_op("flex_bert::cross_entropy_rows", mutates_args=())
 def _fwd(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     N, V = logits.shape
-    loss = logits.new_empty((N,), dtype=torch.float32)
-    lse = logits.new_empty((N,), dtype=torch.float32)
+    loss, lse = _fwd_fake(logits, labels, ignore_index)
     if N:
         _ce_fwd[(N,)](
             logits, labels, loss, lse, V, logits.stride(0), ignore_index, BLOCK=BLOCK_V, num_warps=WARPS
@@ -83,18 +81,16 @@ def _fwd(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> tuple
     return loss, lse
 
 
-@_fwd.register_fake
-def _(logits, labels, ignore_index):
+def _fwd_fake(logits, labels, ignore_index):
     N = logits.shape[0]
     return logits.new_empty((N,), dtype=torch.float32), logits.new_empty((N,), dtype=torch.float32)
 
 
-@torch.library.custom_op("flex_bert::cross_entropy_rows_bwd", mutates_args=())
 def _bwd(
     dloss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, ignore_index: int
 ) -> torch.Tensor:
     N, V = logits.shape
-    dlogits = logits.new_empty((N, V))
+    dlogits = _bwd_fake(dloss, logits, labels, lse, ignore_index)
     if N:
         _ce_bwd[(N,)](
             logits,
@@ -111,28 +107,23 @@ def _bwd(
     return dlogits
 
 
-@_bwd.register_fake
-def _(dloss, logits, labels, lse, ignore_index):
+def _bwd_fake(dloss, logits, labels, lse, ignore_index):
     return logits.new_empty(logits.shape)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(inputs, outputs):
     logits, labels, ignore_index = inputs
-    ctx.save_for_backward(logits, labels, output[1])
-    ctx.ignore_index = ignore_index
-    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
+    return (logits, labels, outputs[1]), (ignore_index,)
 
 
-def _backward(ctx, dloss, _dlse):
-    logits, labels, lse = ctx.saved_tensors
-    return _bwd(dloss.contiguous(), logits, labels, lse, ctx.ignore_index), None, None
+_fwd, _bwd = autograd_op(
+    "cross_entropy_rows", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,)
+)
 
 
-torch.library.register_autograd("flex_bert::cross_entropy_rows", _backward, setup_context=_setup_context)
-
-
-def supported(logits: torch.Tensor) -> bool:
-    return logits.is_cuda and logits.dim() == 2 and logits.is_floating_point()
+def fits(logits: torch.Tensor) -> bool:
+    """The tensors the kernels take: (rows, vocabulary) floating-point logits."""
+    return logits.dim() == 2 and logits.is_floating_point()
 
 
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -4,12 +4,10 @@
 to key j when both lie in one document and |i - j| <= window // 2 (ModernBERT's local layers: window 128, 129
 keys). Softmax scale 1/sqrt(D), as SDPA and flash-attn.
 
-Why a kernel of our own: PyTorch's varlen flash kernel (FlashAttention-2 generation) visits whole 128 x 128
-tiles, three key tiles per query tile, for 129 useful keys per query (34% of the work it does; 44 useful
-TFLOP/s on an H200, docs/PERFORMANCE.md). Here a query tile of BLOCK_M visits the key tiles of BLOCK_N that
-cover [m0 - w/2, m0 + BLOCK_M + w/2): with 64-token tiles and w = 128, 192 keys per query, 67% useful,
-clipped to the documents of the tile (short documents visit fewer). Measured on an H200, forward + backward of
-one local layer at 98k tokens: 1.80 ms against varlen's 2.95; in a base @1024 training step, +5.6% tokens/s.
+Why a kernel of our own: PyTorch's varlen flash kernel visits whole 128 x 128 tiles, three key tiles per query
+tile, for 129 useful keys per query. Here a query tile of BLOCK_M visits the key tiles of BLOCK_N that cover
+[m0 - w/2, m0 + BLOCK_M + w/2): with 64-token tiles and w = 128, 192 keys per query, clipped to the documents
+of the tile (short documents visit fewer). Measurements: docs/PERFORMANCE.md.
 
 Forward: online softmax in the exp2 domain (FlashAttention-2), float32 accumulation; saves the row
 log-sum-exp. Backward, FlashAttention-2's recomputation: one kernel computes `delta = rowsum(dO * O)`, then
@@ -18,15 +16,12 @@ log-sum-exp. Backward, FlashAttention-2's recomputation: one kernel computes `de
     and dP are computed once. Atomics add in no fixed order, so dQ may differ in the last bits between runs.
   split (under `torch.use_deterministic_algorithms(True)`): one kernel per key tile for dK and dV, one per
     query tile for dQ (the mask is symmetric, so both walk the same band); no atomics, bitwise reproducible,
-    the scores recomputed in both (about 5% slower for the layer's attention).
+    the scores recomputed in both (a little slower).
 Document bounds enter as two (T,) int32 tensors, the start and end of each token's document, computed once
 per call from `cu_seqlens`.
 
-Both passes are opaque custom ops (`torch.library.custom_op`, launching the kernels themselves), not
-`triton_op`s: torch 2.11's Inductor fails to decompose these user kernels in a compiled backward under dynamic
-shapes (AssertionError in decompose_triton_kernel_wrapper_functional, pytorch/pytorch#181735, fixed upstream
-in May 2026). Inductor gains nothing from seeing inside attention kernels (it fuses nothing into them), so
-opaque costs nothing.
+Both passes are opaque custom ops (`op.autograd_op`): Inductor gains nothing from seeing inside attention
+kernels. `fits(q)` says which tensors it takes; `policy.py` decides where it runs.
 """
 
 from __future__ import annotations
@@ -37,7 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Tile shapes and launch parameters of the kernels, chosen on an H200 (`bench_attention.py --sweep`).
+from .op import autograd_op
+
+# Tile shapes and launch parameters of the kernels, the fastest of `bench_attention.py --sweep`.
 FWD = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=4)
 DKDV = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=4)
 DQ = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
@@ -253,24 +250,20 @@ def _scales(D: int) -> tuple[float, float]:
     return LOG2E / math.sqrt(D), 1.0 / math.sqrt(D)
 
 
-@torch.library.custom_op("flex_bert::band_attention", mutates_args=())
 def _fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, half: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     T, H, D = q.shape
-    o = torch.empty_like(q)
-    lse = q.new_empty((T, H), dtype=torch.float32)
+    o, lse = _fwd_fake(q, k, v, lo, hi, half)
     grid = (triton.cdiv(T, FWD["BLOCK_M"]), H)
     _band_fwd[grid](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
     return o, lse
 
 
-@_fwd.register_fake
-def _(q, k, v, lo, hi, half):
+def _fwd_fake(q, k, v, lo, hi, half):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-@torch.library.custom_op("flex_bert::band_attention_bwd", mutates_args=())
 def _bwd(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -300,32 +293,23 @@ def _bwd(
     return dq, dk, dv
 
 
-@_bwd.register_fake
-def _(do, q, k, v, o, lse, lo, hi, half):
+def _bwd_fake(do, q, k, v, o, lse, lo, hi, half):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(inputs, outputs):
     q, k, v, lo, hi, half = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, lo, hi)
-    ctx.half = half
-    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
+    o, lse = outputs
+    return (q, k, v, o, lse, lo, hi), (half,)
 
 
-def _backward(ctx, do, _dlse):
-    q, k, v, o, lse, lo, hi = ctx.saved_tensors
-    dq, dk, dv = _bwd(do.contiguous(), q, k, v, o, lse, lo, hi, ctx.half)
-    return dq, dk, dv, None, None, None
+_fwd, _bwd = autograd_op("band_attention", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,))
 
 
-torch.library.register_autograd("flex_bert::band_attention", _backward, setup_context=_setup_context)
-
-
-def supported(q: torch.Tensor) -> bool:
-    """CUDA, half precision, a power-of-two head dim >= 16 (tl.dot's tiles)."""
+def fits(q: torch.Tensor) -> bool:
+    """The tensors the kernels take: half precision, a power-of-two head dim >= 16 (tl.dot's tiles)."""
     D = q.shape[-1]
-    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and D >= 16 and D & (D - 1) == 0
+    return q.dtype in (torch.float16, torch.bfloat16) and D >= 16 and D & (D - 1) == 0
 
 
 def document_bounds(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """FlashAttention-4's kernels (the optional `flash-attn-4` package, `flash_attn.cute`) on packed documents.
 
-`fa4_attention(q, k, v, cu_seqlens, max_seqlen, window) -> out`, the backend contract of `attention.py`:
+`fa4_attention(q, k, v, cu_seqlens, max_seqlen, window) -> out`, the backend contract of `backends.py`:
 (T, H, D) fp16/bf16 on a Hopper or Blackwell GPU; `window` the total local window (128: 64 keys each side) or
 None for global attention. flash-attn-4 is pure Python: `pip install flash-attn-4` brings the CUTLASS DSL,
 which compiles each kernel (per dtype, head dim, window, and a few shape classes: more than 256 documents
@@ -9,16 +9,14 @@ process (FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 keeps them on disk). On Hopper
 design (warp-specialised, TMA loads, wgmma), where torch's `varlen_attn` runs FlashAttention-2's: the global
 layers are the largest cost after the matrix products (docs/PERFORMANCE.md).
 
-Two opaque custom ops, forward -> (out, lse) and backward -> (dq, dk, dv), as `band_attention.py`, so that a
-compiled layer (`compile_layers`) stays one graph: flash-attn-4's own autograd.Function would make Dynamo
-trace its Python host code (compile-cache lookups, launches through TVM-FFI). They call `_flash_attn_fwd`
-and `_flash_attn_bwd` of `flash_attn.cute.interface`, the two entry points that PyTorch's own FA4 hook calls
-(torch/nn/attention/_fa4.py). That hook cannot serve here: torch 2.11's and 2.13's unpack
-two outputs where flash-attn-4 4.0.0b40 returns five, and 2.11's backward refuses every window, even
-varlen_attn's -1 for global attention.
+Two opaque custom ops (`op.autograd_op`), forward -> (out, lse) and backward -> (dq, dk, dv), so that a
+compiled layer stays one graph: flash-attn-4's own autograd.Function would make Dynamo trace its Python host
+code (compile-cache lookups, launches through TVM-FFI). They call `_flash_attn_fwd` and `_flash_attn_bwd` of
+`flash_attn.cute.interface`, the two entry points that PyTorch's own FA4 hook calls
+(torch/nn/attention/_fa4.py); that hook cannot serve here, as the torch versions in use unpack another number
+of outputs than flash-attn-4 4.0.0b40 returns and refuse windows in the backward.
 Written against flash-attn-4 4.0.0b40 (`pip install -e ".[fa4]"`): for these calls its sm_90 kernels compile
-(tests/test_fa4_attention.py). `auto` picks it for global layers where it runs (attention.py); on local
-layers the band kernel is faster (docs/PERFORMANCE.md).
+(tests/test_fa4_attention.py). `auto` picks it for global layers where it runs (backends.py).
 
 Without a GPU, the kernels compile for a target named by environment variables (FA4's cross-compilation:
 FLASH_ATTENTION_ARCH=sm_90a CUTE_DSL_ARCH=sm_90a FLASH_ATTENTION_NUM_SMS=132) under FakeTensorMode, which
@@ -32,6 +30,8 @@ import importlib
 from types import ModuleType
 
 import torch
+
+from .op import autograd_op
 
 TESTED_VERSION = "4.0.0b40"
 
@@ -99,20 +99,17 @@ def backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen: int, window: int):
     return dq, dk, dv
 
 
-@torch.library.custom_op("flex_bert::fa4_attention", mutates_args=())
 def _fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, window: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return forward(q, k, v, cu_seqlens, max_seqlen, window)
 
 
-@_fwd.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, window):
+def _fwd_fake(q, k, v, cu_seqlens, max_seqlen, window):
     T, H, _D = q.shape
     return q.new_empty(q.shape), q.new_empty((H, T), dtype=torch.float32)  # FA4's varlen lse is (H, T)
 
 
-@torch.library.custom_op("flex_bert::fa4_attention_bwd", mutates_args=())
 def _bwd(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -127,32 +124,23 @@ def _bwd(
     return backward(do, q, k, v, out, lse, cu_seqlens, max_seqlen, window)
 
 
-@_bwd.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, max_seqlen, window):
+def _bwd_fake(do, q, k, v, out, lse, cu_seqlens, max_seqlen, window):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(inputs, outputs):
     q, k, v, cu_seqlens, max_seqlen, window = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.max_seqlen, ctx.window = max_seqlen, window
-    ctx.set_materialize_grads(False)  # lse's gradient stays None instead of a zero-filled tensor
+    out, lse = outputs
+    return (q, k, v, out, lse, cu_seqlens), (max_seqlen, window)
 
 
-def _backward(ctx, do, _dlse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.window)
-    return dq, dk, dv, None, None, None
-
-
-torch.library.register_autograd("flex_bert::fa4_attention", _backward, setup_context=_setup_context)
+_fwd, _bwd = autograd_op("fa4_attention", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,))
 
 
 def fa4_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """FA4 on both layer types: a window of `window // 2` keys on each side, or none (global). The package
     and the GPU's generation are checked when the op first runs (not traced by torch.compile); the inputs'
-    device and dtype by the backend (`attention.fa4_backend`)."""
+    device and dtype by the backend (`backends.fa4_backend`)."""
     out, _lse = _fwd(
         q.contiguous(),
         k.contiguous(),

@@ -4,13 +4,13 @@
 as `rotary.apply_rotary`), v copied, each a contiguous (T, H, D) tensor in qkv's dtype. Backward: one kernel
 reads dq, dk, dv and writes the (T, 3, H, D) gradient of qkv with the inverse rotation.
 
-Unfused, the backward was one Inductor kernel (rotation of dq and dk, stack with dv) at 0.50 ms a layer at 98k
-tokens x 768 on an H200, for 12 bytes per hidden element (0.21 ms at the measured 4.3 TB/s;
-docs/PERFORMANCE.md). The forward also copies v (the unfused forward left it a strided view of qkv), 2 bytes per
-element more; then the attention kernels save contiguous q, k, v and qkv itself is no longer kept alive.
+Unfused, the backward is one Inductor kernel (rotation of dq and dk, stack with dv) well below the GPU's
+bandwidth (docs/PERFORMANCE.md). The forward also copies v (the unfused forward leaves it a strided view of
+qkv), so that the attention kernels save contiguous q, k, v and qkv itself is not kept alive.
 
 The tables hold equal halves (`rotary.rotary_cos_sin`), so only their first D/2 columns are read. With x1, x2
 the halves of a head: out = (x1 cos - x2 sin, x2 cos + x1 sin); d_x = (d1 cos + d2 sin, d2 cos - d1 sin).
+`fits(qkv, cos)` says which tensors it takes; `policy.py` decides where it runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+
+from .op import autograd_op
 
 BLOCK_TOKENS, WARPS = 4, 4
 
@@ -91,44 +92,45 @@ def _rotary_qkv_bwd(
 def _launch(kernel, T: int, H: int, D: int, *tensors) -> None:
     grid = (triton.cdiv(T, BLOCK_TOKENS),)
     block_j = triton.next_power_of_2(H * D // 2)
-    wrap_triton(kernel)[grid](*tensors, T, H, D, BLOCK_T=BLOCK_TOKENS, BLOCK_J=block_j, num_warps=WARPS)
+    kernel[grid](*tensors, T, H, D, BLOCK_T=BLOCK_TOKENS, BLOCK_J=block_j, num_warps=WARPS)
 
 
-@triton_op("flex_bert::rotary_qkv", mutates_args=())
 def _fwd(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, _, H, D = qkv.shape
-    q, k, v = (qkv.new_empty((T, H, D)) for _ in range(3))
+    q, k, v = _fwd_fake(qkv, cos, sin)
     _launch(_rotary_qkv_fwd, T, H, D, qkv, cos, sin, q, k, v)
     return q, k, v
 
 
-@triton_op("flex_bert::rotary_qkv_bwd", mutates_args=())
+def _fwd_fake(qkv, cos, sin):
+    T, _, H, D = qkv.shape
+    return tuple(qkv.new_empty((T, H, D)) for _ in range(3))
+
+
 def _bwd(
     dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:
     T, H, D = dq.shape
-    dqkv = dq.new_empty((T, 3, H, D))
+    dqkv = _bwd_fake(dq, dk, dv, cos, sin)
     _launch(_rotary_qkv_bwd, T, H, D, dq, dk, dv, cos, sin, dqkv)
     return dqkv
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    _qkv, cos, sin = inputs
-    ctx.save_for_backward(cos, sin)
+def _bwd_fake(dq, dk, dv, cos, sin):
+    T, H, D = dq.shape
+    return dq.new_empty((T, 3, H, D))
 
 
-def _backward(ctx, dq, dk, dv):
-    cos, sin = ctx.saved_tensors
-    return _bwd(dq.contiguous(), dk.contiguous(), dv.contiguous(), cos, sin), None, None
+_fwd, _bwd = autograd_op(
+    "rotary_qkv", _fwd, _fwd_fake, _bwd, _bwd_fake, save=lambda inputs, outputs: (inputs[1:], ())
+)
 
 
-torch.library.register_autograd("flex_bert::rotary_qkv", _backward, setup_context=_setup_context)
-
-
-def supported(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
-    return qkv.is_cuda and qkv.dim() == 4 and qkv.shape[1] == 3 and cos.dtype == torch.float32
+def fits(qkv: torch.Tensor, cos: torch.Tensor) -> bool:
+    """The tensors the kernels take: a (T, 3, H, D) projection, fp32 tables."""
+    return qkv.dim() == 4 and qkv.shape[1] == 3 and cos.dtype == torch.float32
 
 
 def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor):

@@ -1,0 +1,64 @@
+"""`autograd_op`: the one way a kernel becomes an op that autograd, torch.compile and FakeTensorMode all see.
+
+A kernel module gives four functions: `forward` and `backward` (they launch the kernels; typed, as
+`torch.library.custom_op` infers each op's schema from the annotations) and their fakes (the shapes and dtypes
+of their outputs, what torch.compile traces with). `autograd_op(name, ...)` registers `flex_bert::<name>` and
+`flex_bert::<name>_bwd` as custom ops and the first one's gradient as a call of the second.
+
+Both are opaque to Inductor (`custom_op`, not `triton_op`): it fuses nothing into user kernels, and seeing
+inside them cost a buffer copy before a kernel or failed to decompose them under dynamic shapes
+(docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+Save = Callable[[tuple, tuple], tuple[tuple, tuple]]
+
+
+def autograd_op(
+    name: str,
+    forward: Callable,
+    forward_fake: Callable,
+    backward: Callable,
+    backward_fake: Callable,
+    *,
+    save: Save,
+    differentiable: Sequence[int] | None = None,
+) -> tuple[Callable, Callable]:
+    """Register the op pair and return (forward op, backward op).
+
+    `save(inputs, outputs) -> (tensors, constants)` picks what the backward needs. The backward op is called
+    as `backward(*grads, *tensors, *constants)`, `grads` the gradients of the forward's differentiable outputs
+    (`differentiable`: their indices, default all; the others are marked non-differentiable), contiguous, or
+    None for an output that reached no loss. It returns the gradients of the forward's first inputs; the
+    remaining inputs, and any input that was None, get None.
+    """
+    fwd = torch.library.custom_op(f"flex_bert::{name}", forward, mutates_args=())
+    fwd.register_fake(forward_fake)
+    bwd = torch.library.custom_op(f"flex_bert::{name}_bwd", backward, mutates_args=())
+    bwd.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output) -> None:
+        outputs = output if isinstance(output, tuple) else (output,)
+        tensors, ctx.constants = save(inputs, outputs)
+        ctx.save_for_backward(*tensors)
+        ctx.none_inputs = tuple(x is None for x in inputs)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero-filled tensor
+        if differentiable is not None:
+            ctx.mark_non_differentiable(*(o for i, o in enumerate(outputs) if i not in differentiable))
+
+    def backward_of_fwd(ctx, *grads):
+        if differentiable is not None:
+            grads = tuple(grads[i] for i in differentiable)
+        grads = tuple(None if g is None else g.contiguous() for g in grads)
+        result = bwd(*grads, *ctx.saved_tensors, *ctx.constants)
+        result = list(result) if isinstance(result, tuple | list) else [result]
+        result += [None] * (len(ctx.none_inputs) - len(result))
+        return tuple(None if none else g for g, none in zip(result, ctx.none_inputs))
+
+    fwd.register_autograd(backward_of_fwd, setup_context=setup_context)
+    return fwd, bwd

@@ -1,0 +1,59 @@
+"""The model's fused-or-plain operations: each runs a Triton kernel where `policy.kernel` says it runs, else the
+PyTorch composition that computes the same thing. Tensors are packed tokens: x_TC is (tokens, hidden)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import policy
+from .rotary import apply_rotary
+
+
+def add_norm(
+    x_TC: torch.Tensor,
+    branch_TC: torch.Tensor | None,
+    norm: nn.Module,
+    dropout: float | None,
+    training: bool,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A joint of the residual stream: `x = x + dropout(branch)` (no dropout if `dropout` is None; `branch` None
+    adds nothing), then `(x, norm(x))`. Fused: `fused_norm`, the same computation with another dropout mask."""
+    if branch_TC is None:
+        return x_TC, norm(x_TC)
+    kernel = policy.kernel("add_norm", x_TC, norm, enabled=fused)
+    if kernel is not None:
+        p = dropout if dropout is not None and training else 0.0
+        return kernel.add_dropout_layer_norm(x_TC, branch_TC, norm, p)
+    if dropout is not None:
+        branch_TC = F.dropout(branch_TC, dropout, training)
+    x_TC = x_TC + branch_TC
+    return x_TC, norm(x_TC)
+
+
+def gelu_gate(h_TN: torch.Tensor, fused: bool) -> torch.Tensor:
+    """`gelu(a) * g` for `a, g = h.chunk(2, dim=-1)`, exact erf GELU (HF's ACT2FN["gelu"]). Fused: `fused_glu`."""
+    kernel = policy.kernel("gelu_gate", h_TN, enabled=fused)
+    if kernel is not None:
+        return kernel.gelu_gate(h_TN)
+    a, g = h_TN.chunk(2, dim=-1)
+    return F.gelu(a, approximate="none") * g
+
+
+def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tensor, fused: bool):
+    """(q, k, v) of a (T, 3, H, D) projection, q and k rotated (`rotary.apply_rotary`). Fused: `fused_rotary`."""
+    kernel = policy.kernel("rotary_qkv", qkv_T3HD, cos_TD, enabled=fused)
+    if kernel is not None:
+        return kernel.rotary_qkv(qkv_T3HD, cos_TD, sin_TD)
+    q, k, v = qkv_T3HD.unbind(dim=1)
+    return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
+
+
+def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int, fused: bool):
+    """Mean cross-entropy in fp32 over labels != ignore_index. Fused: `fused_cross_entropy`."""
+    kernel = policy.kernel("cross_entropy", logits_NV, enabled=fused)
+    if kernel is not None:
+        return kernel.cross_entropy(logits_NV, labels_N, ignore_index)
+    return F.cross_entropy(logits_NV.float(), labels_N, ignore_index=ignore_index)

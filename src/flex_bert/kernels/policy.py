@@ -1,0 +1,64 @@
+"""Where FlexBERT's own kernels run: the one place that decides between a kernel and the PyTorch composition.
+
+A Triton kernel runs when the caller asks for it (the config's `fused_kernels`; the `band` and `auto` attention
+backends ask always), Triton is installed, the tensors are on a CUDA device and the kernel takes them (its
+module's `fits`). Everywhere else the composition runs: the same computation (another dropout mask), as on the
+CPU. FlashAttention-4 (not Triton) runs where `fa4_usable` says: its package imports and the GPU is a
+generation its backend supports.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from types import ModuleType
+
+import torch
+
+from . import fa4_attention
+
+TRITON = importlib.util.find_spec("triton") is not None  # on Linux it ships with torch
+
+if TRITON:
+    from . import band_attention, fused_cross_entropy, fused_glu, fused_norm, fused_rotary
+
+    KERNELS: dict[str, ModuleType] = {
+        "add_norm": fused_norm,
+        "gelu_gate": fused_glu,
+        "rotary_qkv": fused_rotary,
+        "cross_entropy": fused_cross_entropy,
+        "band_attention": band_attention,
+    }
+else:  # pragma: no cover
+    KERNELS = {}
+
+
+def kernel(name: str, *tensors, enabled: bool = True) -> ModuleType | None:
+    """The kernel module `name` if it runs on these tensors (the first one's device decides), else None: the
+    caller runs the PyTorch composition."""
+    module = KERNELS.get(name)
+    if not enabled or module is None or not tensors[0].is_cuda:
+        return None
+    return module if module.fits(*tensors) else None
+
+
+@functools.cache
+def _fa4_usable_on(device_index: int) -> bool:
+    """flash-attn-4 imports and this GPU is one FA4's backend accepts (compute capability 9.x or 10.x)."""
+    if torch.cuda.get_device_capability(device_index)[0] not in (9, 10):
+        return False
+    try:
+        fa4_attention._interface()
+    except ValueError:
+        return False
+    return True
+
+
+@torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant
+def _fa4_usable(device_index: int) -> bool:
+    return _fa4_usable_on(device_index)
+
+
+def fa4_usable(q: torch.Tensor) -> bool:
+    """FlashAttention-4 runs on q's device (CUDA, package installed, Hopper or data-centre Blackwell)."""
+    return q.is_cuda and _fa4_usable(q.device.index or 0)
