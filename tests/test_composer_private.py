@@ -29,7 +29,9 @@ def test_a_torch_lr_scheduler_reports_last_lr_from_last_lr():
 
 def test_every_checkpoint_write_goes_through_write_checkpoint_file():
     assert list(inspect.signature(checkpoint._write_checkpoint_file).parameters) == ["state_dict", "filename"]
-    assert "_write_checkpoint_file(state_dict, save_filename)" in inspect.getsource(checkpoint._save_checkpoint)
+    assert "_write_checkpoint_file(state_dict, save_filename)" in inspect.getsource(
+        checkpoint._save_checkpoint
+    )
 
 
 def test_every_single_file_load_goes_through_torch_load_with_validation():

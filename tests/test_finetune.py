@@ -125,7 +125,9 @@ def test_start_from_hf_folder_equals_start_from_checkpoint(tiny_task, tmp_path):
     for key in state_a:
         assert torch.equal(state_a[key], state_b[key]), key
     same = {"compile_model": 0, "attention_backend": 0, "global_attn_every_n_layers": 0}  # no effect here
-    same["local_attn_rotary_emb_base"] = 0  # -1 ("as the global base") exports as that base: compared resolved
+    same["local_attn_rotary_emb_base"] = (
+        0  # -1 ("as the global base") exports as that base: compared resolved
+    )
     assert cfg_a.to_dict() | same == cfg_b.to_dict() | same
     assert cfg_a.local_rope_theta == cfg_b.local_rope_theta
     assert [cfg_a.is_local_layer(i) for i in range(2)] == [cfg_b.is_local_layer(i) for i in range(2)]
