@@ -15,16 +15,17 @@ from flex_bert.data.batch_warmup import BatchSizeWarmup
 from flex_bert.data.loaders import MaskedDocuments, PackedMLMDataset, collate_flat, split_flat
 from flex_bert.data.masking import MaskingSpec
 from flex_bert.model import FlexBertConfig
-from flex_bert.train import compat, tiled_init
+from flex_bert.train import tiled_init
 from flex_bert.train.compilation import prepare
 from flex_bert.train.composer_model import FlexBertComposer
 from flex_bert.train.shape import RunShape
 from flex_bert.train.upstream_model import from_upstream
 
 
-def build_model_config(cfg: DictConfig, tokenizer) -> FlexBertConfig:
-    """The model config (``compat.model_settings``), its special-token ids from the tokenizer where unset."""
-    settings = compat.model_settings(cfg)
+def build_model_config(settings: dict, tokenizer) -> FlexBertConfig:
+    """The model config of upstream-style ``settings`` (``compat.model_settings``), its special-token ids from
+    the tokenizer where unset."""
+    settings = dict(settings)
     for key in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
         token_id = getattr(tokenizer, key, None)
         if key not in settings and token_id is not None:

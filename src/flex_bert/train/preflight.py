@@ -25,7 +25,7 @@ class PreflightFailed(ValueError):
 def preflight(cfg: DictConfig) -> list[str]:
     """Lines that say what was checked; raises PreflightFailed naming every problem found."""
     from flex_bert.data.tokenize import open_tokenizer
-    from flex_bert.train import builders
+    from flex_bert.train import builders, compat
     from flex_bert.train.shape import run_shape
 
     problems: list[str] = []
@@ -39,7 +39,8 @@ def preflight(cfg: DictConfig) -> list[str]:
             return None
 
     tokenizer = attempt("tokenizer", lambda: open_tokenizer(cfg.tokenizer_name))
-    config = tokenizer and attempt("model_config", lambda: builders.build_model_config(cfg, tokenizer))
+    settings = compat.model_settings(cfg)
+    config = tokenizer and attempt("model_config", lambda: builders.build_model_config(settings, tokenizer))
     for key in ("load_path", "model.pretrained_checkpoint"):
         path = cfg.load_path if key == "load_path" else cfg.model.pretrained_checkpoint
         if path:

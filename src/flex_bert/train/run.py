@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from flex_bert.checkpoint_io import TRUST_KEY, safe_torch_load
 from flex_bert.data.tokenize import open_tokenizer
 from flex_bert.folder_lock import folder_lock
-from flex_bert.train import builders
+from flex_bert.train import builders, compat
 from flex_bert.train.algorithms import build_algorithms
 from flex_bert.train.callbacks import DataResume, RunInfo, build_callbacks
 from flex_bert.train.composer_private import route_checkpoint_reads, take_resumed_rng_state
@@ -75,7 +75,7 @@ def build_trainer(cfg: DictConfig, phase: Phase | None = None) -> Trainer:
     phase = phase or start(cfg)
     run, device = run_shape(cfg), _device(cfg)
     tokenizer = open_tokenizer(cfg.tokenizer_name)
-    config = builders.build_model_config(cfg, tokenizer)
+    config = builders.build_model_config(compat.model_settings(cfg), tokenizer)
     model = builders.build_model(
         config,
         cfg.model,
@@ -260,10 +260,9 @@ def _save_resolved_config(cfg: DictConfig, folder: str | None) -> None:
 def plan(cfg: DictConfig) -> dict:
     """Parameter count, tokens per optimizer step and the number of steps, without touching a GPU."""
     from flex_bert.model import FlexBertForMaskedLM
-    from flex_bert.train import compat
 
     try:
-        config = builders.build_model_config(cfg, open_tokenizer(cfg.tokenizer_name))
+        config = builders.build_model_config(compat.model_settings(cfg), open_tokenizer(cfg.tokenizer_name))
     except ValueError as e:  # no tokenizer here yet: count with the config's own special-token ids
         print(f"note: {e}")
         config = compat.check_model_config(cfg)
