@@ -74,6 +74,13 @@ def test_unknown_model_config_key_is_an_error_at_load():
         load_config([SEED], ["model.model_config.mlp_layer=mlp"])
 
 
+def test_a_misspelled_model_config_key_names_its_full_key_with_a_close_match():
+    """model.model_config is a typed node: the merge itself refuses the key, as for any other section."""
+    with pytest.raises(ValueError) as err:
+        load_config([SEED], ["model.model_config.hiden_size=3"])
+    assert str(err.value) == "unknown config key 'model.model_config.hiden_size'; did you mean 'hidden_size'?"
+
+
 def test_missing_required_value_is_named(tmp_path):
     raw = yaml.safe_load(Path(SEED).read_text())
     del raw["max_duration"]
@@ -184,13 +191,14 @@ def _numeric_fields(cls, prefix: str):
 
 
 def test_every_numeric_setting_declares_its_range_and_is_in_the_table_above():
-    from flex_bert.train import registry
+    from flex_bert.train.callbacks import CALLBACKS
     from flex_bert.train.config import TrainConfig
+    from flex_bert.train.schedulers import SCHEDULERS
 
     rules = dict(_numeric_fields(TrainConfig, ""))
-    for s, _ in registry.SCHEDULERS.values():
+    for s in SCHEDULERS.values():
         rules.update(_numeric_fields(s, "scheduler."))
-    for n, s in registry.CALLBACKS.items():
+    for n, s in CALLBACKS.items():
         rules.update(_numeric_fields(s, f"callbacks.{n}."))
     assert [k for k, rule in rules.items() if rule is None] == []
     found = {

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from flex_bert.data.batch_warmup import BatchSizeWarmup
 from flex_bert.data.eval_batches import collate_flat, split_flat
@@ -101,13 +102,10 @@ def test_composer_callbacks_loggers_and_algorithms_are_built_with_composers_mean
     from composer.callbacks import OptimizerMonitor, RuntimeEstimator, SpeedMonitor
     from composer.loggers import WandBLogger
 
-    from flex_bert.train.callbacks import (
-        DataloaderSpeed,
-        LogGradNorm,
-        build_algorithms,
-        build_callbacks,
-        build_loggers,
-    )
+    from flex_bert.train.algorithms import build_algorithms
+    from flex_bert.train.callbacks import DataloaderSpeed, LogGradNorm, build_callbacks
+    from flex_bert.train.loggers import build_loggers
+    from flex_bert.train.shape import run_shape
 
     cfg = load_config(
         [SEED],
@@ -125,26 +123,30 @@ def test_composer_callbacks_loggers_and_algorithms_are_built_with_composers_mean
             "optimizer.log_grad_norm=false",
         ],
     )
-    callbacks = {type(c): c for c in build_callbacks(cfg)}
+    run = run_shape(cfg)
+    callbacks = {type(c): c for c in build_callbacks(OmegaConf.to_object(cfg.callbacks), run)}
     assert callbacks[SpeedMonitor].gpu_flops_available == 1e12
     assert LogGradNorm not in callbacks, "log_optimizer_metrics: false logs nothing (upstream's switch)"
     assert callbacks[OptimizerMonitor].batch_log_interval == 5
     assert callbacks[RuntimeEstimator].divider == 60  # minutes
     assert DataloaderSpeed in callbacks
-    (wandb,) = [x for x in build_loggers(cfg) if isinstance(x, WandBLogger)]
+    (wandb,) = [x for x in build_loggers(OmegaConf.to_object(cfg.loggers), run) if isinstance(x, WandBLogger)]
     assert wandb._init_kwargs["resume"] == "allow" and wandb._init_kwargs["allow_val_change"] is True
     assert wandb._init_kwargs["group"] == "g" and wandb._init_kwargs["project"] == "p"
     # autoresume asks each logger for a checkpoint: without log_artifacts wandb holds none, so its API (which
     # needs a login, even for a run logging offline) is not asked
     with pytest.raises(FileNotFoundError, match="log_artifacts"):
         wandb.download_file("latest-rank0.pt", "/nonexistent/latest-rank0.pt")
-    clipping, ema = build_algorithms(cfg)
+    clipping, ema = build_algorithms(OmegaConf.to_object(cfg.algorithms))
     assert isinstance(clipping, GradientClipping) and clipping.clipping_threshold == 0.5
     assert isinstance(ema, EMA)
 
 
 def test_eval_batch_is_global_over_gpus_unless_given_per_gpu(tmp_path):
-    from flex_bert.train.builders import eval_batch_size
+    from flex_bert.train.shape import run_shape
+
+    def eval_batch_size(cfg):
+        return run_shape(cfg).eval_batch_size
 
     cfg = _seed()
     del cfg["device_eval_batch_size"]

@@ -46,7 +46,7 @@ def test_result_best_checkpoint_and_export(trained_run, tiny_task, tmp_path):  #
     stored = torch.load(folder / "best.pt", weights_only=True)["state"]["finetune"]
     assert stored["best"] == result["best"]
     cfg = load_finetune_config([SEQUENCE_YAML], finetune_overrides(tiny_task, start="x", save_folder="y"))
-    from flex_bert.train.builders import build_tokenizer
+    from flex_bert.data.tokenize import open_tokenizer as build_tokenizer
     from flex_bert.train.finetune import prepare_data
 
     enc = prepare_data(cfg, build_tokenizer(tokenizer_dir))["splits"]["eval"]

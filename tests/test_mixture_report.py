@@ -51,7 +51,7 @@ def _train(monkeypatch, yaml_path, origin) -> PackedStreams:
     recorder = PackedStreams(origin)
     build = run.build_callbacks
     with monkeypatch.context() as patch:
-        patch.setattr(run, "build_callbacks", lambda cfg: [*build(cfg), recorder])
+        patch.setattr(run, "build_callbacks", lambda *args: [*build(*args), recorder])
         run.train([str(yaml_path)], [])
     return recorder
 

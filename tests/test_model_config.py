@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from flex_bert.train.upstream_model import from_upstream
 from tests import _config_shapes as shapes
 
 # model_config of the BioClinical ModernBERT phase-1 YAML, verbatim (note `eps: 1e-5` is a *string* to YAML 1.1).
@@ -119,7 +120,7 @@ def test_cross_field_and_type_errors(change, match):
 
 def test_upstream_keys_without_effect_warn():
     with pytest.warns(UserWarning, match="deterministic_fa2"):
-        cfg = FlexBertConfig.from_dict({"deterministic_fa2": True})
+        cfg = from_upstream({"deterministic_fa2": True})
     assert cfg == FlexBertConfig.from_dict({})
 
 
@@ -136,14 +137,14 @@ def test_hebrew_model_config_keys_load_in_one_warning_and_the_forks_local_base_i
     del seed["local_attn_rotary_emb_base"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cfg = FlexBertConfig.from_dict({**seed, **HEBREW_EXTRA_KEYS})
+        cfg = from_upstream({**seed, **HEBREW_EXTRA_KEYS})
     assert len(caught) == 1, [str(w.message) for w in caught]
     for ignored in ("layer_norm_eps", "type_vocab_size", "bos_token_id", "num_initial_layers"):
         assert ignored in str(caught[0].message)
     assert cfg.local_rope_theta == 10000.0 and cfg.rotary_emb_base == 160000.0
     assert cfg == FlexBertConfig.base(max_position_embeddings=1024)
     # the name of this config wins where both are set
-    both = FlexBertConfig.from_dict({"rotary_emb_base_local": 10000.0, "local_attn_rotary_emb_base": 500.0})
+    both = from_upstream({"rotary_emb_base_local": 10000.0, "local_attn_rotary_emb_base": 500.0})
     assert both.local_rope_theta == 500.0
 
 

@@ -7,7 +7,11 @@ import torch
 from composer.core import State, Time, Timestamp
 from composer.devices import DeviceCPU
 
-from flex_bert.train.registry import build_scheduler
+from flex_bert.train.schedulers import parse_scheduler
+
+
+def build_scheduler(section):
+    return parse_scheduler(section).build()
 
 
 def _state(max_duration: str) -> State:

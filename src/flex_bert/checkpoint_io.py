@@ -5,14 +5,13 @@ objects besides tensors (RNG states as numpy arrays, timestamps as `timedelta`, 
 `safe_torch_load` allows exactly those types and nothing else; a file that needs anything more is refused
 with the type's name, and only `trust=True` falls back to full unpickling. The switch for it has one name in
 every entry point: the ``trust_checkpoint: true`` config key of main.py, the ``--trust-checkpoint`` flag of the
-scripts. Training's own loads (``load_path``, autoresume) go through it too: see `route_composer_loads`.
+scripts. Training's own loads (``load_path``, autoresume) go through it too (``flex_bert.train.run``).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -88,19 +87,3 @@ def safe_torch_load(path: str | Path, trust: bool = False, trust_hint: str = TRU
             f"If you trust this file, pass {trust_hint} (this loads it with weights_only=False, which can run "
             "arbitrary code)."
         ) from None
-
-
-def route_composer_loads(trust: bool, trust_hint: str = TRUST_KEY) -> None:
-    """Make composer's checkpoint loads (``load_path``, autoresume, after any download) use `safe_torch_load`.
-
-    Composer unpickles with ``weights_only=False``; it reads every single-file checkpoint through the private
-    ``_torch_load_with_validation``, which this replaces (set again on each call, with this run's switch).
-    """
-    from composer.utils import checkpoint
-
-    def load(checkpoint_filepath, map_location: str = "cpu") -> Any:
-        # composer links a local file into a temporary folder: messages name the file itself
-        path = os.path.realpath(checkpoint._ensure_valid_checkpoint(checkpoint_filepath))
-        return safe_torch_load(path, trust, trust_hint)
-
-    checkpoint._torch_load_with_validation = load

@@ -130,13 +130,13 @@ def _hf_logits(model, batch: dict, device: str) -> torch.Tensor:
 
 def load_model_for_eval(checkpoint=None, hf_model=None, config=None, tokenizer=None, trust=False):
     """-> (model, kind, tokenizer). The tokenizer defaults to the one stored with the model."""
-    from transformers import AutoTokenizer
+    from flex_bert.data.tokenize import open_tokenizer
 
     if hf_model:
         from transformers import AutoModelForMaskedLM
 
         model = AutoModelForMaskedLM.from_pretrained(hf_model, attn_implementation="sdpa")
-        return model.float(), "hf", AutoTokenizer.from_pretrained(tokenizer or hf_model)
+        return model.float(), "hf", open_tokenizer(tokenizer or hf_model)
     from flex_bert.hf_checkpoint import load_flexbert_checkpoint
 
     model, stored_tokenizer_dir = load_flexbert_checkpoint(
@@ -144,4 +144,4 @@ def load_model_for_eval(checkpoint=None, hf_model=None, config=None, tokenizer=N
     )
     if tokenizer is None and stored_tokenizer_dir is None:
         raise ValueError(f"{checkpoint} holds no tokenizer: pass --tokenizer")
-    return model, "flexbert", AutoTokenizer.from_pretrained(tokenizer or stored_tokenizer_dir)
+    return model, "flexbert", open_tokenizer(tokenizer or stored_tokenizer_dir)

@@ -153,7 +153,9 @@ def load_config_arg(config: str | Path) -> FlexBertConfig:
         doc = doc["model"]["model_config"]
     elif "model_config" in doc:
         doc = doc["model_config"]
-    return FlexBertConfig.from_dict(doc)
+    from flex_bert.train.upstream_model import from_upstream  # upstream's YAML keys
+
+    return from_upstream(doc)
 
 
 def write_hf_config(hf_cfg, cfg: FlexBertConfig, out_dir: Path) -> None:

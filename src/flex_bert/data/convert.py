@@ -28,6 +28,7 @@ from flex_bert.data.merge import LOCKS
 from flex_bert.data.sources import DataError, Row, check_files, iter_rows, resolve_dataset_files
 from flex_bert.data.tokenize import DocumentProcessor, TokenizerInfo, load_tokenizer, ordered_map
 from flex_bert.folder_lock import folder_lock
+from flex_bert.model.config import CONTEXT_LENGTH
 
 SKIP_REASONS = ("empty", "too_short", "bad_encoding", "malformed", "over_budget")
 ERROR_REASONS = ("bad_encoding", "malformed")  # fatal with on_error="fail"; the others are always counted
@@ -43,7 +44,7 @@ class ConvertConfig:
     out_dir: str
     tokenizer: str = "answerdotai/ModernBERT-base"
     text_column: str | None = None  # None: "text", then "notes"
-    max_seq_len: int = 8192
+    max_seq_len: int = CONTEXT_LENGTH
     num_workers: int | None = None  # None: all cores
     compression: str | None = None
     min_chars: int = 0

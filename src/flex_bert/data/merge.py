@@ -315,12 +315,15 @@ def open_split(
     tokenizer_fingerprint: str | None,
     vocab_size: int | None = None,
     role: str = "training",
+    remote: str | None = None,
     **dataset_kwargs,
 ):
-    """check_split, then the split's `streaming.StreamingDataset` (local only; `dataset_kwargs`: shuffle,
-    batch_size, ...)."""
+    """check_split, then the split's `streaming.StreamingDataset` (`dataset_kwargs`: shuffle, batch_size, ...).
+    With `remote`, `path` is the local cache and streaming checks the files as they arrive."""
     from streaming import StreamingDataset
 
+    if remote:
+        return StreamingDataset(local=str(path), remote=remote, **dataset_kwargs)
     check_split(
         path,
         max_seq_len=max_seq_len,

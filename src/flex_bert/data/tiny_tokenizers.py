@@ -65,6 +65,8 @@ def train_bpe_tokenizer(texts_or_files: Iterable[str | Path], out_dir: str | Pat
         pair="[CLS] $A [SEP] $B [SEP]",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
+    from flex_bert.model.config import CONTEXT_LENGTH
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="[UNK]",
@@ -72,7 +74,7 @@ def train_bpe_tokenizer(texts_or_files: Iterable[str | Path], out_dir: str | Pat
         sep_token="[SEP]",
         pad_token="[PAD]",
         mask_token="[MASK]",
-        model_max_length=8192,
+        model_max_length=CONTEXT_LENGTH,
     )
     fast.save_pretrained(str(out_dir))
     return fast

@@ -70,19 +70,28 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return _canonical_fingerprint(backend.to_str())
 
 
-def load_tokenizer(name_or_path: str) -> TokenizerInfo:
-    """Load a fast tokenizer (hub name or local folder) and read what the converter needs from it."""
+def open_tokenizer(name_or_path: str):
+    """The transformers tokenizer of a hub name (from the local cache) or a local folder: the one way the
+    converter, training and evaluation load a tokenizer."""
     from transformers import AutoTokenizer
 
     looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().is_dir():
         raise ValueError(f"tokenizer folder {name_or_path!r} does not exist")
     try:
-        tok = AutoTokenizer.from_pretrained(
+        return AutoTokenizer.from_pretrained(
             str(Path(name_or_path).expanduser()) if looks_local else name_or_path
         )
     except Exception as e:  # OSError, ValueError, hub errors: all mean "cannot load this tokenizer"
-        raise ValueError(f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"cannot load tokenizer {name_or_path!r}: {str(e).splitlines()[0]} (give a local folder, or "
+            f"download it first with `hf download {name_or_path}`: runs never reach the hub on their own)"
+        ) from None
+
+
+def load_tokenizer(name_or_path: str) -> TokenizerInfo:
+    """Load a fast tokenizer (hub name or local folder) and read what the converter needs from it."""
+    tok = open_tokenizer(name_or_path)
     backend = getattr(tok, "backend_tokenizer", None)
     if backend is None:
         raise ValueError(f"tokenizer {name_or_path!r} is not a fast (Rust `tokenizers`) tokenizer")

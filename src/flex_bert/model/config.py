@@ -5,8 +5,8 @@ Defaults are ModernBERT-base, except `local_attn_rotary_emb_base`, whose default
 `large()` state the released checkpoints' 10000). `from_dict` is the door for YAML: it rejects unknown keys
 (with a close-match suggestion), coerces YAML's stringly numbers (`eps: 1e-5` is a *string* to a YAML 1.1
 parser), and refuses values that would change the computation in a way this implementation does not
-reproduce. Keys that upstream accepts but that change nothing here are listed in `IGNORED_UPSTREAM_KEYS` and
-warn (one line for all of them); keys with another name here are in `RENAMED_KEYS`.
+reproduce. Upstream's keys that change nothing here, or have another name here, are the upstream-YAML
+adapter's business (`flex_bert.train.upstream_model`), which builds this config.
 """
 
 from __future__ import annotations
@@ -15,77 +15,15 @@ import dataclasses
 import difflib
 import types
 import typing
-import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from flex_bert.kernels import BACKENDS  # attention backends by name: a typo fails at config load
 
-# Keys upstream's FlexBertConfig (and the Hugging Face BertConfig it extends) knows that upstream's FlexBERT MLM
-# model never reads or that cannot change its computation: flash-attn switches (we choose kernels with
-# `attention_backend`), compile switches, the classification head (a fine-tuning task file sets it:
-# model/classification.py), BERT's token-type and position-embedding settings (ModernBERT has neither),
-# `hidden_dropout_prob`, `layer_norm_eps` and `initializer_range` (FlexBERT uses its own dropouts,
-# `norm_kwargs.eps` and `init_std`), `head_pred_dropout` (stored, never applied), `num_initial_layers` (only with
-# `initial_*_layer`), `bos/eos` ids (no effect on MLM) and `sparse_prediction` (MosaicBERT's name for
-# `masked_prediction`: same loss).
-IGNORED_UPSTREAM_KEYS = frozenset(
-    {
-        "use_fa2",
-        "use_fa",
-        "deterministic_fa2",
-        "fa2_local_attn",
-        "use_sdpa_attn_mask",
-        "rope_microbatch_size",
-        "partial_compile",
-        "full_model_compile",
-        "pad_logits",
-        "head_class_act",
-        "head_class_bias",
-        "head_class_dropout",
-        "head_class_norm",
-        "pooling_type",
-        "encoder_layer",
-        "head_pred_dropout",
-        "num_initial_layers",
-        "hidden_dropout_prob",
-        "layer_norm_eps",
-        "initializer_range",
-        "type_vocab_size",
-        "position_embedding_type",
-        "use_cache",
-        "classifier_dropout",
-        "bos_token_id",
-        "eos_token_id",
-        "sparse_prediction",
-    }
-)
+# ModernBERT's context length: the default training length (max_seq_len) and max_position_embeddings.
+CONTEXT_LENGTH = 8192
 
-# Community forks' names for keys of this config (the Hebrew ModernBERT fork's local rotary base): the key here
-# takes the value, unless the YAML also sets the key here to something other than "unset".
-RENAMED_KEYS = {"rotary_emb_base_local": "local_attn_rotary_emb_base"}
-
-# Upstream's defaults where this config's differ (upstream's FlexBertConfig, or the `bert-base-uncased`
-# BertConfig it starts from). A YAML written for upstream that leaves one of these out gets another model here.
-UPSTREAM_DEFAULTS: dict[str, Any] = {
-    "num_hidden_layers": 12,
-    "intermediate_size": 3072,
-    "vocab_size": 30522,
-    "attention_layer": "base",
-    "attn_out_dropout_prob": 0.0,
-    "embedding_layer": "absolute_pos",
-    "final_norm": False,
-    "mlp_layer": "mlp",
-    "normalization": "rmsnorm",
-    "norm_kwargs": {},
-    "head_pred_act": "silu",
-    "init_method": "default",
-    "skip_first_prenorm": False,
-    "rotary_emb_base": 10000.0,
-    "sliding_window": -1,
-    "global_attn_every_n_layers": -1,
-}
 
 # key -> allowed values, for keys where upstream has several options and we implement a subset.
 _ALLOWED: dict[str, Collection] = {
@@ -177,7 +115,9 @@ class FlexBertConfig:
     # rotary of QKV, the MLM loss. false: the PyTorch composition (the same computation, another dropout mask).
     # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend.)
     fused_kernels: bool = True
-    max_position_embeddings: int = 8192  # exported to Hugging Face; rotary itself has no length limit
+    max_position_embeddings: int = (
+        CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
+    )
     gradient_checkpointing: bool = False  # applied by the training code (train/compilation.py)
     pad_token_id: int = 50283
     cls_token_id: int = 50281
@@ -191,33 +131,15 @@ class FlexBertConfig:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FlexBertConfig:
-        kwargs, ignored, _ = cls.sort_keys(d)
-        if ignored:
-            warnings.warn(
-                f"model_config keys {', '.join(ignored)} have no effect in this implementation; ignored",
-                stacklevel=2,
-            )
-        return cls(**kwargs)
-
-    @classmethod
-    def sort_keys(cls, d: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
-        """A YAML block's keyword arguments here, its ignored keys and its renamed keys that took effect; an
-        unknown key is an error with a close match."""
+        """A config from its own keys (``to_dict``, a checkpoint's stored config); an unknown key is an error
+        with a close match. Upstream's YAML keys go through ``flex_bert.train.upstream_model`` instead."""
         names = [f.name for f in dataclasses.fields(cls)]
-        kwargs, ignored = {}, []
-        for key, value in dict(d).items():
-            if key in IGNORED_UPSTREAM_KEYS:
-                ignored.append(key)
-            elif key in names:
-                kwargs[key] = value
-            elif key not in RENAMED_KEYS:
-                known = names + sorted(IGNORED_UPSTREAM_KEYS) + sorted(RENAMED_KEYS)
-                close = difflib.get_close_matches(key, known, n=1)
+        for key in d:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown model_config key {key!r}{hint}")
-        renamed = [k for k, target in RENAMED_KEYS.items() if k in d and kwargs.get(target) in (None, -1)]
-        kwargs.update({RENAMED_KEYS[k]: d[k] for k in renamed})
-        return kwargs, ignored, renamed
+        return cls(**d)
 
     @classmethod
     def base(cls, **overrides: Any) -> FlexBertConfig:

@@ -1,23 +1,82 @@
-"""Callbacks the seed YAML names that composer lacks, the JSONL metrics file, and the builders of the callbacks,
-loggers and algorithms a YAML names."""
+"""Callbacks: each one a YAML's ``callbacks`` section can name has its config (defaults and valid values,
+``checks.setting``) beside it, whose ``build(run)`` makes it; ``CALLBACKS`` is the section's table. Composer's
+own callbacks get a config here too. ``DataResume`` and ``RunInfo`` are the run's own, always on.
+"""
 
 from __future__ import annotations
 
 import gc
-import json
 import os
 import time
-from dataclasses import asdict
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from composer.core import Callback, Event, State
-from composer.loggers import Logger, LoggerDestination
+from composer.loggers import Logger
 
-from flex_bert.train import registry
-from flex_bert.train.mixture_report import MixtureReport, stream_labels
-from flex_bert.train.profiling import TorchProfile
-from flex_bert.train.progress import ProgressLine
+from flex_bert.train.checks import COUNT, POSITIVE, OneOf, Range, parse_section, setting
+from flex_bert.train.profiling import TorchProfileConfig
+from flex_bert.train.progress import ProgressConfig, peak_flops
+from flex_bert.train.shape import RunShape
+
+
+@dataclass
+class SpeedMonitorConfig:  # composer's SpeedMonitor
+    window_size: int = setting(100, COUNT)
+    gpu_flops_available: float | None = setting(None, POSITIVE)  # peak FLOP/s for MFU (default: H100/H200's)
+
+    def build(self, run: RunShape) -> Callback:
+        from composer.callbacks import SpeedMonitor
+
+        peak = self.gpu_flops_available or peak_flops(run.precision)
+        return SpeedMonitor(window_size=self.window_size, gpu_flops_available=peak)
+
+
+@dataclass
+class LrMonitorConfig:  # composer's LRMonitor
+    def build(self, run: RunShape) -> Callback:
+        from composer.callbacks import LRMonitor
+
+        return LRMonitor()
+
+
+@dataclass
+class MemoryMonitorConfig:  # composer's MemoryMonitor
+    def build(self, run: RunShape) -> Callback:
+        from composer.callbacks import MemoryMonitor
+
+        return MemoryMonitor()
+
+
+@dataclass
+class OptimizerMonitorConfig:  # composer's OptimizerMonitor
+    log_optimizer_metrics: bool = True
+    batch_log_interval: int = setting(10, COUNT)
+
+    def build(self, run: RunShape) -> Callback:
+        from composer.callbacks import OptimizerMonitor
+
+        return OptimizerMonitor(self.log_optimizer_metrics, self.batch_log_interval)
+
+
+@dataclass
+class RuntimeEstimatorConfig:  # composer's RuntimeEstimator
+    skip_batches: int = setting(1, Range(lo=0))
+    time_unit: str = setting("hours", OneOf(("seconds", "minutes", "hours", "days")))
+
+    def build(self, run: RunShape) -> Callback:
+        from composer.callbacks import RuntimeEstimator
+
+        return RuntimeEstimator(self.skip_batches, self.time_unit)
+
+
+@dataclass
+class ScheduledGcConfig:
+    # run Python's garbage collector every N batches (automatic gc off meanwhile)
+    batch_interval: int = setting(1000, COUNT)
+
+    def build(self, run: RunShape) -> Callback:
+        return ScheduledGc(self.batch_interval)
 
 
 class ScheduledGc(Callback):
@@ -27,7 +86,7 @@ class ScheduledGc(Callback):
     the same). Full collections, so long-lived cycles (generation 2) are freed too.
     """
 
-    def __init__(self, batch_interval: int = 1000):
+    def __init__(self, batch_interval: int):
         self.batch_interval = batch_interval
         self._was_enabled = gc.isenabled()
 
@@ -44,10 +103,19 @@ class ScheduledGc(Callback):
             gc.enable()
 
 
+@dataclass
+class LogGradNormConfig:
+    batch_log_interval: int = setting(10, COUNT)
+    log_optimizer_metrics: bool = True  # upstream's switch: false logs nothing
+
+    def build(self, run: RunShape) -> Callback | None:
+        return LogGradNorm(self.batch_log_interval) if self.log_optimizer_metrics else None
+
+
 class LogGradNorm(Callback):
     """The global L2 norm of the gradients (after all micro-batches, before the optimizer step clears them)."""
 
-    def __init__(self, batch_log_interval: int = 10):
+    def __init__(self, batch_log_interval: int):
         self.batch_log_interval = batch_log_interval
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
@@ -58,10 +126,18 @@ class LogGradNorm(Callback):
             logger.log_metrics({"train/grad_norm": float(torch.nn.utils.get_total_norm(grads))})
 
 
+@dataclass
+class PackingEfficiencyConfig:
+    log_interval: int = setting(10, COUNT)
+
+    def build(self, run: RunShape) -> Callback:
+        return PackingEfficiency(self.log_interval)
+
+
 class PackingEfficiency(Callback):
     """Share of packed-row slots holding real tokens (the rest is padding), averaged over the interval."""
 
-    def __init__(self, log_interval: int = 10):
+    def __init__(self, log_interval: int):
         self.log_interval = log_interval
         self._real = self._slots = 0
 
@@ -72,6 +148,12 @@ class PackingEfficiency(Callback):
         if int(state.timestamp.batch) % self.log_interval == 0 and self._slots:
             logger.log_metrics({"train/packing_efficiency": self._real / self._slots})
             self._real = self._slots = 0
+
+
+@dataclass
+class DataloaderSpeedConfig:
+    def build(self, run: RunShape) -> Callback:
+        return DataloaderSpeed()
 
 
 class DataloaderSpeed(Callback):
@@ -92,6 +174,15 @@ class NonFiniteLoss(ValueError):
     config change (roll back with a lower lr, or skip such batches)."""
 
 
+@dataclass
+class NanGuardConfig:
+    action: str = setting("stop", OneOf(("stop", "skip")))
+    max_consecutive_skips: int = setting(10, COUNT)  # skip: more non-finite batches in a row stop the run
+
+    def build(self, run: RunShape) -> Callback:
+        return NanGuard(self.action, run.save_folder, self.max_consecutive_skips)
+
+
 class NanGuard(Callback):
     """A NaN or inf training loss stops the run (naming the batch and the newest checkpoint with finite weights
     to roll back to), or with ``action: skip`` drops that batch's gradients so the optimizer leaves the weights
@@ -102,9 +193,9 @@ class NanGuard(Callback):
 
     def __init__(
         self,
-        action: str = registry.NanGuardSettings.action,
+        action: str,
         save_folder: str | None = None,
-        max_consecutive_skips: int = registry.NanGuardSettings.max_consecutive_skips,
+        max_consecutive_skips: int = NanGuardConfig.max_consecutive_skips,
     ):
         self.action = action
         self.save_folder = save_folder
@@ -220,164 +311,37 @@ class DataResume(Callback):
             self.rng_state = None
 
 
-class JsonlLogger(LoggerDestination):
-    """``{save_folder}/metrics.jsonl``: one JSON object per batch with batch, tokens, loss, lr and the rest."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._pending: dict[str, Any] = {}
-
-    def fit_start(self, state: State, logger: Logger) -> None:
-        if int(os.environ.get("RANK", "0")) == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._drop_records_after(int(state.timestamp.batch))
-
-    def _drop_records_after(self, batch: int) -> None:
-        """A run resumed at ``batch`` trains the batches after it again: the records an interrupted attempt
-        wrote for them (and a line cut short by the kill) go, so the file keeps one record per batch."""
-        if not os.path.exists(self.path):
-            return
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if (
-                    isinstance(record, dict)
-                    and isinstance(record.get("batch"), int)
-                    and record["batch"] <= batch
-                ):
-                    kept.append(line if line.endswith("\n") else line + "\n")
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, self.path)
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for k, v in metrics.items():
-            self._pending[k] = float(v) if torch.is_tensor(v) or isinstance(v, (int, float)) else v
-
-    def batch_end(self, state: State, logger: Logger) -> None:
-        self._flush(state, "train")
-
-    def eval_end(self, state: State, logger: Logger) -> None:
-        self._flush(state, "eval")
-
-    def _flush(self, state: State, kind: str) -> None:
-        if int(os.environ.get("RANK", "0")) != 0:
-            self._pending.clear()
-            return
-        record = {"kind": kind, "batch": int(state.timestamp.batch), "tokens": int(state.timestamp.token)}
-        if "loss/train/total" in self._pending:
-            record["loss"] = self._pending.pop("loss/train/total")
-        if state.schedulers:
-            record["lr"] = state.optimizers[0].param_groups[-1]["lr"]
-        record.update(self._pending)
-        self._pending.clear()
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+CALLBACKS: dict[str, type] = {
+    "speed_monitor": SpeedMonitorConfig,
+    "lr_monitor": LrMonitorConfig,
+    "scheduled_gc": ScheduledGcConfig,
+    "log_grad_norm": LogGradNormConfig,
+    "packing_efficiency": PackingEfficiencyConfig,
+    "memory_monitor": MemoryMonitorConfig,
+    "nan_guard": NanGuardConfig,
+    "progress": ProgressConfig,
+    "torch_profile": TorchProfileConfig,
+    "optimizer_monitor": OptimizerMonitorConfig,
+    "runtime_estimator": RuntimeEstimatorConfig,
+    "dataloader_speed": DataloaderSpeedConfig,  # upstream's: how long each batch took to leave the loader
+}
 
 
-def build_callbacks(cfg) -> list[Callback]:
-    from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
-
-    out: list[Callback] = []
-    names = dict(cfg.callbacks)
-    names.setdefault("nan_guard", {})  # always on: a diverged run must not train on silently
-    names.setdefault("progress", {})  # on unless `enabled: false`: a running job says what it does
-    if cfg.optimizer.log_grad_norm and "log_grad_norm" not in names:
-        names["log_grad_norm"] = {"batch_log_interval": 1}
-    for name, settings in names.items():
-        s = registry.check_named("callbacks", name, settings or {}, registry.CALLBACKS)
-        if name == "speed_monitor":
-            peak = s.gpu_flops_available or _peak_flops(cfg.precision)
-            out.append(SpeedMonitor(window_size=s.window_size, gpu_flops_available=peak))
-        elif name == "lr_monitor":
-            out.append(LRMonitor())
-        elif name == "memory_monitor":
-            out.append(MemoryMonitor())
-        elif name == "scheduled_gc":
-            out.append(ScheduledGc(s.batch_interval))
-        elif name == "log_grad_norm" and s.log_optimizer_metrics:
-            out.append(LogGradNorm(s.batch_log_interval))
-        elif name == "optimizer_monitor":
-            out.append(OptimizerMonitor(s.log_optimizer_metrics, s.batch_log_interval))
-        elif name == "runtime_estimator":
-            out.append(RuntimeEstimator(s.skip_batches, s.time_unit))
-        elif name == "dataloader_speed":
-            out.append(DataloaderSpeed())
-        elif name == "packing_efficiency":
-            out.append(PackingEfficiency(s.log_interval))
-        elif name == "nan_guard":
-            folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
-            out.append(NanGuard(s.action, folder, s.max_consecutive_skips))
-        elif name == "progress":
-            if s.enabled:
-                out.append(ProgressLine(s.every_seconds, _peak_flops(cfg.precision)))
-        elif name == "torch_profile":
-            folder = s.folder or (cfg.save_folder and os.path.join(cfg.save_folder, "profile"))
-            if not folder:
-                raise ValueError("callbacks.torch_profile needs a folder (or a save_folder)")
-            out.append(
-                TorchProfile(folder.format(run_name=cfg.run_name), s.start_batch, s.num_batches, s.trace)
-            )
-    out.append(MixtureReport(*stream_labels(cfg.train_loader.dataset)))  # what the data is made of
-    return out
+def parse_callbacks(entries, log_grad_norm: bool) -> dict:
+    """The ``callbacks`` section checked (name -> config), with those on unless configured otherwise: a
+    diverged run must not train on silently (nan_guard), a running job says what it does (progress;
+    ``enabled: false`` silences it), and ``optimizer.log_grad_norm`` logs the norm every batch."""
+    section = parse_section("callbacks", entries, CALLBACKS)
+    for name in ("nan_guard", "progress"):
+        section.setdefault(name, CALLBACKS[name]())
+    if log_grad_norm:
+        section.setdefault("log_grad_norm", LogGradNormConfig(batch_log_interval=1))
+    return section
 
 
-def build_algorithms(cfg) -> list:
-    """Composer's algorithms, with composer's meaning (upstream's main.py builds the same ones)."""
-    from composer.algorithms import EMA, GradientClipping
-
-    out = []
-    for name, settings in cfg.algorithms.items():
-        s = registry.check_named("algorithms", name, settings or {}, registry.ALGORITHMS)
-        out.append(GradientClipping(**asdict(s)) if name == "gradient_clipping" else EMA(**asdict(s)))
-    return out
-
-
-def _peak_flops(precision: str) -> float | None:
-    """Dense bf16/fp16 peak of the H100/H200 (989 TFLOP/s); composer's own table for other GPUs."""
-    if torch.cuda.is_available() and precision != "fp32":
-        name = torch.cuda.get_device_name()
-        if "H100" in name or "H200" in name:
-            return 989e12
-    return None
-
-
-def build_loggers(cfg) -> list[LoggerDestination]:
-    out: list[LoggerDestination] = []
-    if cfg.save_folder:
-        out.append(JsonlLogger(os.path.join(cfg.save_folder.format(run_name=cfg.run_name), "metrics.jsonl")))
-    for name, settings in cfg.loggers.items():
-        s = registry.check_named("loggers", name, settings or {}, registry.LOGGERS)
-        if name == "wandb":
-            kwargs = {k: v for k, v in asdict(s).items() if k not in ("tags", "init_kwargs")}
-            out.append(_wandb_logger()(**kwargs, tags=s.tags or None, init_kwargs=s.init_kwargs or None))
-        elif name == "tensorboard":
-            from composer.loggers import TensorboardLogger
-
-            out.append(TensorboardLogger(log_dir=s.log_dir))
-    return out
-
-
-def _wandb_logger() -> type:
-    from composer.loggers import WandBLogger
-
-    class Wandb(WandBLogger):
-        """composer's WandBLogger. It holds checkpoints only with ``log_artifacts``; without, autoresume does not
-        ask wandb's API for one (that needs a login, even for a run that logs offline)."""
-
-        def download_file(self, remote_file_name: str, destination: str, overwrite=False, progress_bar=True):
-            if not self._log_artifacts:
-                raise FileNotFoundError(
-                    f"{remote_file_name}: wandb holds no checkpoints without log_artifacts"
-                )
-            return super().download_file(remote_file_name, destination, overwrite, progress_bar)
-
-    return Wandb
+def build_callbacks(section: dict, run: RunShape) -> list[Callback]:
+    """The callbacks of a checked ``callbacks`` section (``parse_callbacks``)."""
+    return [c for c in (settings.build(run) for settings in section.values()) if c is not None]
 
 
 class RunInfo(Callback):

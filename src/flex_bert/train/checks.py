@@ -147,3 +147,33 @@ def one_line(e: Exception, where: str = "") -> ValueError:
         return ValueError(f"unknown config key {key!r}{suggest(str(e.key), names)}")
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
     return ValueError(f"{key}: {message}" if key else message)
+
+
+def parse_settings(where: str, settings_cls: type, settings) -> Any:
+    """``settings`` (a mapping, or None for all defaults) as a checked ``settings_cls`` instance: unknown keys,
+    types and every declared rule, each failing in one line naming the key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        out = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(settings_cls), settings or {}))
+    except (
+        OmegaConfBaseException,
+        ValueError,
+    ) as e:  # omegaconf's ValueError: settings that are not a mapping
+        raise one_line(e, where) from None
+    check_settings(out, where)
+    return out
+
+
+def parse_section(
+    section: str, entries, table: dict[str, type], refused: dict[str, str] | None = None
+) -> dict:
+    """A section of named entries (callbacks, loggers, algorithms): name -> its checked config."""
+    out = {}
+    for name, settings in (entries or {}).items():
+        if name in (refused or {}):
+            raise ValueError(f"{section}.{name} is not supported: {refused[name]}")
+        if name not in table:
+            raise ValueError(f"unknown {section} entry {name!r}{suggest(name, table)}")
+        out[name] = parse_settings(f"{section}.{name}", table[name], settings)
+    return out

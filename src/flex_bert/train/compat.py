@@ -4,7 +4,8 @@
   path's braces (upstream's ``load_path: checkpoints/{pretrain_run_name}/latest-rank0.pt``, which composer
   cannot fill), is a variable: ``variables`` lets it into the merge and ``fill_paths`` fills the braces; an
   unknown key that nothing references is still refused, with a close match.
-- ``model_settings`` is the one place where the model section's upstream keys reach ``model_config``.
+- ``model_settings`` is the one place where the model section's upstream keys reach ``model_config``; the
+  ``model_config`` block itself is read by ``flex_bert.train.upstream_model``.
 - ``check_*`` refuse at load, in one line, what cannot run (``validate`` calls them, so ``--dry_run`` too).
 - ``notes`` is one line per upstream or composer key that is mapped to this recipe's knob or ignored:
   ``--dry_run`` and ``train`` print them. docs/CONFIG_COMPAT.md is the whole table.
@@ -21,11 +22,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flex_bert.model import FlexBertConfig
-from flex_bert.model.config import RENAMED_KEYS, UPSTREAM_DEFAULTS
+from flex_bert.train.upstream_model import (
+    NEUTRAL_IDS,
+    RENAMED_KEYS,
+    UPSTREAM_DEFAULTS,
+    from_upstream,
+    sort_keys,
+)
 
 _BRACES = re.compile(r"\{([^{}]*)\}")  # ${interpolation} and composer's {placeholder} alike
 _NAME = re.compile(r"[A-Za-z_]\w*")
-_NEUTRAL_IDS = dict(pad_token_id=0, cls_token_id=0, sep_token_id=0, mask_token_id=0)
 _UPSTREAM_MODELS = ("mosaic_bert", "hf_bert")
 
 
@@ -84,7 +90,7 @@ def check_model_config(cfg: DictConfig) -> FlexBertConfig:
     """The model config as far as it can be checked without the tokenizer (special ids come from it later)."""
     with warnings.catch_warnings():  # the build warns once; notes() lists the keys
         warnings.simplefilter("ignore")
-        return FlexBertConfig.from_dict({**_NEUTRAL_IDS, **model_settings(cfg)})
+        return from_upstream({**NEUTRAL_IDS, **model_settings(cfg)})
 
 
 def check_batch_size_warmup(cfg: DictConfig) -> None:
@@ -143,7 +149,7 @@ def notes(cfg: DictConfig, variable_names: list[str], filled: list[str]) -> list
 def _model_notes(cfg: DictConfig) -> list[str]:
     out = []
     model_config = OmegaConf.to_container(cfg.model.model_config, resolve=True)
-    _, ignored, renamed = FlexBertConfig.sort_keys(model_config)
+    _, ignored, renamed = sort_keys(model_config)
     if ignored:
         out.append(
             f"model_config: ignored, no effect on this model (nor on upstream's): {', '.join(ignored)}"
@@ -152,7 +158,7 @@ def _model_notes(cfg: DictConfig) -> list[str]:
         out.append(f"model_config.{key}: mapped to {RENAMED_KEYS[key]} = {model_config[key]}")
     left = {k: v for k, v in UPSTREAM_DEFAULTS.items() if k not in model_config}
     if left:
-        mine = dataclasses.asdict(FlexBertConfig(**_NEUTRAL_IDS))
+        mine = dataclasses.asdict(FlexBertConfig(**NEUTRAL_IDS))
         out.append(
             "model_config leaves to this recipe's ModernBERT-base defaults, where upstream's differ: "
             + ", ".join(f"{k}={mine[k]!r} (upstream {v!r})" for k, v in left.items())

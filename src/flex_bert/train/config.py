@@ -6,8 +6,9 @@ depth), a wrong type, a value out of range or a missing value fails before any w
 A top-level key that the config uses by name (``${checkpoint_dir}``, or ``{pretrain_run_name}`` in a path) is a
 variable, not a typo: it is accepted and dropped once resolved
 (``flex_bert.train.compat``, which also reports how upstream's and composer's keys are read). Sections that choose
-an implementation (scheduler, callbacks, loggers, algorithms) are checked against their registry in
-``flex_bert.train.registry``. Cross-field rules are in ``validate``.
+an implementation (scheduler, callbacks, loggers, algorithms) are checked against their tables (each entry's
+config lives beside its class) and replaced by the checked configs the builders use. Cross-field rules are in
+``validate``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from flex_bert.model.config import CONTEXT_LENGTH
+from flex_bert.train.algorithms import parse_algorithms
+from flex_bert.train.callbacks import parse_callbacks
 from flex_bert.train.checks import (
     COUNT,
     NON_NEGATIVE,
@@ -33,9 +37,16 @@ from flex_bert.train.checks import (
     TimeRange,
     check_settings,
     one_line,
+    parse_section,
     setting,
     suggest,
 )
+from flex_bert.train.loggers import LOGGERS
+from flex_bert.train.schedulers import parse_scheduler
+from flex_bert.train.shape import run_shape
+from flex_bert.train.upstream_model import ModelConfigNode, settle_node
+
+OPTIMIZERS = ("decoupled_stableadamw",)  # fine-tuning has torch's adamw too (finetune_config)
 
 
 @dataclass
@@ -57,9 +68,10 @@ class DatasetConfig:
     tokenizer_name: str | None = (
         None  # must equal the top-level tokenizer_name (the seed YAML interpolates it)
     )
-    max_seq_len: int = setting(MISSING, COUNT)
+    # the run's shared values unless a section sets its own
+    max_seq_len: int = setting("${max_seq_len}", COUNT)
     shuffle: bool = True
-    mlm_probability: float = setting(0.3, PROBABILITY)
+    mlm_probability: float = setting("${mlm_probability}", PROBABILITY)
     streaming: bool = False  # false: data must be local (upstream's NoStreamingDataset); true: remote allowed
     shuffle_seed: int = setting(9176, SEED)
     whole_word_mask: bool = False  # TAPT option: mask whole words (all [MASK]), as HF's whole-word collator
@@ -99,11 +111,12 @@ class ModelSection:
     recompute_metric_loss: bool = False
     gradient_checkpointing: bool | None = None  # upstream's place for model_config.gradient_checkpointing
     # with model_config.compile_model on a GPU: Inductor's coordinate-descent tuning of the compiled kernels.
-    # Off by default: since the memory-bound work runs in FlexBERT's own Triton kernels it gains nothing
-    # (base at 1024 on an H200: 428,524 tokens/s with it, 428,548 without) and costs ~100 s of compilation;
-    # its launch configurations are chosen by timing, so runs on different machines may differ in the last bits
+    # Off by default: the memory-bound work runs in FlexBERT's own Triton kernels, so it gains nothing measurable
+    # (docs/PERFORMANCE.md) and adds minutes of compilation; its launch configurations are chosen by timing, so
+    # runs on different machines may differ in the last bits
     compile_tuning: bool = False
-    model_config: dict[str, Any] = field(default_factory=dict)  # validated by FlexBertConfig.from_dict
+    # typed (upstream_model.ModelConfigNode): a misspelled key fails at the merge; then the keys set, as a mapping
+    model_config: Any = field(default_factory=ModelConfigNode)
 
 
 @dataclass
@@ -139,7 +152,7 @@ class TrainConfig:
     # Shared values the sections interpolate (${data_local}, ${max_seq_len}, ...).
     data_local: str | None = None
     data_remote: str | None = None
-    max_seq_len: int = setting(8192, COUNT)
+    max_seq_len: int = setting(CONTEXT_LENGTH, COUNT)
     tokenizer_name: str = "answerdotai/ModernBERT-base"
     mlm_probability: float = setting(0.3, PROBABILITY)
     # token durations count padding too, as upstream's default; the ModernBERT YAMLs set false (real tokens)
@@ -148,9 +161,9 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train_loader: LoaderConfig = field(default_factory=LoaderConfig)
     eval_loader: LoaderConfig | None = None
-    scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"name": "constant_with_warmup", "t_warmup": "0ba"}
-    )
+    # the sections that name implementations: checked at load into their configs (schedulers.SCHEDULERS,
+    # callbacks.CALLBACKS, loggers.LOGGERS, algorithms.ALGORITHMS), which the builders use
+    scheduler: Any = field(default_factory=lambda: {"name": "constant_with_warmup"})
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     max_duration: str = setting(MISSING, TimeRange(lo=0, lo_open=True, units=("ba", "tok", "sp", "ep")))
@@ -173,7 +186,7 @@ class TrainConfig:
     console_log_interval: str = setting("1ba", TimeRange(lo=0, lo_open=True, units=("ba", "ep")))
     callbacks: dict[str, Any] = field(default_factory=dict)
     loggers: dict[str, Any] = field(default_factory=dict)
-    algorithms: dict[str, Any] = field(default_factory=dict)  # composer algorithms (registry.ALGORITHMS)
+    algorithms: dict[str, Any] = field(default_factory=dict)
     # composer's Trainer arguments that upstream's main.py passes through, with composer's meaning
     train_subset_num_batches: int = setting(-1, Range(lo=1, also=(-1,)))  # batches per epoch; -1: all
     spin_dataloaders: bool = True  # the packed loader resumes from its saved position either way
@@ -229,6 +242,7 @@ def load_config_and_notes(
             cfg.update({v: None for v in variables})
         cfg = OmegaConf.merge(cfg, *parts)
         OmegaConf.resolve(cfg)
+        settle_node(cfg)
         values = {v: cfg[v] for v in variables}
         with open_dict(cfg):
             for v in variables:
@@ -248,24 +262,21 @@ def load_config_and_notes(
 
 
 def validate(cfg: DictConfig) -> None:
-    """Each setting's declared rule (``checks.setting``), then cross-field rules, each naming the key to change."""
-    from flex_bert.train import compat, registry
+    """Each setting's declared rule (``checks.setting``), the sections that name implementations (whose checked
+    configs replace the YAML's mappings), then cross-field rules, each naming the key to change."""
+    from flex_bert.train import compat
 
     check_settings(cfg)
-    registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
-    for section, table in (
-        ("callbacks", registry.CALLBACKS),
-        ("loggers", registry.LOGGERS),
-        ("algorithms", registry.ALGORITHMS),
-    ):
-        for name, settings in cfg[section].items():
-            registry.check_named(section, name, settings or {}, table)
+    cfg.scheduler = parse_scheduler(cfg.scheduler)
+    cfg.callbacks = parse_callbacks(cfg.callbacks, cfg.optimizer.log_grad_norm)
+    cfg.loggers = parse_section("loggers", cfg.loggers, LOGGERS)
+    cfg.algorithms = parse_algorithms(cfg.algorithms)
     compat.check_model_config(cfg)
     compat.check_batch_size_warmup(cfg)
     compat.check_init_from_checkpoint(cfg)
-    if cfg.optimizer.name not in registry.OPTIMIZERS:
+    if cfg.optimizer.name not in OPTIMIZERS:
         raise ValueError(
-            f"optimizer.name {cfg.optimizer.name!r} is not supported{suggest(cfg.optimizer.name, registry.OPTIMIZERS)}"
+            f"optimizer.name {cfg.optimizer.name!r} is not supported{suggest(cfg.optimizer.name, OPTIMIZERS)}"
         )
     if cfg.model.name != "flex_bert":
         raise ValueError(f"model.name must be 'flex_bert', got {cfg.model.name!r}")
@@ -288,10 +299,16 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             "eval_loader.sequence_packing must be false: evaluation runs whole, unpacked documents"
         )
-    if cfg.global_train_batch_size % cfg.device_train_microbatch_size:
-        raise ValueError(
-            f"global_train_batch_size ({cfg.global_train_batch_size}) must be a multiple of "
-            f"device_train_microbatch_size ({cfg.device_train_microbatch_size}) x the number of GPUs"
+    shape = run_shape(cfg)  # the batch splits evenly into packed rows on this job's GPUs
+    given_global = cfg.global_eval_batch_size
+    if cfg.device_eval_batch_size is not None and given_global not in (
+        None,
+        shape.eval_batch_size * shape.world_size,
+    ):
+        warnings.warn(
+            f"global_eval_batch_size ({given_global}) has no effect: evaluation takes device_eval_batch_size "
+            f"({cfg.device_eval_batch_size}) documents per GPU x {shape.world_size} GPU(s)",
+            stacklevel=2,
         )
     for key in ("reset_time", "restart_override"):
         if cfg[key] and not cfg.load_path:  # a phase-2 YAML smoke-tested from scratch: upstream goes on too

@@ -31,14 +31,14 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from flex_bert.data.labelled import Columns, collate, encode, label_map, read_split, stratified_split
+from flex_bert.data.tokenize import open_tokenizer
 from flex_bert.hf_tasks import load_start, save_task_checkpoint
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.task_eval import from_counts, predict, predictions, scores, weighted_counts
-from flex_bert.train.builders import build_tokenizer, set_cpu_threads
+from flex_bert.train.builders import set_cpu_threads
 from flex_bert.train.compilation import prepare
 from flex_bert.train.optim import build_optimizer
-from flex_bert.train.registry import build_scheduler
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -219,7 +219,7 @@ def finetune(cfg: DictConfig) -> dict:
     tokenizer_dir = cfg.tokenizer or stored_tokenizer
     if tokenizer_dir is None:
         raise ValueError(f"{cfg.start} holds no tokenizer: set `tokenizer` in the task file")
-    tokenizer = build_tokenizer(tokenizer_dir)
+    tokenizer = open_tokenizer(tokenizer_dir)
     data = prepare_data(cfg, tokenizer)
     model = build_task(cfg, data["labels"], tokenizer, start_cfg, mlm_state)
     del mlm_state
@@ -241,7 +241,7 @@ def finetune(cfg: DictConfig) -> dict:
         eval_interval=cfg.eval_interval,
         max_duration=cfg.max_duration,
         optimizers=build_optimizer(model, cfg.optimizer),
-        schedulers=build_scheduler(cfg.scheduler),
+        schedulers=OmegaConf.to_object(cfg.scheduler).build(),
         device=device,
         precision=cfg.precision if device == "gpu" else "fp32",
         device_train_microbatch_size=cfg.microbatch_size or cfg.batch_size // world,

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from flex_bert.train.checks import suggest
 from flex_bert.train.config import OptimizerConfig
+from flex_bert.train.schedulers import parse_scheduler
 
 TASK_METRICS = ("accuracy", "macro_f1")  # task_eval.METRICS; the early-stopping and best-checkpoint metric
 
@@ -50,9 +51,7 @@ class FinetuneConfig:
     max_seq_len: int = 512
 
     optimizer: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
-    scheduler: dict[str, Any] = field(
-        default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur", "alpha_f": 0.0}
-    )
+    scheduler: Any = field(default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur"})
     batch_size: int = 32  # examples per optimizer step (all GPUs together)
     microbatch_size: int | None = None  # examples per forward pass on a GPU; None: the whole device batch
     eval_batch_size: int = 64
@@ -109,9 +108,8 @@ def load_finetune_config(yaml_paths: list[str], overrides: list[str] | None = No
 
 def validate(cfg: DictConfig) -> None:
     from flex_bert.model.classification import POOLINGS, TASKS
-    from flex_bert.train import registry
 
-    registry.check_section("scheduler", cfg.scheduler, registry.SCHEDULERS)
+    cfg.scheduler = parse_scheduler(cfg.scheduler)  # checked once: finetune builds from this config
     for key, value, allowed in (
         ("task", cfg.task, TASKS),
         ("pooling", cfg.pooling, POOLINGS),

@@ -25,7 +25,9 @@ class PreflightFailed(ValueError):
 
 def preflight(cfg: DictConfig) -> list[str]:
     """Lines that say what was checked; raises PreflightFailed naming every problem found."""
-    from flex_bert.train import builders
+    from flex_bert.data.tokenize import open_tokenizer
+    from flex_bert.train import builders, compat
+    from flex_bert.train.shape import run_shape
 
     problems: list[str] = []
     notes: list[str] = []
@@ -37,8 +39,9 @@ def preflight(cfg: DictConfig) -> list[str]:
             problems.append(f"{what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             return None
 
-    tokenizer = attempt("tokenizer", lambda: builders.build_tokenizer(cfg.tokenizer_name))
-    config = tokenizer and attempt("model_config", lambda: builders.build_model_config(cfg, tokenizer))
+    tokenizer = attempt("tokenizer", lambda: open_tokenizer(cfg.tokenizer_name))
+    settings = compat.model_settings(cfg)
+    config = tokenizer and attempt("model_config", lambda: builders.build_model_config(settings, tokenizer))
     for key in ("load_path", "model.pretrained_checkpoint"):
         path = cfg.load_path if key == "load_path" else cfg.model.pretrained_checkpoint
         if path:
@@ -46,12 +49,33 @@ def preflight(cfg: DictConfig) -> list[str]:
             if checked:
                 notes.append(f"{key}: {checked}")
     if tokenizer is not None and config is not None:
-        train = attempt("train data", lambda: builders.build_train_dataspec(cfg, tokenizer))
+        run = run_shape(cfg)
+        train = attempt(
+            "train data",
+            lambda: builders.build_train_dataspec(
+                cfg.train_loader,
+                run,
+                tokenizer,
+                vocab_size=config.vocab_size,
+                seed=cfg.seed,
+                count_padding_tokens=cfg.count_padding_tokens,
+            ),
+        )
         if train is not None:
             report = attempt("train data", lambda: _train_data_report(cfg, train.dataloader.dataset))
             notes += [report] if report else []
         if cfg.eval_loader is not None:
-            evaluator = attempt("eval data", lambda: builders.build_evaluator(cfg, tokenizer))
+            evaluator = attempt(
+                "eval data",
+                lambda: builders.build_evaluator(
+                    cfg.eval_loader,
+                    run,
+                    tokenizer,
+                    vocab_size=config.vocab_size,
+                    subset_num_batches=cfg.eval_subset_num_batches,
+                    microbatch_size=cfg.device_eval_microbatch_size,
+                ),
+            )
             if evaluator is not None:
                 notes.append(f"eval data: {len(evaluator.dataloader.dataloader.dataset):,} documents")
     resume = _resume_note(cfg)
@@ -101,8 +125,9 @@ def _train_data_report(cfg: DictConfig, dataset) -> str:
 
 def _resume_note(cfg: DictConfig) -> str | None:
     from flex_bert.train.restart import own_checkpoint
+    from flex_bert.train.shape import fill_run_name
 
-    folder = cfg.save_folder.format(run_name=cfg.run_name) if cfg.save_folder else None
+    folder = fill_run_name(cfg.save_folder, cfg.run_name)
     latest = cfg.autoresume and own_checkpoint(folder)
     if latest:
         return f"autoresume: would continue from {os.path.realpath(latest)} (load_path is not applied again)"

@@ -14,8 +14,10 @@ training batches on every rank and writes `<folder>/kernels_rank<r>.json` (and o
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from composer.loggers import Logger
 from torch.autograd import DeviceType
 
 from flex_bert.kernels import BACKENDS
+from flex_bert.train.checks import COUNT, setting
 
 NCCL = "communication (NCCL)"
 
@@ -168,6 +171,24 @@ def kernel_summary(prof, steps: int, wall_s: float, *, device_type: DeviceType =
     }
 
 
+@dataclass
+class TorchProfileConfig:
+    folder: str | None = None  # default: <save_folder>/profile
+    start_batch: int = setting(10, COUNT)  # profile batches [start_batch, start_batch + num_batches)
+    num_batches: int = setting(3, COUNT)
+    trace: bool = False  # also write a Chrome trace per rank (tens of MB)
+
+    def build(self, run) -> Callback:
+        from flex_bert.train.shape import fill_run_name
+
+        folder = fill_run_name(self.folder, run.run_name) or (
+            run.save_folder and os.path.join(run.save_folder, "profile")
+        )
+        if not folder:
+            raise ValueError("callbacks.torch_profile needs a folder (or a save_folder)")
+        return TorchProfile(folder, self.start_batch, self.num_batches, self.trace)
+
+
 class TorchProfile(Callback):
     """torch.profiler over batches [start_batch, start_batch + num_batches) on every rank (0-based: batch k is
     the (k + 1)-th, the record with `"batch": k + 1` in metrics.jsonl).
@@ -180,7 +201,9 @@ class TorchProfile(Callback):
     throughput averaged over it, are slower). A run that ends inside the window summarises what it profiled.
     """
 
-    def __init__(self, folder: str, start_batch: int = 10, num_batches: int = 3, trace: bool = False):
+    def __init__(
+        self, folder: str, start_batch: int, num_batches: int, trace: bool = TorchProfileConfig.trace
+    ):
         if start_batch < 1 or num_batches < 1:
             raise ValueError("callbacks.torch_profile: start_batch and num_batches must be >= 1")
         self.folder = Path(folder)

@@ -9,14 +9,37 @@ from __future__ import annotations
 
 import datetime
 import time
+from dataclasses import dataclass
 
+import torch
 from composer.core import Callback, State, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
 
+from flex_bert.train.checks import NON_NEGATIVE, setting
+
+
+def peak_flops(precision: str) -> float | None:
+    """Dense bf16/fp16 peak of the H100/H200 (989 TFLOP/s); composer's own table for other GPUs."""
+    if torch.cuda.is_available() and precision != "fp32":
+        name = torch.cuda.get_device_name()
+        if "H100" in name or "H200" in name:
+            return 989e12
+    return None
+
+
+@dataclass
+class ProgressConfig:
+    # one line (batch, loss, lr, tokens/s, MFU, ETA) at most every N seconds, and at the first and last batch
+    every_seconds: float = setting(30.0, NON_NEGATIVE)
+    enabled: bool = True
+
+    def build(self, run) -> Callback | None:
+        return ProgressLine(self.every_seconds, peak_flops(run.precision)) if self.enabled else None
+
 
 class ProgressLine(Callback):
-    def __init__(self, every_seconds: float = 30.0, peak_flops: float | None = None):
+    def __init__(self, every_seconds: float, peak_flops: float | None = None):
         self.every_seconds = every_seconds
         self.peak_flops = peak_flops  # per GPU; None: no MFU
         self._since: tuple[float, int, int] | None = None  # (time, tokens, batch) of the last line

@@ -3,7 +3,8 @@
 The rule for phase transitions: ``load_path`` (with ``reset_time`` / ``restart_override``) applies only when the
 run starts fresh. When ``autoresume`` finds this run's own checkpoint in ``save_folder`` (a crash, a
 preemption), training continues from it as it was: time is not reset and the overrides are not applied again,
-because that checkpoint already carries them.
+because that checkpoint already carries them. ``resolve_phase`` turns this rule into a value, once, before
+anything is built; the trainer's builder and ``train`` read it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,65 @@ import logging
 import os
 import re
 import zipfile
+from dataclasses import dataclass
+
+from flex_bert.train.composer_private import set_scheduler_lr, wrap_checkpoint_writer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """How this launch starts."""
+
+    save_folder: str | None  # {run_name} filled
+    resuming: bool  # autoresume found this run's own checkpoint: it continues as it was
+    load_path: str | None  # what composer restores in full (None when resuming: autoresume finds its own)
+    # weights only: ``load_path`` with ``load_weights_only``, or ``model.pretrained_checkpoint`` (both spellings
+    # of upstream's YAMLs), loaded into the model as it is built
+    weights_path: str | None
+    reset_time: bool  # a new phase from load_path with reset_time: time starts at 0
+    apply_overrides: bool  # restart_override: the YAML's lr and weight decay replace the checkpoint's
+    data_position: (
+        str  # the packed dataset's saved position: "check", "ignore" (a new phase) or "restart_if_changed"
+    )
+
+
+def resolve_phase(cfg) -> Phase:
+    """This launch's start, from the config and the save folder. Global rank 0 first clears the unfinished
+    checkpoint writes of a killed run and, with autoresume, repairs the ``latest`` link; the other ranks wait
+    for it. Reads no checkpoint: composer does, once, when the trainer is built."""
+    from composer.utils import dist
+
+    from flex_bert.train.shape import fill_run_name
+
+    folder = fill_run_name(cfg.save_folder, cfg.run_name)
+    if dist.get_global_rank() == 0:
+        remove_unfinished(folder)
+        if cfg.autoresume:
+            repair_latest(folder)
+    if dist.is_initialized():
+        dist.barrier()
+    resuming = bool(cfg.autoresume and own_checkpoint(folder))
+    new = bool(cfg.load_path) and not resuming
+    weights_only = (
+        cfg.load_path if cfg.load_weights_only and cfg.load_path else cfg.model.pretrained_checkpoint
+    )
+    return Phase(
+        save_folder=folder,
+        resuming=resuming,
+        load_path=cfg.load_path if new and not cfg.load_weights_only else None,
+        weights_path=None if resuming else weights_only,
+        reset_time=new and cfg.reset_time,
+        apply_overrides=new and cfg.restart_override,
+        data_position=(
+            "ignore"  # a new phase: its data starts at the beginning, whatever the checkpoint held
+            if new and cfg.reset_time
+            else "restart_if_changed"
+            if cfg.restart_data_if_changed
+            else "check"
+        ),
+    )
 
 
 def own_checkpoint(save_folder: str | None, rank: int = 0) -> str | None:
@@ -42,8 +100,7 @@ def apply_restart_override(trainer, lr: float, weight_decay: float, override_max
         if override_max_lr:
             group["max_lr"] = lr
     for scheduler in trainer.state.schedulers:
-        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-        scheduler._last_lr = [lr for _ in scheduler.base_lrs]
+        set_scheduler_lr(scheduler, lr)
     after = [(g["lr"], g["weight_decay"], g.get("max_lr")) for g in optimizer.param_groups]
     line = f"restart_override: (lr, weight_decay, max_lr) per param group {before} -> {after}"
     log.warning(line)
@@ -122,23 +179,20 @@ def write_checkpoint_atomically() -> None:
     """Composer writes checkpoint files in place, so a crash mid-write leaves a partial file under the final
     name. Write to a temporary sibling and rename it into place instead: a checkpoint file is whole or absent
     (composer links ``latest`` and deletes old checkpoints only after this returns)."""
-    from composer.utils import checkpoint
 
-    original = checkpoint._write_checkpoint_file
-    if getattr(original, "_atomic", False):
-        return
+    def atomic(original):
+        def write(state_dict, filename: str) -> None:
+            head, tail = os.path.split(filename)  # keep the extension: composer picks the format from it
+            tmp = os.path.join(head, f".tmp-{os.getpid()}-{tail}")
+            try:
+                original(state_dict, tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, filename)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
 
-    def atomic(state_dict, filename: str) -> None:
-        head, tail = os.path.split(filename)  # keep the extension: composer picks the format from it
-        tmp = os.path.join(head, f".tmp-{os.getpid()}-{tail}")
-        try:
-            original(state_dict, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, filename)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        return write
 
-    atomic._atomic = True
-    checkpoint._write_checkpoint_file = atomic
+    wrap_checkpoint_writer(atomic)

@@ -1,16 +1,32 @@
-"""Learning-rate schedules composer lacks: warmup-stable-decay and 1-sqrt (ModernBERT's and BioClinical's).
+"""Learning-rate schedules: each one's config (defaults and valid values, ``checks.setting``) beside it, and the
+two composer lacks, warmup-stable-decay and 1-sqrt (ModernBERT's and BioClinical's).
 
-Both return a multiplier of the optimizer's lr, as composer schedulers do. Durations are composer time strings
+Each returns a multiplier of the optimizer's lr, as composer schedulers do. Durations are composer time strings
 (``"3000ba"``, ``"160_453_000_000tok"``, ``"0.1dur"``). Composer steps the scheduler before it advances the
 timestamp, so the lr it logs for batch ``b`` is the multiplier at ``b`` (upstream behaves the same).
+``SCHEDULERS`` is the YAML's ``scheduler.name`` -> config; ``parse_scheduler`` checks a section once, at load,
+and the checked config's ``build()`` makes the scheduler.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 from composer.core import State, Time
-from composer.optim.scheduler import ComposerScheduler, _convert_time
+from composer.optim import scheduler as composer_schedulers
+from composer.optim.scheduler import ComposerScheduler
+
+from flex_bert.train.checks import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_TIME,
+    POSITIVE_TIME,
+    parse_settings,
+    setting,
+    suggest,
+)
+from flex_bert.train.composer_private import convert_time
 
 
 def _progress(state: State, t_start: Time, t_len: Time) -> float:
@@ -22,7 +38,7 @@ def _progress(state: State, t_start: Time, t_len: Time) -> float:
 
 
 def _times(state: State, ssr: float, *durations) -> list[Time]:
-    times = [_convert_time(t, state, ssr) for t in durations]
+    times = [convert_time(t, state, ssr) for t in durations]
     units = {t.unit for t in times if t.value}  # a zero duration ("0ba", "0tok") fits any unit
     if len(units) > 1:
         raise ValueError(
@@ -53,11 +69,6 @@ class _WarmupStableThenDecay(ComposerScheduler):
 class WarmupStableDecayScheduler(_WarmupStableThenDecay):
     """Linear warmup to 1, constant, then linear decay to ``alpha_f`` over the last ``t_decay`` of ``t_max``."""
 
-    def __init__(
-        self, t_warmup: str = "0ba", t_decay: str = "0.1dur", t_max: str = "1dur", alpha_f: float = 0.0
-    ):
-        super().__init__(t_warmup, t_decay, t_max, alpha_f)
-
     def decay(self, frac: float) -> float:
         return 1.0 + (self.alpha_f - 1.0) * frac
 
@@ -68,10 +79,96 @@ class OneMinusSqrtScheduler(_WarmupStableThenDecay):
     BioClinical's phase 2 uses ``t_decay = t_max = max_duration`` and ``alpha_f = 0.001``.
     """
 
-    def __init__(
-        self, t_decay: str = "1dur", t_max: str = "1dur", alpha_f: float = 0.0, t_warmup: str = "0ba"
-    ):
-        super().__init__(t_warmup, t_decay, t_max, alpha_f)
-
     def decay(self, frac: float) -> float:
         return self.alpha_f + (1.0 - self.alpha_f) * (1.0 - math.sqrt(frac))
+
+
+# ---- configs: alpha_* multiply the optimizer's lr (a negative one would ascend the loss); alpha_f is where a
+# decay ends. `name` is the table key, kept so that the saved config names its scheduler.
+@dataclass
+class _Schedule:
+    name: str = ""
+
+    def scheduler_class(self) -> type:
+        raise NotImplementedError
+
+    def build(self) -> ComposerScheduler:
+        """The scheduler. A zero warmup in any unit (the guide's ``t_warmup: 0tok``) is ``0dur``, so that it
+        goes with a ``max_duration``/``t_max`` in batches too (composer refuses mixed units, even for zero)."""
+        kwargs = {k: v for k, v in asdict(self).items() if k != "name"}
+        if "t_warmup" in kwargs and Time.from_timestring(str(kwargs["t_warmup"])).value == 0:
+            kwargs["t_warmup"] = "0dur"
+        return self.scheduler_class()(**kwargs)
+
+
+@dataclass
+class ConstantWithWarmup(_Schedule):
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha: float = setting(1.0, NON_NEGATIVE)
+
+    def scheduler_class(self) -> type:
+        return composer_schedulers.ConstantWithWarmupScheduler
+
+
+@dataclass
+class WarmupStableDecay(_Schedule):
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_decay: str = setting("0.1dur", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
+
+    def scheduler_class(self) -> type:
+        return WarmupStableDecayScheduler
+
+
+@dataclass
+class OneMinusSqrt(_Schedule):
+    t_decay: str = setting("1dur", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+
+    def scheduler_class(self) -> type:
+        return OneMinusSqrtScheduler
+
+
+@dataclass
+class CosineWithWarmup(_Schedule):
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_f: float = setting(0.0, FRACTION)
+
+    def scheduler_class(self) -> type:
+        return composer_schedulers.CosineAnnealingWithWarmupScheduler
+
+
+@dataclass
+class LinearDecayWithWarmup(_Schedule):
+    t_warmup: str = setting("0ba", NON_NEGATIVE_TIME)
+    t_max: str = setting("1dur", POSITIVE_TIME)
+    alpha_i: float = setting(1.0, NON_NEGATIVE)
+    alpha_f: float = setting(0.0, FRACTION)
+
+    def scheduler_class(self) -> type:
+        return composer_schedulers.LinearWithWarmupScheduler
+
+
+SCHEDULERS: dict[str, type[_Schedule]] = {
+    "constant_with_warmup": ConstantWithWarmup,
+    "warmup_stable_decay": WarmupStableDecay,
+    "one_minus_sqrt": OneMinusSqrt,
+    "cosine_with_warmup": CosineWithWarmup,
+    "linear_decay_with_warmup": LinearDecayWithWarmup,
+}
+
+
+def parse_scheduler(section) -> _Schedule:
+    """A ``name`` + settings section, checked (unknown keys, types, ranges): the config ``build()`` uses."""
+    from omegaconf import OmegaConf
+
+    data = dict(OmegaConf.to_container(section)) if OmegaConf.is_config(section) else dict(section)
+    name = data.get("name")
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler.name {name!r} is not supported{suggest(str(name), SCHEDULERS)}")
+    return parse_settings("scheduler", SCHEDULERS[name], data)

@@ -15,8 +15,7 @@ import warnings
 from omegaconf import OmegaConf
 
 from flex_bert.model import FlexBertConfig
-
-_NEUTRAL_IDS = dict(pad_token_id=0, cls_token_id=0, sep_token_id=0, mask_token_id=0)
+from flex_bert.train.upstream_model import NEUTRAL_IDS, from_upstream
 
 
 def checkpoint_file(spec) -> str:
@@ -38,7 +37,7 @@ def small_config(spec) -> FlexBertConfig:
         )
     with warnings.catch_warnings():  # its ignored keys were the smaller run's business
         warnings.simplefilter("ignore")
-        return FlexBertConfig.from_dict({**_NEUTRAL_IDS, **section["model_config"]})
+        return from_upstream({**NEUTRAL_IDS, **section["model_config"]})
 
 
 def check(spec, large: FlexBertConfig) -> None:
