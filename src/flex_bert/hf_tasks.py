@@ -4,7 +4,7 @@ A task checkpoint is laid out as a Composer one (`state.model` with `model.`-pre
 `state.flex_bert_config`, `state.flex_bert_task` (task, labels, pooling, dropout: the label map lives with
 the weights) and `state.tokenizer` (the tokenizer's files). Export writes `ModernBertForSequenceClassification`
 or `ModernBertForTokenClassification` with `id2label`/`label2id`, `classifier_pooling`, `classifier_dropout`
-and `problem_type`; the keys are the MLM mapping of `hf.py` plus `classifier.*`, unchanged.
+and `problem_type`; the keys are the MLM mapping of `hf_state.py` plus `classifier.*`, unchanged.
 """
 
 from __future__ import annotations
