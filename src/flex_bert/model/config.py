@@ -1,4 +1,6 @@
-"""FlexBertConfig: every key of the upstream `model_config` YAML block, typed and validated.
+"""FlexBertConfig: the keys of the upstream `model_config` YAML block that change the computation, typed and
+validated; upstream's keys that name the one computation this implementation has are `PINNED`, accepted at
+that value only.
 
 Defaults are ModernBERT-base, except `local_attn_rotary_emb_base`, whose default is upstream's -1 ("use
 `rotary_emb_base`"): a YAML that omits it trains its local layers as upstream would (the presets `base()` and
@@ -25,8 +27,19 @@ from flex_bert.kernels import BACKENDS  # attention backends by name: a typo fai
 CONTEXT_LENGTH = 8192
 
 
-# key -> allowed values, for keys where upstream has several options and we implement a subset.
+# key -> allowed values, for fields where upstream has several options and we implement a subset.
 _ALLOWED: dict[str, Collection] = {
+    "init_method": ("full_megatron", "default"),
+    "hidden_act": ("gelu",),  # exported to Hugging Face (hf_config.py)
+    "head_pred_act": ("gelu",),
+    "attention_backend": BACKENDS,  # the table itself: its names when validation runs
+    "attention_probs_dropout_prob": (0.0,),  # varlen/flash kernels here run without attention dropout
+    "decoder_bias": (True,),
+}
+
+# Upstream's keys that name the one computation this implementation has: accepted at these values (a YAML, a
+# checkpoint's stored config), any other value refused; they are not fields, since nothing here reads them.
+PINNED: dict[str, Collection] = {
     "attention_layer": ("rope",),
     "bert_layer": ("prenorm",),
     "mlp_layer": ("glu",),
@@ -34,23 +47,30 @@ _ALLOWED: dict[str, Collection] = {
     "padding": ("unpadded",),
     "embedding_layer": ("sans_pos",),
     "loss_function": ("cross_entropy", "fa_cross_entropy"),  # same math: mean CE, ignore_index -100
-    "init_method": ("full_megatron", "default"),
-    "hidden_act": ("gelu",),
-    "head_pred_act": ("gelu",),
     "activation_function": ("gelu",),
-    "attention_backend": BACKENDS,  # the table itself: its names when validation runs
     "rotary_emb_interleaved": (False,),
     "rotary_emb_scale_base": (None,),
-    "attention_probs_dropout_prob": (0.0,),  # varlen/flash kernels here run without attention dropout
     "embed_norm": (True,),
     "final_norm": (True,),
     "head_pred_norm": (True,),
-    "decoder_bias": (True,),
     "init_small_embedding": (False,),  # upstream's RWKV small init of the embeddings: not implemented
     "initial_attention_layer": (None,),  # other layer types for the first layers: not implemented
     "initial_bert_layer": (None,),
     "initial_mlp_layer": (None,),
 }
+
+
+def check_allowed(key: str, value: Any, allowed: Collection) -> None:
+    """One line naming the key, its value and the values this implementation computes."""
+    if value not in allowed:
+        raise ValueError(f"model_config {key}={value!r} is not supported; allowed: {list(allowed)}")
+
+
+def drop_pinned(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` without its pinned keys, each checked against its accepted values."""
+    for key in PINNED.keys() & d.keys():
+        check_allowed(key, d[key], PINNED[key])
+    return {k: v for k, v in d.items() if k not in PINNED}
 
 
 @dataclass
@@ -62,33 +82,21 @@ class FlexBertConfig:
     hidden_size: int = 768
     intermediate_size: int = 1152
     num_attention_heads: int = 12
-    attention_layer: str = "rope"
     attention_probs_dropout_prob: float = 0.0
     attn_out_bias: bool = False
     attn_out_dropout_prob: float = 0.1
     attn_qkv_bias: bool = False
-    bert_layer: str = "prenorm"
     embed_dropout_prob: float = 0.0
-    embed_norm: bool = True
-    final_norm: bool = True
     skip_first_prenorm: bool = True
-    embedding_layer: str = "sans_pos"
-    loss_function: str = "fa_cross_entropy"
     loss_kwargs: dict[str, Any] = field(default_factory=lambda: {"reduction": "mean"})
     mlp_dropout_prob: float = 0.0
     mlp_in_bias: bool = False
-    mlp_layer: str = "glu"
     mlp_out_bias: bool = False
-    normalization: str = "layernorm"
     norm_kwargs: dict[str, Any] = field(default_factory=lambda: {"eps": 1e-5, "bias": False})
     hidden_act: str = "gelu"
     head_pred_act: str = "gelu"
-    activation_function: str = "gelu"
-    padding: str = "unpadded"
     rotary_emb_dim: int | None = None
     rotary_emb_base: float = 160000.0
-    rotary_emb_scale_base: float | None = None
-    rotary_emb_interleaved: bool = False
     local_attn_rotary_emb_base: float | None = -1.0  # -1 or None: use rotary_emb_base (upstream's default)
     local_attn_rotary_emb_dim: int | None = None
     # Upstream pads the embedding to the tokenizer. Here vocab_size is explicit (50368 already holds ModernBERT's
@@ -101,14 +109,9 @@ class FlexBertConfig:
     masked_prediction: bool = True
     # --- upstream keys outside the seed YAML ---
     head_pred_bias: bool = False
-    head_pred_norm: bool = True
     decoder_bias: bool = True
     init_std: float = 0.02
     init_cutoff_factor: float = 2.0
-    init_small_embedding: bool = False
-    initial_attention_layer: str | None = None
-    initial_bert_layer: str | None = None
-    initial_mlp_layer: str | None = None
     # --- this implementation ---
     attention_backend: str = "auto"
     # FlexBERT's Triton kernels on CUDA (kernels/ops.py): residual add + dropout + LayerNorm, the GELU gate,
@@ -131,12 +134,14 @@ class FlexBertConfig:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FlexBertConfig:
-        """A config from its own keys (``to_dict``, a checkpoint's stored config); an unknown key is an error
-        with a close match. Upstream's YAML keys go through ``flex_bert.train.upstream_model`` instead."""
+        """A config from its own keys (``to_dict``, a checkpoint's stored config) and the ``PINNED`` keys at
+        their accepted values; an unknown key is an error with a close match. Upstream's other YAML keys go
+        through ``flex_bert.train.upstream_model``."""
+        d = drop_pinned(d)
         names = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
+                close = difflib.get_close_matches(key, [*names, *PINNED], n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(f"unknown model_config key {key!r}{hint}")
         return cls(**d)
@@ -205,10 +210,7 @@ class FlexBertConfig:
 
     def _validate(self) -> None:
         for key, allowed in _ALLOWED.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(
-                    f"model_config {key}={getattr(self, key)!r} is not supported; allowed: {list(allowed)}"
-                )
+            check_allowed(key, getattr(self, key), allowed)
         unknown_norm = set(self.norm_kwargs) - {"eps", "bias"}
         if unknown_norm:
             raise ValueError(

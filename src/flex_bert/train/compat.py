@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from flex_bert.model import FlexBertConfig
+from flex_bert.model.config import PINNED
 from flex_bert.train.upstream_model import (
     NEUTRAL_IDS,
     RENAMED_KEYS,
@@ -158,7 +159,7 @@ def _model_notes(cfg: DictConfig) -> list[str]:
         out.append(f"model_config.{key}: mapped to {RENAMED_KEYS[key]} = {model_config[key]}")
     left = {k: v for k, v in UPSTREAM_DEFAULTS.items() if k not in model_config}
     if left:
-        mine = dataclasses.asdict(FlexBertConfig(**NEUTRAL_IDS))
+        mine = {k: v[0] for k, v in PINNED.items()} | dataclasses.asdict(FlexBertConfig(**NEUTRAL_IDS))
         out.append(
             "model_config leaves to this recipe's ModernBERT-base defaults, where upstream's differ: "
             + ", ".join(f"{k}={mine[k]!r} (upstream {v!r})" for k, v in left.items())

@@ -3,7 +3,9 @@
 ModernBERT's, the BioClinical authors' and community forks' YAMLs carry keys that upstream's FlexBertConfig
 (and the Hugging Face BertConfig it extends) accepts. This adapter accepts them all: a key that changes nothing
 here is dropped with one warning (``IGNORED_UPSTREAM_KEYS``), a fork's name for a key here is mapped
-(``RENAMED_KEYS``), and a value this implementation does not reproduce is refused by FlexBertConfig itself.
+(``RENAMED_KEYS``), a key naming the one computation here is accepted at that value (``PINNED``, which
+FlexBertConfig.from_dict checks, so that checkpoints' stored configs load the same way), and a value this
+implementation does not reproduce is refused by FlexBertConfig itself.
 ``ModelConfigNode`` is the typed ``model.model_config`` node of the training config: every key either side
 knows, unset unless the YAML sets it, so a misspelled key fails at load with a close match.
 """
@@ -17,6 +19,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from flex_bert.model import FlexBertConfig
+from flex_bert.model.config import PINNED
 from flex_bert.train.checks import suggest
 
 # Special-token ids that fit any vocabulary: a model config checked before its tokenizer is loaded.
@@ -88,7 +91,7 @@ UPSTREAM_DEFAULTS: dict[str, Any] = {
 }
 
 
-_OWN = [f.name for f in dataclasses.fields(FlexBertConfig)]
+_OWN = [*(f.name for f in dataclasses.fields(FlexBertConfig)), *PINNED]
 KNOWN_KEYS = [*_OWN, *sorted(IGNORED_UPSTREAM_KEYS), *sorted(RENAMED_KEYS)]
 
 ModelConfigNode = dataclasses.make_dataclass(
