@@ -7,7 +7,8 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
 
   FlexBERT    the model + optimizer step loop of `scripts/finetune.py`: each batch laid out flat with
               `cu_seqlens` (data/labelled.py's collate, no padding), `FlexBertForSequenceClassification`
-              forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer.
+              forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer
+              as compile_layers does (scripts/finetune.py runs eager: prepare compiles MLM models only).
   HF Trainer  `transformers.Trainer` (optim adamw_torch_fused, bf16) over `ModernBertForSequenceClassification`
               (sdpa), each batch padded to its longest example (rounded up to 8) with an attention mask, in
               the given order (no shuffling). `--hf-compile` sets TrainingArguments.torch_compile.
@@ -376,6 +377,8 @@ def main(argv=None) -> None:
             extra = (tmp,) if fn is run_trainer else ()
             clock, losses = fn(model, train, args, device, bf16, *extra)
         r = result(kind, args, clock, timed, losses, eval_loss(model, held_out, device, bf16, is_flex))
+        if not is_flex:
+            r["attn_implementation"] = model.config._attn_implementation  # sdpa, as asked in build_models
         print(json.dumps(r), flush=True)
         results.append(r)
         del model
