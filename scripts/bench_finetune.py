@@ -18,18 +18,17 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
 Timing: flex_bert.bench.timing's Env (bf16 autocast and synchronisation on a GPU).
 
 Examples: [CLS] + random ids + [SEP], lengths log-normal (median 150, sigma 0.6) clipped to 50..400 tokens
-(paragraphs, as in the DAPT/TAPT procedure); 4 labels, 4% of each example's tokens drawn from 16 ids of
-its class (about 7 of 170 tokens), and 20% of the labels replaced by another class at random: the signal
-is weak, and no model gets below the noise's entropy (0.72 nats), so both sides' losses stay comparable
-numbers rather than both reaching zero. Equal batch size (examples per step); the first --warmup steps
-are not timed (compilation happens there). Tokens/s counts real tokens only. A speed ratio is printed only where both
-sides' mean training loss and their loss on the held-out examples are finite and within LOSS_TOLERANCE of
-each other (bf16 rounding differs between the two models); otherwise the line says why, and the exit status
-is 1.
+(paragraphs, as in the DAPT/TAPT procedure); 4 labels, 4% of each example's tokens drawn from 16 ids of its
+class (about 7 of 170 tokens), and 20% of the labels replaced by another class at random: the signal is weak,
+and no model gets below the noise's entropy (0.72 nats), so both sides' losses stay comparable numbers rather
+than both reaching zero. Equal batch size (examples per step); the first --warmup steps are not timed
+(compilation happens there). Tokens/s counts real tokens only. A speed ratio is printed only where both sides'
+mean training loss and their loss on the held-out examples are finite and within LOSS_TOLERANCE of each other
+(bf16 rounding differs between the two models); otherwise the line says why, and the exit status is 1.
 
-HF's padded batches under sdpa: in a sliding-window layer, a padding position more than half a window past
-the end of its example sees only padding keys, a query row with every key masked. On a GPU, sdpa's kernels
-can return NaN for such a row (the CPU's return zeros), and the NaN reaches real tokens in the next layer through
+HF's padded batches under sdpa: in a sliding-window layer, a padding position more than half a window past the
+end of its example sees only padding keys, a query row with every key masked. On a GPU, sdpa's kernels can
+return NaN for such a row (the CPU's return zeros), and the NaN reaches real tokens in the next layer through
 0 * NaN, so training and evaluation diverge. transformers 5 dropped the fix it used to apply to these rows;
 `rows_never_empty` applies it again (each such row may see every key: real tokens' outputs do not change).
 
@@ -161,7 +160,7 @@ def compile_flex(model) -> None:
 
 # ------------------------------------------------------------------------------------------------ timing
 class Clock:
-    """Wall time and graphs compiled between "start" and "end", synchronising the GPU at each (none between)."""
+    """Wall time and graphs compiled from "start" to "end", synchronising the GPU at each (none between)."""
 
     def __init__(self, device: torch.device):
         self.env, self.marks, self.graphs = Env(device), {}, {}
@@ -411,7 +410,8 @@ def compare(flex: dict, other: dict) -> dict:
 def print_table(header: dict, results: list[dict], summary: dict) -> None:
     print(json.dumps(header))
     print(
-        "| run | examples/s | tokens/s | ms/step | graphs compiled while timed | mean train loss | held-out loss |"
+        "| run | examples/s | tokens/s | ms/step | graphs compiled while timed | mean train loss "
+        "| held-out loss |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -97,7 +97,7 @@ def _bench_finetune():
 
 
 def test_bench_finetune_refuses_a_ratio_when_losses_differ():
-    """A speed ratio needs equal work: a NaN loss or one 10% off gives no ratio and says which loss differs."""
+    """A speed ratio needs equal work: a NaN loss or one 10% off gives no ratio, naming the differing loss."""
     compare = _bench_finetune().compare
     flex = {"examples_per_s": 500.0, "train_loss": 0.90, "eval_loss": 0.80}
     same = compare(flex, {"examples_per_s": 250.0, "train_loss": 0.91, "eval_loss": 0.79})
