@@ -80,7 +80,54 @@ def test_bench_finetune_tiny(tmp_path):
     for r in data["results"]:
         assert r["examples_per_s"] > 0 and r["tokens_per_s"] > 50 * r["examples_per_s"]
         assert math.isfinite(r["train_loss"]) and math.isfinite(r["eval_loss"])
+        assert r.get("attn_implementation", "sdpa") == "sdpa" and r["graphs_compiled_while_timed"] in (0, -1)
     assert list(data["summary"]) == kinds[1:]
     for s in data["summary"].values():
         assert s["speedup"] > 0 and s["train_loss_rel_diff"] < 1e-3 and s["eval_loss_rel_diff"] < 1e-4
     assert "| FlexBERT packed |" in proc.stdout and "FlexBERT / HF loop:" in proc.stdout
+
+
+def _bench_finetune():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "scripts" / "bench_finetune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_finetune_refuses_a_ratio_when_losses_differ():
+    """A speed ratio needs equal work: a NaN loss or one 10% off gives no ratio, naming the differing loss."""
+    compare = _bench_finetune().compare
+    flex = {"examples_per_s": 500.0, "train_loss": 0.90, "eval_loss": 0.80}
+    same = compare(flex, {"examples_per_s": 250.0, "train_loss": 0.91, "eval_loss": 0.79})
+    assert same["speedup"] == 2.0 and "refused" not in same
+    nan = compare(flex, {"examples_per_s": 250.0, "train_loss": 0.90, "eval_loss": math.nan})
+    assert nan["speedup"] is None and "eval loss 0.8 against nan" in nan["refused"]
+    off = compare(flex, {"examples_per_s": 250.0, "train_loss": 1.00, "eval_loss": 0.80})
+    assert off["speedup"] is None and "train loss" in off["refused"] and "eval loss" not in off["refused"]
+
+
+def test_bench_finetune_hf_masks_leave_no_query_without_keys():
+    """Padding more than half a window past an example's end: in a sliding-window layer those query rows see
+    no key (sdpa gives NaN for them on a GPU). With the benchmark's masks each row sees a key, and the rows of
+    real tokens are exactly transformers' own."""
+    import torch
+    from transformers import ModernBertConfig
+    from transformers.masking_utils import create_bidirectional_sliding_window_mask, sdpa_mask
+
+    cfg = ModernBertConfig(local_attention=8, attn_implementation="sdpa")
+    cfg._attn_implementation = "sdpa"
+    pad = torch.tensor([[1] * 30 + [0] * 34, [1] * 64])
+    kwargs = dict(config=cfg, inputs_embeds=torch.zeros(2, 64, 4), attention_mask=pad)
+    before = create_bidirectional_sliding_window_mask(**kwargs)
+    assert not before[0, 0, 40:].any()  # rows of padding 10+ past the end (window 4 each side): no key
+    _bench_finetune().rows_never_empty()
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    try:
+        after = create_bidirectional_sliding_window_mask(**kwargs)
+    finally:
+        ALL_MASK_ATTENTION_FUNCTIONS["sdpa"] = sdpa_mask
+    assert after.any(dim=-1).all()
+    assert torch.equal(after[0, :, :30], before[0, :, :30]) and torch.equal(after[1], before[1])
