@@ -88,12 +88,9 @@ def test_bench_finetune_tiny(tmp_path):
 
 
 def _bench_finetune():
-    import importlib.util
+    from flex_bert.bench import finetune
 
-    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "scripts" / "bench_finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return finetune
 
 
 def test_bench_finetune_refuses_a_ratio_when_losses_differ():

@@ -70,9 +70,9 @@ def load_weights(path: str, trust: bool) -> dict:
     """A checkpoint's model weights, read without running code from it (a remote one is downloaded first,
     with composer's own downloader, as ``load_path`` would be)."""
     from composer.utils import get_file
-    from flex_bert.hf_checkpoint import load_composer_model_state
 
     from flex_bert.checkpoint_io import TRUST_KEY
+    from flex_bert.hf_checkpoint import load_composer_model_state
 
     if "://" not in path:
         return load_composer_model_state(path, trust, TRUST_KEY)
