@@ -242,3 +242,27 @@ def build_evaluator(
         subset_num_batches=subset_num_batches,
         device_eval_microbatch_size=microbatch_size,
     )
+
+
+def run_train_data(cfg: DictConfig, run: RunShape, tokenizer, vocab_size: int):
+    """The run's training DataSpec from the root config: what training and ``--dry_run`` both build."""
+    return build_train_dataspec(
+        cfg.train_loader,
+        run,
+        tokenizer,
+        vocab_size=vocab_size,
+        seed=cfg.seed,
+        count_padding_tokens=cfg.count_padding_tokens,
+    )
+
+
+def run_evaluator(cfg: DictConfig, run: RunShape, tokenizer, vocab_size: int):
+    """The run's evaluator from the root config: what training and ``--dry_run`` both build."""
+    return build_evaluator(
+        cfg.eval_loader,
+        run,
+        tokenizer,
+        vocab_size=vocab_size,
+        subset_num_batches=cfg.eval_subset_num_batches,
+        microbatch_size=cfg.device_eval_microbatch_size,
+    )

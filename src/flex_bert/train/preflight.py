@@ -52,14 +52,7 @@ def preflight(cfg: DictConfig) -> list[str]:
         run = run_shape(cfg)
         train = attempt(
             "train data",
-            lambda: builders.build_train_dataspec(
-                cfg.train_loader,
-                run,
-                tokenizer,
-                vocab_size=config.vocab_size,
-                seed=cfg.seed,
-                count_padding_tokens=cfg.count_padding_tokens,
-            ),
+            lambda: builders.run_train_data(cfg, run, tokenizer, config.vocab_size),
         )
         if train is not None:
             report = attempt("train data", lambda: _train_data_report(cfg, train.dataloader.dataset))
@@ -67,14 +60,7 @@ def preflight(cfg: DictConfig) -> list[str]:
         if cfg.eval_loader is not None:
             evaluator = attempt(
                 "eval data",
-                lambda: builders.build_evaluator(
-                    cfg.eval_loader,
-                    run,
-                    tokenizer,
-                    vocab_size=config.vocab_size,
-                    subset_num_batches=cfg.eval_subset_num_batches,
-                    microbatch_size=cfg.device_eval_microbatch_size,
-                ),
+                lambda: builders.run_evaluator(cfg, run, tokenizer, config.vocab_size),
             )
             if evaluator is not None:
                 notes.append(f"eval data: {len(evaluator.dataloader.dataloader.dataset):,} documents")

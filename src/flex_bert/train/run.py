@@ -75,23 +75,9 @@ def build_trainer(cfg: DictConfig, phase: Phase | None = None) -> Trainer:
     route_checkpoint_reads(
         lambda path: safe_torch_load(path, cfg.trust_checkpoint, TRUST_KEY)
     )  # no code runs
-    train_data = builders.build_train_dataspec(
-        cfg.train_loader,
-        run,
-        tokenizer,
-        vocab_size=config.vocab_size,
-        seed=cfg.seed,
-        count_padding_tokens=cfg.count_padding_tokens,
-    )
+    train_data = builders.run_train_data(cfg, run, tokenizer, config.vocab_size)
     train_data.dataloader.dataset.saved_position = phase.data_position
-    evaluator = builders.build_evaluator(
-        cfg.eval_loader,
-        run,
-        tokenizer,
-        vocab_size=config.vocab_size,
-        subset_num_batches=cfg.eval_subset_num_batches,
-        microbatch_size=cfg.device_eval_microbatch_size,
-    )
+    evaluator = builders.run_evaluator(cfg, run, tokenizer, config.vocab_size)
     data_resume = DataResume()
     run_info = RunInfo(
         config.to_dict(), OmegaConf.to_container(cfg, resolve=True), _tokenizer_files(tokenizer)
