@@ -17,7 +17,7 @@ from flex_bert.hf_tasks import (
     task_config_to_hf,
     task_state_to_hf,
 )
-from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from flex_bert.model import FlexBertForMaskedLM
 from flex_bert.model.classification import (
     FlexBertForSequenceClassification,
     FlexBertForTokenClassification,
@@ -25,6 +25,8 @@ from flex_bert.model.classification import (
     build_task_model,
 )
 from flex_bert.model.padding import cu_seqlens_from_lengths
+from tests import _parity
+from tests._parity import perturb_norms_and_biases, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,23 +40,10 @@ HF_CLASSES = {
 }
 
 
-def tiny_config(**overrides) -> FlexBertConfig:
-    d = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-        sliding_window=8, global_attn_every_n_layers=3, rotary_emb_base=1000.0, local_attn_rotary_emb_base=50.0,
-        pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4, attention_backend="sdpa",
-        attn_out_dropout_prob=0.0, init_std=0.1,
-    )  # fmt: skip
-    return FlexBertConfig.from_dict({**d, **overrides})
-
-
 def make_pair(task: TaskConfig, attn_implementation: str = "sdpa"):
     torch.manual_seed(0)
-    flex = build_task_model(tiny_config(), task).eval()
-    with torch.no_grad():
-        for name, p in flex.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    flex = build_task_model(tiny_config(VOCAB), task).eval()
+    perturb_norms_and_biases(flex)
     cls = getattr(transformers, HF_CLASSES[task.task])
     hf = cls._from_config(
         task_config_to_hf(flex.config, task), attn_implementation=attn_implementation
@@ -64,12 +53,7 @@ def make_pair(task: TaskConfig, attn_implementation: str = "sdpa"):
 
 
 def padded_batch(lengths, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    S = max(lengths)
-    ids = torch.randint(5, VOCAB, (len(lengths), S), generator=g)
-    ids[:, 0] = 2  # [CLS]
-    mask = (torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids * mask, mask
+    return _parity.padded_batch(lengths, VOCAB, seed, cls_id=2)
 
 
 def packed(ids, mask):
@@ -139,8 +123,8 @@ def test_losses_match_hf(task):
 
 
 def test_start_from_mlm_keeps_encoder_and_head_and_inits_classifier_as_hf():
-    mlm = FlexBertForMaskedLM(tiny_config())
-    model = FlexBertForSequenceClassification(tiny_config(), TaskConfig("single_label", ["a", "b"]))
+    mlm = FlexBertForMaskedLM(tiny_config(VOCAB))
+    model = FlexBertForSequenceClassification(tiny_config(VOCAB), TaskConfig("single_label", ["a", "b"]))
     model.load_encoder_state(mlm.state_dict())
     ours, theirs = model.state_dict(), mlm.state_dict()
     for key in ours:

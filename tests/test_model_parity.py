@@ -12,6 +12,8 @@ from flex_bert.hf_state import flexbert_state_to_hf
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from flex_bert.model.padding import cu_seqlens_from_lengths
 from flex_bert.train.compilation import checkpoint_layers, compile_layers
+from tests import _parity
+from tests._parity import perturb_norms_and_biases, tiny_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,23 +21,10 @@ VOCAB = 256
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def tiny_config(**overrides) -> FlexBertConfig:
-    d = dict(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
-        sliding_window=8, global_attn_every_n_layers=3, rotary_emb_base=1000.0, local_attn_rotary_emb_base=50.0,
-        pad_token_id=0, cls_token_id=2, sep_token_id=3, mask_token_id=4, attention_backend="sdpa",
-        attn_out_dropout_prob=0.0, init_std=0.1,
-    )  # fmt: skip
-    return FlexBertConfig.from_dict({**d, **overrides})
-
-
 def make_pair(cfg: FlexBertConfig, attn_implementation: str = "sdpa"):
     torch.manual_seed(0)
     flex = FlexBertForMaskedLM(cfg).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a swapped or missing one shows
-        for name, p in flex.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
+    perturb_norms_and_biases(flex)
     hf = transformers.ModernBertForMaskedLM._from_config(
         flexbert_config_to_hf(cfg), attn_implementation=attn_implementation
     ).eval()
@@ -46,11 +35,7 @@ def make_pair(cfg: FlexBertConfig, attn_implementation: str = "sdpa"):
 
 
 def padded_batch(lengths, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    S = max(lengths)
-    ids = torch.randint(5, VOCAB, (len(lengths), S), generator=g)
-    mask = (torch.arange(S)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids * mask, mask
+    return _parity.padded_batch(lengths, VOCAB, seed)
 
 
 def mlm_labels(ids, mask, p=0.3, seed=2):
@@ -61,7 +46,7 @@ def mlm_labels(ids, mask, p=0.3, seed=2):
 
 @pytest.fixture(scope="module")
 def pair():
-    return make_pair(tiny_config())
+    return make_pair(tiny_config(VOCAB))
 
 
 LENGTHS = [20, 33, 40, 7]
@@ -69,7 +54,7 @@ LENGTHS = [20, 33, 40, 7]
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 def test_padded_logits_match_hf(attn_implementation):
-    flex, hf = make_pair(tiny_config(), attn_implementation)
+    flex, hf = make_pair(tiny_config(VOCAB), attn_implementation)
     ids, mask = padded_batch(LENGTHS)
     with torch.no_grad():
         ours = flex(ids, attention_mask=mask).logits
@@ -102,7 +87,7 @@ def test_single_document_without_cu_seqlens(pair):
 
 @pytest.mark.parametrize("masked_prediction", [True, False])
 def test_loss_matches_hf(masked_prediction):
-    cfg = tiny_config(masked_prediction=masked_prediction)
+    cfg = tiny_config(VOCAB, masked_prediction=masked_prediction)
     flex, hf = make_pair(cfg)
     ids, mask = padded_batch(LENGTHS, seed=5)
     labels = mlm_labels(ids, mask)
@@ -145,7 +130,7 @@ def test_packed_loss_equals_padded_loss(pair):
 
 
 def test_gradients_match_hf_and_checkpointing():
-    cfg = tiny_config()
+    cfg = tiny_config(VOCAB)
     flex, hf = make_pair(cfg)
     flex.train(), hf.train()  # dropouts are all 0 in tiny_config
     ids, mask = padded_batch(LENGTHS, seed=7)
@@ -157,7 +142,7 @@ def test_gradients_match_hf_and_checkpointing():
     for k, g in flexbert_state_to_hf(ours).items():
         torch.testing.assert_close(g, theirs[k], rtol=1e-4, atol=1e-6, msg=k)
 
-    ckpt = FlexBertForMaskedLM(tiny_config()).train()
+    ckpt = FlexBertForMaskedLM(tiny_config(VOCAB)).train()
     checkpoint_layers(ckpt.bert)
     ckpt.load_state_dict(flex.state_dict())
     ckpt(ids, attention_mask=mask, labels=labels).loss.backward()
@@ -166,7 +151,7 @@ def test_gradients_match_hf_and_checkpointing():
 
 
 def test_dropout_active_in_training_only():
-    flex = FlexBertForMaskedLM(tiny_config(attn_out_dropout_prob=0.1))
+    flex = FlexBertForMaskedLM(tiny_config(VOCAB, attn_out_dropout_prob=0.1))
     ids, mask = padded_batch([20], seed=8)
     flex.eval()
     with torch.no_grad():
@@ -191,7 +176,7 @@ def test_encoder_traces_without_graph_breaks(pair):
 
 def test_compile_layers_keeps_names_and_values(pair):
     flex, _ = pair
-    model = FlexBertForMaskedLM(tiny_config()).eval()
+    model = FlexBertForMaskedLM(tiny_config(VOCAB)).eval()
     model.load_state_dict(flex.state_dict())
     keys = list(model.state_dict())
     torch._dynamo.reset()
@@ -208,7 +193,7 @@ def test_compile_layers_keeps_names_and_values(pair):
 
 
 def test_full_megatron_init_statistics():
-    cfg = tiny_config(num_hidden_layers=2, hidden_size=128, intermediate_size=256, init_std=0.02)
+    cfg = tiny_config(VOCAB, num_hidden_layers=2, hidden_size=128, intermediate_size=256, init_std=0.02)
     torch.manual_seed(0)
     m = FlexBertForMaskedLM(cfg)
     out_std = 0.02 / (2 * 2) ** 0.5
@@ -231,7 +216,7 @@ def test_full_megatron_init_statistics():
 
 def test_meta_build_then_materialise_reties_decoder():
     with torch.device("meta"):
-        m = FlexBertForMaskedLM(tiny_config())
+        m = FlexBertForMaskedLM(tiny_config(VOCAB))
     m.to_empty(device="cpu")
     m.tie_weights()
     m.reset_parameters()
