@@ -9,6 +9,8 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
               `cu_seqlens` (data/labelled.py's collate, no padding), `FlexBertForSequenceClassification`
               forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer
               as compile_layers does (scripts/finetune.py runs eager: prepare compiles MLM models only).
+              `--flex-graphs` adds a second FlexBERT run whose encoder passes are CUDA graphs over batches
+              padded to token buckets (scripts/finetune.py's `cuda_graphs: true`, train/cuda_graphs.py).
   HF Trainer  `transformers.Trainer` (optim adamw_torch_fused, bf16) over `ModernBertForSequenceClassification`
               (sdpa), each batch padded to its longest example (rounded up to 8) with an attention mask, in
               the given order (no shuffling). `--hf-compile` sets TrainingArguments.torch_compile.
@@ -35,7 +37,7 @@ return NaN for such a row (the CPU's return zeros), and the NaN reaches real tok
 The Trainer needs `accelerate` (pip install 'accelerate>=1.1', or the project's `.[bench]` extra).
 
 Usage (GPU):  python scripts/bench_finetune.py --batch-size 32 --steps 60 --warmup 10 --json $OUT/ft.json
-              [--flex-compile] [--hf-compile] [--no-hf-loop] [--no-trainer]
+              [--flex-compile] [--flex-graphs] [--hf-compile] [--no-hf-loop] [--no-trainer]
 CPU smoke:    python scripts/bench_finetune.py --tiny --device cpu --steps 2 --warmup 1 --eval-examples 8
 """
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.util
 import json
 import platform
@@ -54,7 +57,6 @@ from flex_bert.bench.finetune import (
     TINY,
     batches,
     build_models,
-    compare,
     compile_flex,
     eval_loss,
     make_examples,
@@ -63,6 +65,7 @@ from flex_bert.bench.finetune import (
     run_flex,
     run_hf_loop,
     run_trainer,
+    summaries,
 )
 from flex_bert.model import FlexBertConfig
 
@@ -75,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--flex-compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--hf-compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument(
+        "--flex-graphs", action="store_true", help="add a FlexBERT run with CUDA graphs (cuda_graphs: true)"
+    )
     p.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True, help="the HF Trainer")
     p.add_argument("--hf-loop", action=argparse.BooleanOptionalAction, default=True, help="the extra line")
     p.add_argument("--eval-examples", type=int, default=256, help="held-out examples for the loss check")
@@ -98,6 +104,8 @@ def main(argv=None) -> None:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    if args.flex_graphs and device.type != "cuda":
+        raise SystemExit("error: --flex-graphs needs a CUDA device (CUDA graphs)")
     bf16 = device.type == "cuda"  # on a CPU, fp32 (a smoke test)
     cfg = FlexBertConfig.from_dict(TINY) if args.tiny else FlexBertConfig.base()
     n_train = (args.warmup + args.steps) * args.batch_size
@@ -112,13 +120,16 @@ def main(argv=None) -> None:
         "model": "tiny" if args.tiny else "ModernBERT-base shape",
         "precision": "bf16 autocast" if bf16 else "fp32",
         **{
-            k: getattr(args, k) for k in ("batch_size", "steps", "warmup", "lr", "flex_compile", "hf_compile")
+            k: getattr(args, k)
+            for k in ("batch_size", "steps", "warmup", "lr", "flex_compile", "flex_graphs", "hf_compile")
         },
         "mean_tokens_per_example": float(np.mean([len(x["input_ids"]) for x in examples[:n_train]])),
     }
     timed = train[args.warmup :]
     results = []
     runs = [("FlexBERT packed", run_flex, True)]
+    if args.flex_graphs:
+        runs.append(("FlexBERT packed + CUDA graphs", functools.partial(run_flex, graphs=True), True))
     if args.trainer:
         runs.append(("HF Trainer", run_trainer, False))
     if args.hf_loop:
@@ -142,7 +153,7 @@ def main(argv=None) -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    summary = {r["kind"]: compare(results[0], r) for r in results[1:]}  # FlexBERT against each HF run
+    summary = summaries(results)
     print_table(header, results, summary)
     if args.json:
         with open(args.json, "w") as f:

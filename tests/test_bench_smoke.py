@@ -81,10 +81,10 @@ def test_bench_finetune_tiny(tmp_path):
         assert r["examples_per_s"] > 0 and r["tokens_per_s"] > 50 * r["examples_per_s"]
         assert math.isfinite(r["train_loss"]) and math.isfinite(r["eval_loss"])
         assert r.get("attn_implementation", "sdpa") == "sdpa" and r["graphs_compiled_while_timed"] in (0, -1)
-    assert list(data["summary"]) == kinds[1:]
+    assert list(data["summary"]) == [f"FlexBERT packed / {k}" for k in kinds[1:]]
     for s in data["summary"].values():
         assert s["speedup"] > 0 and s["train_loss_rel_diff"] < 1e-3 and s["eval_loss_rel_diff"] < 1e-4
-    assert "| FlexBERT packed |" in proc.stdout and "FlexBERT / HF loop:" in proc.stdout
+    assert "| FlexBERT packed |" in proc.stdout and "FlexBERT packed / HF loop:" in proc.stdout
 
 
 def _bench_finetune():

@@ -16,6 +16,8 @@ from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.train.compilation import LAYER_GRAPHS
+from flex_bert.train.cuda_graphs import use_cuda_graphs
+from flex_bert.train.finetune_config import FinetuneConfig
 
 NUM_LABELS, SIGNAL_IDS, SIGNAL_FRACTION, LABEL_NOISE = 4, 16, 0.04, 0.2
 LOSS_TOLERANCE = 0.05  # relative difference of the mean training and held-out losses still called equal
@@ -159,35 +161,42 @@ def loader(data: list[list[dict]], collate_fn, device: torch.device):
     return DataLoader(data, batch_size=None, collate_fn=collate_fn, pin_memory=device.type == "cuda")
 
 
-def run_flex(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[Clock, list[float]]:
+def run_flex(model, data: list[list[dict]], args, device, bf16: bool, graphs: bool = False):
+    """The FlexBERT step loop; with `graphs`, the encoder's passes replayed as CUDA graphs as `finetune.py`'s
+    `cuda_graphs: true` does (its max_seq_len and graph_bucket_tokens defaults)."""
+    if graphs:
+        static = FinetuneConfig.max_seq_len
+        use_cuda_graphs(
+            model.bert,
+            max_docs=args.batch_size,
+            max_seqlen=static,
+            bucket_tokens=min(FinetuneConfig.graph_bucket_tokens, static),
+        )
+
+    def loss(b: dict) -> torch.Tensor:
+        return model(
+            b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"], labels=b["labels"]
+        ).loss
+
+    return step_loop(model, loss, loader(data, packed, device), args, device)
+
+
+def run_hf_loop(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[Clock, list[float]]:
+    batches = loader(data, padder(model.config.pad_token_id), device)
+    return step_loop(model, lambda b: model(**b).loss, batches, args, device)
+
+
+def step_loop(model, loss_of, batches, args, device) -> tuple[Clock, list[float]]:
+    """Forward (`loss_of(batch)` under autocast), backward, optimizer and schedule step per batch; the clock
+    runs from the end of step --warmup."""
     opt, sched = optimizer_and_schedule(model, args, device)
     clock, losses = Clock(device), []
-    for i, batch in enumerate(loader(data, packed, device)):
+    for i, batch in enumerate(batches):
         if i == args.warmup:
             clock.mark("start")
         b = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with Env(device).autocast():
-            loss = model(
-                b["input_ids"], cu_seqlens=b["cu_seqlens"], max_seqlen=b["max_seqlen"], labels=b["labels"]
-            ).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-    clock.mark("end")
-    return clock, [float(x) for x in losses]
-
-
-def run_hf_loop(model, data: list[list[dict]], args, device, bf16: bool) -> tuple[Clock, list[float]]:
-    opt, sched = optimizer_and_schedule(model, args, device)
-    clock, losses = Clock(device), []
-    for i, batch in enumerate(loader(data, padder(model.config.pad_token_id), device)):
-        if i == args.warmup:
-            clock.mark("start")
-        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with Env(device).autocast():
-            loss = model(**b).loss
+            loss = loss_of(b)
         loss.backward()
         opt.step()
         sched.step()
@@ -266,6 +275,13 @@ def eval_loss(model, examples: list[dict], device, bf16: bool, is_flex: bool) ->
 
 
 # -------------------------------------------------------------------------------------------------- main
+def summaries(results: list[dict]) -> dict:
+    """Each FlexBERT run against each HF run, keyed "<FlexBERT run> / <HF run>"."""
+    flex = [r for r in results if r["kind"].startswith("FlexBERT")]
+    hf = [r for r in results if not r["kind"].startswith("FlexBERT")]
+    return {f"{a['kind']} / {b['kind']}": compare(a, b) for a in flex for b in hf}
+
+
 def compare(flex: dict, other: dict) -> dict:
     """The speed ratio of two runs, or None with the reason where their losses are not finite and equal."""
     out, reasons = {}, []
@@ -295,9 +311,9 @@ def print_table(header: dict, results: list[dict], summary: dict) -> None:
         )
     for kind, s in summary.items():
         if s["speedup"] is None:
-            print(f"FlexBERT / {kind}: no speed ratio: {s['refused']}")
+            print(f"{kind}: no speed ratio: {s['refused']}")
             continue
         print(
-            f"FlexBERT / {kind}: {s['speedup']:.2f}x examples/s; losses differ by "
+            f"{kind}: {s['speedup']:.2f}x examples/s; losses differ by "
             f"{100 * s['train_loss_rel_diff']:.2f}% (train) and {100 * s['eval_loss_rel_diff']:.2f}% (held-out)"
         )

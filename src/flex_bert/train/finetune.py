@@ -38,6 +38,7 @@ from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.task_eval import from_counts, predict, predictions, scores, weighted_counts
 from flex_bert.train.builders import set_cpu_threads
 from flex_bert.train.compilation import prepare
+from flex_bert.train.cuda_graphs import use_cuda_graphs
 from flex_bert.train.optim import build_optimizer
 
 
@@ -226,6 +227,17 @@ def finetune(cfg: DictConfig) -> dict:
     device, world = _device(cfg), dist.get_world_size()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size ({cfg.batch_size}) must divide into {world} GPU(s)")
+    micro_batch = cfg.microbatch_size or cfg.batch_size // world
+    graphs = None
+    if cfg.cuda_graphs and device == "gpu":
+        if world > 1:
+            raise ValueError("cuda_graphs runs on one GPU; set cuda_graphs=false to fine-tune on several")
+        graphs = use_cuda_graphs(
+            model.bert,
+            max_docs=micro_batch,
+            max_seqlen=cfg.max_seq_len,
+            bucket_tokens=min(cfg.graph_bucket_tokens, cfg.max_seq_len),
+        )
     splits, folder = data["splits"], Path(cfg.save_folder)
     keep = KeepBest(cfg.metric, folder / "best.pt", tokenizer_dir, {"start": cfg.start, "seed": cfg.seed})
     callbacks = [keep] + (
@@ -244,7 +256,7 @@ def finetune(cfg: DictConfig) -> dict:
         schedulers=OmegaConf.to_object(cfg.scheduler).build(),
         device=device,
         precision=cfg.precision if device == "gpu" else "fp32",
-        device_train_microbatch_size=cfg.microbatch_size or cfg.batch_size // world,
+        device_train_microbatch_size=micro_batch,
         seed=cfg.seed,
         callbacks=callbacks,
         loggers=[],
@@ -252,6 +264,8 @@ def finetune(cfg: DictConfig) -> dict:
         log_to_console=cfg.log_to_console,
     )
     trainer.fit()
+    if graphs is not None:
+        print(graphs.summary(), flush=True)
     if keep.best is None:  # the run ended before its first evaluation
         trainer.eval()
     model.load_state_dict(keep.state_dict)

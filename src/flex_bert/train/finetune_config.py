@@ -49,6 +49,10 @@ class FinetuneConfig:
     pooling: str = "cls"  # classifier_pooling: cls | mean
     classifier_dropout: float = 0.0
     max_seq_len: int = 512
+    cuda_graphs: bool = False  # replay the encoder's training passes as CUDA graphs (train/cuda_graphs.py)
+    graph_bucket_tokens: int = (
+        256  # with cuda_graphs: batches padded to a multiple of this (at most max_seq_len)
+    )
 
     optimizer: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
     scheduler: Any = field(default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur"})
@@ -126,6 +130,6 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"eval_fraction must be in (0, 1), got {cfg.eval_fraction}")
     if cfg.max_seq_len < 3:
         raise ValueError(f"max_seq_len must be at least 3 ([CLS] + 1 token + [SEP]), got {cfg.max_seq_len}")
-    for key in ("batch_size", "eval_batch_size", "microbatch_size"):
+    for key in ("batch_size", "eval_batch_size", "microbatch_size", "graph_bucket_tokens"):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key} must be at least 1, got {cfg[key]}")

@@ -1,0 +1,115 @@
+"""CUDA graphs over the encoder: a training step's encoder forward and backward replayed as two CUDA graphs
+(`torch.cuda.make_graphed_callables`) instead of about 30 kernel launches per layer issued from Python.
+
+A short step (fine-tuning: a few thousand tokens) is bound by those launches, not by the GPU; a graph replays
+them all in one call. A graph needs static shapes, so each batch of T tokens in n documents is padded to a
+*bucket*: T_b = ceil(T / bucket_tokens) * bucket_tokens tokens (the pad tokens form one padding document
+after the real ones) and `max_docs + 1` documents (empty ones after that), attended with the static
+`max_seqlen`. Documents do not see each other, so the real tokens' outputs are those of the batch as given;
+the padding rows are cut off before the head, and heads, losses and labels see the batch unchanged.
+
+One graph pair per bucket, captured at its first use (after `WARMUP` eager passes, in which compilation and
+autotuning happen). All buckets share one memory pool: every step replays one bucket's forward then its
+backward, and what crosses a step (weights, gradients accumulated outside the graph, the static inputs) is
+never pool memory, so a step of one bucket cannot overwrite what another needs.
+
+Graphs are used only for training passes (module in train mode, gradients enabled, CUDA); evaluation and
+batches outside the static bounds (more than `max_docs` documents, a document longer than `max_seqlen`) run
+eagerly, counted in `eager_batches`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
+
+
+class _StaticEncoder(nn.Module):
+    """The encoder's own forward at the static max_seqlen: the tensors-only callable a graph is made of."""
+
+    def __init__(self, encoder: nn.Module, max_seqlen: int):
+        super().__init__()
+        self.encoder, self.max_seqlen = encoder, max_seqlen
+
+    def forward(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return type(self.encoder).forward(self.encoder, ids_T, cu_seqlens, self.max_seqlen)
+
+
+class GraphedEncoder:
+    """Replaces an encoder's `forward` (`use_cuda_graphs`); same signature, `(ids_T, cu_seqlens, max_seqlen)`."""
+
+    def __init__(self, encoder: nn.Module, *, max_docs: int, max_seqlen: int, bucket_tokens: int):
+        if not 1 <= bucket_tokens <= max_seqlen:
+            raise ValueError(
+                f"bucket_tokens ({bucket_tokens}) must be between 1 and max_seqlen ({max_seqlen}): the padding "
+                "document is shorter than one bucket and must fit in max_seqlen"
+            )
+        if max_docs < 1:
+            raise ValueError(f"max_docs must be at least 1, got {max_docs}")
+        self.encoder, self.max_docs, self.max_seqlen = encoder, max_docs, max_seqlen
+        self.bucket_tokens, self.pad_id = bucket_tokens, encoder.config.pad_token_id
+        self.graphs: dict[tuple, nn.Module] = {}
+        self.pool = None
+        self.eager_batches = 0
+
+    def __call__(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        enc = self.encoder
+        if not (enc.training and torch.is_grad_enabled() and ids_T.is_cuda):
+            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
+        if cu_seqlens.shape[0] - 1 > self.max_docs or max_seqlen > self.max_seqlen:
+            self.eager_batches += 1
+            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
+        ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, self.pad_id, self.bucket_tokens, self.max_docs)
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (ids_b.shape[0], dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(ids_b, cu_b, dtype)
+        return self.graphs[key](ids_b, cu_b)[: ids_T.shape[0]]
+
+    def _capture(self, ids_b: torch.Tensor, cu_b: torch.Tensor, dtype: torch.dtype | None) -> nn.Module:
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        # make_graphed_callables refuses autocast's weight-cast cache (a cached cast would be captured)
+        with torch.autocast(
+            "cuda", dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=False
+        ):
+            return torch.cuda.make_graphed_callables(
+                _StaticEncoder(self.encoder, self.max_seqlen),
+                (ids_b, cu_b),
+                num_warmup_iters=WARMUP,
+                pool=self.pool,
+                capture_error_mode="thread_local",  # a DataLoader's pinning thread may use CUDA meanwhile
+            )
+
+    def summary(self) -> str:
+        sizes = sorted(t for t, _ in self.graphs)
+        return (
+            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured; "
+            f"{self.eager_batches} training batch(es) outside the static bounds ran eagerly"
+        )
+
+
+def pad_to_bucket(
+    ids_T: torch.Tensor, cu_seqlens: torch.Tensor, pad_id: int, bucket_tokens: int, max_docs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids_T, cu_seqlens) -> (ids padded to a multiple of bucket_tokens, cu_seqlens of length max_docs + 2):
+    the pad tokens are one document after the real ones, and the documents after it are empty."""
+    T, n = ids_T.shape[0], cu_seqlens.shape[0] - 1
+    if n > max_docs:
+        raise ValueError(f"{n} documents do not fit the static {max_docs}")
+    T_b = max(1, -(-T // bucket_tokens)) * bucket_tokens
+    ids_b = torch.cat([ids_T, ids_T.new_full((T_b - T,), pad_id)])
+    cu_b = torch.cat([cu_seqlens, cu_seqlens.new_full((max_docs + 1 - n,), T_b)])
+    return ids_b, cu_b
+
+
+def use_cuda_graphs(
+    encoder: nn.Module, *, max_docs: int, max_seqlen: int, bucket_tokens: int
+) -> GraphedEncoder:
+    """Make `encoder` (a FlexBertModel) run its training passes as CUDA graphs; returns the GraphedEncoder
+    (its `summary()` says what was captured). Parameter names and checkpoints do not change."""
+    graphed = GraphedEncoder(encoder, max_docs=max_docs, max_seqlen=max_seqlen, bucket_tokens=bucket_tokens)
+    encoder.forward = graphed  # an instance attribute: nn.Module.__call__ finds it before the class's
+    return graphed

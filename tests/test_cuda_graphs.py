@@ -1,0 +1,146 @@
+"""CUDA graphs over the encoder (train/cuda_graphs.py): the bucket padding leaves the real tokens' outputs and
+every gradient unchanged (CPU, fp32, against the unpadded batch), and graphed training steps give what eager
+steps on the same padded batches give, over buckets replayed out of capture order with weights that change
+between steps (GPU)."""
+
+import pytest
+import torch
+
+from flex_bert.model import FlexBertConfig
+from flex_bert.model.classification import TaskConfig, build_task_model
+from flex_bert.model.mlm import FlexBertModel
+from flex_bert.model.padding import cu_seqlens_from_lengths
+from flex_bert.train.cuda_graphs import pad_to_bucket, use_cuda_graphs
+from flex_bert.train.finetune_config import load_finetune_config
+
+CFG = dict(
+    vocab_size=128, num_hidden_layers=3, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+    sliding_window=16, global_attn_every_n_layers=3, pad_token_id=3, cls_token_id=1, sep_token_id=2,
+    mask_token_id=4, attn_out_dropout_prob=0.0,
+)  # fmt: skip
+
+
+def batch(lengths, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 128, (sum(lengths),), generator=g)
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths))
+    labels = torch.randint(0, 3, (len(lengths),), generator=g)
+    return ids.to(device), cu.to(device), max(lengths), labels.to(device)
+
+
+def test_pad_to_bucket_appends_one_padding_document_and_empty_ones():
+    ids, cu, _, _ = batch([3, 4])
+    ids_b, cu_b = pad_to_bucket(ids, cu, pad_id=3, bucket_tokens=4, max_docs=4)
+    assert ids_b.shape == (8,) and torch.equal(ids_b[:7], ids) and ids_b[7].item() == 3
+    assert cu_b.tolist() == [0, 3, 7, 8, 8, 8] and cu_b.dtype == cu.dtype  # max_docs + 2 entries
+    ids_b, cu_b = pad_to_bucket(ids[:4], cu_seqlens_from_lengths(torch.tensor([4])), 3, 4, 1)
+    assert ids_b.shape == (4,) and cu_b.tolist() == [0, 4, 4]  # a full bucket: the padding document is empty
+    with pytest.raises(ValueError, match="3 documents do not fit the static 2"):
+        pad_to_bucket(ids, cu_seqlens_from_lengths(torch.tensor([2, 2, 3])), 3, 4, 2)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_bucket_padding_changes_no_output_and_no_gradient(pooling):
+    """The classification model on a batch as given, and with its encoder fed the bucket-padded batch (one
+    padding document of 26 tokens, 2 empty ones) and cut back: same loss, logits and gradients (fp32)."""
+    cfg = FlexBertConfig(**CFG)
+    ids, cu, max_len, labels = batch([20, 33, 9])  # 62 tokens -> a bucket of 88 (> the 16-token window)
+    runs = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        model = build_task_model(cfg, TaskConfig("single_label", ["a", "b", "c"], pooling=pooling))
+        if padded:
+
+            def forward(ids_T, cu_seqlens, max_seqlen, bert=model.bert):
+                ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, cfg.pad_token_id, bucket_tokens=44, max_docs=5)
+                assert ids_b.shape == (88,) and cu_b.shape == (7,)
+                return FlexBertModel.forward(bert, ids_b, cu_b, 44)[: ids_T.shape[0]]
+
+            model.bert.forward = forward
+        out = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels)
+        out.loss.backward()
+        runs.append(
+            (out.loss.detach(), out.logits.detach(), {n: p.grad for n, p in model.named_parameters()})
+        )
+    (loss, logits, grads), (loss_p, logits_p, grads_p) = runs
+    torch.testing.assert_close(loss_p, loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logits_p, logits, rtol=1e-5, atol=1e-6)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_p[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
+    cfg = FlexBertConfig(**CFG)
+    torch.manual_seed(0)
+    model = build_task_model(cfg, TaskConfig("single_label", ["a", "b", "c"]))
+    ids, cu, max_len, labels = batch([20, 33, 9])
+    before = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
+    names = list(model.state_dict())
+    graphed = use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32)
+    after = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
+    assert torch.equal(before, after) and list(model.state_dict()) == names  # checkpoints unchanged
+    assert graphed.graphs == {} and graphed.eager_batches == 0
+    with pytest.raises(ValueError, match=r"bucket_tokens \(65\) must be between 1 and max_seqlen \(64\)"):
+        use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=65)
+
+
+def test_task_file_takes_the_graph_keys(tmp_path):
+    base = ["task=single_label", "train_file=x.csv", "start=s", f"save_folder={tmp_path}"]
+    cfg = load_finetune_config([], [*base, "cuda_graphs=true", "graph_bucket_tokens=128"])
+    assert cfg.cuda_graphs is True and cfg.graph_bucket_tokens == 128
+    with pytest.raises(ValueError, match="graph_bucket_tokens must be at least 1, got 0"):
+        load_finetune_config([], [*base, "graph_bucket_tokens=0"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["varlen", "auto"])
+def test_graphed_steps_match_eager_steps_on_the_same_padding(backend):
+    """Two equal bf16 models trained with SGD over batches whose buckets come in the order 256, 512, 256, 768,
+    512, 256 (each replayed after others were captured into the shared pool; the weights change each step):
+    the graphed model's losses, logits and gradients equal those of eager steps on the same padded batches,
+    a batch with more documents than max_docs runs eagerly, and evaluation is eager."""
+    cfg = FlexBertConfig(**{**CFG, "num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 384,
+                            "sliding_window": 32, "attention_backend": backend})  # fmt: skip
+    bounds = dict(max_docs=8, max_seqlen=256, bucket_tokens=256)
+    lengths = [[50, 120, 60], [200, 150, 90, 30], [10, 20], [256, 256, 100, 80], [100] * 4, [64] * 3,
+               [20] * 10]  # fmt: skip
+    models = []
+    for graphs in (True, False):
+        torch.manual_seed(0)
+        model = build_task_model(cfg, TaskConfig("single_label", ["a", "b", "c"])).cuda().train()
+        if graphs:
+            graphed = use_cuda_graphs(model.bert, **bounds)
+        else:
+
+            def forward(ids_T, cu_seqlens, max_seqlen, bert=model.bert):
+                if cu_seqlens.shape[0] - 1 > bounds["max_docs"]:
+                    return FlexBertModel.forward(bert, ids_T, cu_seqlens, max_seqlen)
+                ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, cfg.pad_token_id, 256, bounds["max_docs"])
+                return FlexBertModel.forward(bert, ids_b, cu_b, bounds["max_seqlen"])[: ids_T.shape[0]]
+
+            model.bert.forward = forward
+        models.append((model, torch.optim.SGD(model.parameters(), lr=0.5)))
+    for i, lens in enumerate(lengths):
+        ids, cu, max_len, labels = batch(lens, "cuda", seed=i)
+        got = []
+        for model, opt in models:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels)
+            out.loss.backward()
+            got.append((out.loss.detach(), out.logits.detach().float(),
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))  # fmt: skip
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        (loss, logits, grads), (loss_e, logits_e, grads_e) = got
+        torch.testing.assert_close(loss, loss_e, rtol=1e-3, atol=1e-4, msg=f"batch {i}")
+        torch.testing.assert_close(logits, logits_e, rtol=1e-2, atol=1e-2, msg=f"batch {i}")
+        for name, g in grads.items():
+            err = ((g - grads_e[name]).norm() / (grads_e[name].norm() + 1e-12)).item()
+            assert err < 1e-2, (i, name, err)
+    assert sorted(t for t, _ in graphed.graphs) == [256, 512, 768] and graphed.eager_batches == 1
+    assert "3 bucket(s) of [256, 512, 768] tokens" in graphed.summary()
+    model = models[0][0].eval()
+    ids, cu, max_len, _ = batch([30, 40], "cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(ids, cu_seqlens=cu, max_seqlen=max_len)
+    assert len(graphed.graphs) == 3
