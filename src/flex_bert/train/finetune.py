@@ -229,7 +229,9 @@ def finetune(cfg: DictConfig) -> dict:
         raise ValueError(f"batch_size ({cfg.batch_size}) must divide into {world} GPU(s)")
     micro_batch = cfg.microbatch_size or cfg.batch_size // world
     graphs = None
-    if cfg.cuda_graphs and device == "gpu":
+    if cfg.cuda_graphs and device != "gpu":
+        print("cuda_graphs: true needs a GPU; this run is on the CPU and runs eagerly", flush=True)
+    elif cfg.cuda_graphs:
         if world > 1:
             raise ValueError("cuda_graphs runs on one GPU; set cuda_graphs=false to fine-tune on several")
         graphs = use_cuda_graphs(
