@@ -10,6 +10,7 @@ from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.model.mlm import FlexBertModel
 from flex_bert.model.padding import cu_seqlens_from_lengths
+from flex_bert.train.compilation import checkpoint_layers
 from flex_bert.train.cuda_graphs import pad_to_bucket, use_cuda_graphs
 from flex_bert.train.finetune_config import load_finetune_config
 
@@ -82,6 +83,9 @@ def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
     assert graphed.graphs == {} and graphed.eager_batches == 0
     with pytest.raises(ValueError, match=r"bucket_tokens \(65\) must be between 1 and max_seqlen \(64\)"):
         use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=65)
+    checkpoint_layers(model.bert)
+    with pytest.raises(ValueError, match="CUDA graphs and gradient_checkpointing do not go together"):
+        use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32)
 
 
 def test_task_file_takes_the_graph_keys(tmp_path):

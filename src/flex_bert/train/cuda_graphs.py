@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flex_bert.model.mlm import call_layer
+
 WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
 
 
@@ -48,6 +50,13 @@ class GraphedEncoder:
             )
         if max_docs < 1:
             raise ValueError(f"max_docs must be at least 1, got {max_docs}")
+        if (
+            encoder.call_layer is not call_layer
+        ):  # checkpointing would save and restore RNG state in a capture
+            raise ValueError(
+                "CUDA graphs and gradient_checkpointing do not go together: graphs pay off for short steps, "
+                "checkpointing for memory; turn one off"
+            )
         self.encoder, self.max_docs, self.max_seqlen = encoder, max_docs, max_seqlen
         self.bucket_tokens, self.pad_id = bucket_tokens, encoder.config.pad_token_id
         self.graphs: dict[tuple, nn.Module] = {}
