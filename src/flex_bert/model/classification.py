@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import FlexBertConfig
 from .mlm import IGNORE_INDEX, FlexBertModel, PredictionHead, init_weights
-from .padding import cu_seqlens_from_lengths, repad, unpad
+from .padding import packed_bounds, repad, unpad
 
 TASKS = ("single_label", "multi_label", "token")
 POOLINGS = ("cls", "mean")
@@ -106,12 +106,7 @@ class _TaskModel(nn.Module):
             if self.task.task == "token":
                 out.logits = repad(out.logits, indices, B, S)
             return out
-        if attention_mask is not None:
-            raise ValueError("packed input (1-D input_ids) takes cu_seqlens, not attention_mask")
-        if cu_seqlens is None:  # one document
-            cu_seqlens = cu_seqlens_from_lengths(torch.tensor([input_ids.shape[0]], device=input_ids.device))
-        if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        cu_seqlens, max_seqlen = packed_bounds(input_ids, cu_seqlens, max_seqlen, attention_mask)
         return self._forward_packed(input_ids, cu_seqlens, max_seqlen, labels)
 
     def _forward_packed(self, ids_T, cu_seqlens, max_seqlen, labels) -> ClassifierOutput:

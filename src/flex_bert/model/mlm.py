@@ -18,7 +18,7 @@ from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
 
 from .config import FlexBertConfig
 from .layers import Embeddings, EncoderLayer, layer_norm
-from .padding import cu_seqlens_from_lengths, repad, unpad
+from .padding import packed_bounds, repad, unpad
 
 IGNORE_INDEX = -100
 
@@ -116,13 +116,7 @@ class FlexBertForMaskedLM(nn.Module):
         """
         if input_ids.dim() == 2:
             return self._forward_padded(input_ids, attention_mask, labels)
-        if attention_mask is not None:
-            raise ValueError("packed input (1-D input_ids) takes cu_seqlens, not attention_mask")
-        if cu_seqlens is None:  # one document
-            cu_seqlens = cu_seqlens_from_lengths(torch.tensor([input_ids.shape[0]], device=input_ids.device))
-            max_seqlen = input_ids.shape[0]
-        if max_seqlen is None:  # one host sync; training passes it
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        cu_seqlens, max_seqlen = packed_bounds(input_ids, cu_seqlens, max_seqlen, attention_mask)
         hidden_TC = self.bert(input_ids, cu_seqlens, max_seqlen)
         return self._predict_from_hidden(hidden_TC, labels, num_labelled)
 

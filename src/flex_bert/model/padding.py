@@ -16,6 +16,19 @@ def cu_seqlens_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return F.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
 
 
+def packed_bounds(input_ids_T, cu_seqlens, max_seqlen, attention_mask) -> tuple[torch.Tensor, int]:
+    """A packed call's (cu_seqlens, max_seqlen) with the models' defaults: no `cu_seqlens` is one document;
+    no `max_seqlen` is the longest document's length (one host sync; training passes it)."""
+    if attention_mask is not None:
+        raise ValueError("packed input (1-D input_ids) takes cu_seqlens, not attention_mask")
+    if cu_seqlens is None:
+        n = input_ids_T.shape[0]
+        return cu_seqlens_from_lengths(torch.tensor([n], device=input_ids_T.device)), n
+    if max_seqlen is None:
+        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return cu_seqlens, max_seqlen
+
+
 def unpad(input_ids_BS: torch.Tensor, attention_mask_BS: torch.Tensor):
     """Keep tokens where `attention_mask` is 1.
 
