@@ -121,14 +121,19 @@ def predictions(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[
 
 
 @torch.no_grad()
-def predict(model, batches, task: str, device: str = "cpu") -> dict:
+def predict(model, batches, task: str, device: str = "cpu", precision: str = "fp32") -> dict:
     """Run a task model over collated batches (`data.labelled.collate`): {"truth", "pred", "groups"} lists,
-    `groups` (token tasks) the example of each scored word, counted across batches."""
+    `groups` (token tasks) the example of each scored word, counted across batches. `precision` is composer's
+    (amp_bf16: bf16 autocast, as training and its evaluations ran)."""
+    from composer.core.precision import get_precision_context
+
     model.eval().to(device)
     truth, pred, groups, offset = [], [], [], 0
     for batch in batches:
         cu, labels = batch["cu_seqlens"].to(device), batch["labels"].to(device)
-        logits = model(batch["input_ids"].to(device), cu_seqlens=cu, max_seqlen=batch["max_seqlen"]).logits
+        with get_precision_context(precision):
+            out = model(batch["input_ids"].to(device), cu_seqlens=cu, max_seqlen=batch["max_seqlen"])
+        logits = out.logits
         t, p = predictions(logits.float(), labels, task)
         truth += t.tolist()
         pred += p.tolist()

@@ -20,12 +20,21 @@ eagerly, counted in `eager_batches`.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
 from flex_bert.model.mlm import call_layer
 
 WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
+# A DataLoader's pinning thread may call CUDA during a capture: only this thread's calls may not (where torch
+# takes the mode; older torch captures in "global" mode, where such a thread must be quiet)
+CAPTURE_MODE = (
+    {"capture_error_mode": "thread_local"}
+    if "capture_error_mode" in inspect.signature(torch.cuda.make_graphed_callables).parameters
+    else {}
+)
 
 
 class _StaticEncoder(nn.Module):
@@ -89,7 +98,7 @@ class GraphedEncoder:
                 (ids_b, cu_b),
                 num_warmup_iters=WARMUP,
                 pool=self.pool,
-                capture_error_mode="thread_local",  # a DataLoader's pinning thread may use CUDA meanwhile
+                **CAPTURE_MODE,
             )
 
     def summary(self) -> str:

@@ -275,7 +275,7 @@ def finetune(cfg: DictConfig) -> dict:
     enc = splits[report_split]
     batches = (collate(enc.input_ids[i : i + cfg.eval_batch_size], enc.targets[i : i + cfg.eval_batch_size], cfg.task)
                for i in range(0, len(enc.input_ids), cfg.eval_batch_size))  # fmt: skip
-    out = predict(model, batches, cfg.task, "cuda" if device == "gpu" else "cpu")
+    out = predict(model, batches, cfg.task, "cuda" if device == "gpu" else "cpu", trainer.state.precision)
     result = {
         "complete": True,
         "start": cfg.start,
