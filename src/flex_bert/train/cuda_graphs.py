@@ -21,6 +21,7 @@ eagerly, counted in `eager_batches`.
 from __future__ import annotations
 
 import inspect
+import time
 
 import torch
 from torch import nn
@@ -59,9 +60,7 @@ class GraphedEncoder:
             )
         if max_docs < 1:
             raise ValueError(f"max_docs must be at least 1, got {max_docs}")
-        if (
-            encoder.call_layer is not call_layer
-        ):  # checkpointing would save and restore RNG state in a capture
+        if encoder.call_layer is not call_layer:  # checkpointing saves and restores RNG state in a capture
             raise ValueError(
                 "CUDA graphs and gradient_checkpointing do not go together: graphs pay off for short steps, "
                 "checkpointing for memory; turn one off"
@@ -71,6 +70,7 @@ class GraphedEncoder:
         self.graphs: dict[tuple, nn.Module] = {}
         self.pool = None
         self.eager_batches = 0
+        self.capture_seconds = 0.0
 
     def __call__(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         enc = self.encoder
@@ -79,12 +79,22 @@ class GraphedEncoder:
         if cu_seqlens.shape[0] - 1 > self.max_docs or max_seqlen > self.max_seqlen:
             self.eager_batches += 1
             return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
+        ids_b, cu_b, graphed = self.prepare(ids_T, cu_seqlens)
+        return graphed(ids_b, cu_b)[: ids_T.shape[0]]
+
+    def prepare(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor):
+        """(padded ids, padded cu_seqlens, the bucket's graph), capturing the graph if the bucket is new. Its
+        warm-up passes compute gradients without storing them: the model and its `.grad` do not change."""
         ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, self.pad_id, self.bucket_tokens, self.max_docs)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         key = (ids_b.shape[0], dtype)
         if key not in self.graphs:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
             self.graphs[key] = self._capture(ids_b, cu_b, dtype)
-        return self.graphs[key](ids_b, cu_b)[: ids_T.shape[0]]
+            torch.cuda.synchronize()
+            self.capture_seconds += time.perf_counter() - started
+        return ids_b, cu_b, self.graphs[key]
 
     def _capture(self, ids_b: torch.Tensor, cu_b: torch.Tensor, dtype: torch.dtype | None) -> nn.Module:
         if self.pool is None:
@@ -104,7 +114,7 @@ class GraphedEncoder:
     def summary(self) -> str:
         sizes = sorted(t for t, _ in self.graphs)
         return (
-            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured; "
+            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured in {self.capture_seconds:.1f} s; "
             f"{self.eager_batches} training batch(es) outside the static bounds ran eagerly"
         )
 
