@@ -76,3 +76,19 @@ def test_fake_mode_and_compile_use_the_fakes():
     compiled(x, y).backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
     torch.testing.assert_close(y.grad, torch.ones_like(y))
+
+
+def test_eager_calls_skip_the_custom_op_and_compute_what_it_computes():
+    """In plain eager mode the op runs as an autograd.Function (no custom-op dispatch); the registered custom op
+    (what torch.compile and FakeTensorMode use) gives the same outputs and gradients."""
+    grads = []
+    for op in (FWD, torch.ops.flex_bert.test_scaled_add.default):
+        x, y = _inputs()
+        out, total = op(x, y, 1.5)
+        grads.append((out.detach(), total.detach(), type(out.grad_fn).__name__))
+        (out * out).sum().backward()
+        grads[-1] += (x.grad, y.grad)
+    (out_e, total_e, fn_e, dx_e, dy_e), (out_c, total_c, fn_c, dx_c, dy_c) = grads
+    assert fn_e == "EagerBackward" and fn_c.startswith("GeneratedBackwardFor_flex_bert_test_scaled_add")
+    for a, b in ((out_e, out_c), (total_e, total_c), (dx_e, dx_c), (dy_e, dy_c)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
