@@ -57,7 +57,6 @@ from flex_bert.bench.finetune import (
     TINY,
     batches,
     build_models,
-    compile_flex,
     eval_loss,
     make_examples,
     print_table,
@@ -68,6 +67,7 @@ from flex_bert.bench.finetune import (
     summaries,
 )
 from flex_bert.model import FlexBertConfig
+from flex_bert.train.compilation import compile_encoder
 
 
 def parse_args(argv=None):
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
         model = flex if is_flex else hf
         del flex, hf
         if is_flex and args.flex_compile:
-            compile_flex(model)
+            compile_encoder(model.bert, dynamic=True)
         if kind == "HF loop" and args.hf_compile:
             model = torch.compile(model, dynamic=True)
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,6 @@ from flex_bert.data.labelled import collate
 from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
-from flex_bert.train.compilation import LAYER_GRAPHS
 from flex_bert.train.cuda_graphs import use_cuda_graphs
 from flex_bert.train.finetune_config import FinetuneConfig
 
@@ -108,14 +107,6 @@ def optimizer_and_schedule(model, args, device: torch.device):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda")
     total = args.warmup + args.steps
     return opt, get_linear_schedule_with_warmup(opt, math.ceil(0.1 * total), total)
-
-
-def compile_flex(model) -> None:
-    """As FlexBertForMaskedLM.compile_layers: the embeddings and each encoder layer, dynamic shapes."""
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-    setattr(torch._dynamo.config, limit, max(LAYER_GRAPHS, getattr(torch._dynamo.config, limit)))
-    for module in (model.bert.embeddings, *model.bert.encoder.layers):
-        module.compile(dynamic=True)
 
 
 # ------------------------------------------------------------------------------------------------ timing

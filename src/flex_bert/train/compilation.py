@@ -40,12 +40,18 @@ def compile_layers(model: FlexBertForMaskedLM, tune: bool = False, **compile_kwa
     if tune and inductor and compile_kwargs.get("mode") in (None, "default"):
         compile_kwargs.pop("mode", None)
         compile_kwargs["options"] = {**compile_kwargs.get("options", {}), "coordinate_descent_tuning": True}
+    compile_encoder(model.bert, **compile_kwargs)
+    model.predict = torch.compile(model.predict, **compile_kwargs)
+
+
+def compile_encoder(encoder: FlexBertModel, **compile_kwargs) -> None:
+    """torch.compile the embeddings and each layer of `encoder` in place, dynamo's graph limit raised to
+    LAYER_GRAPHS (see compile_layers, which adds the MLM head; task models' heads stay eager)."""
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, limit, max(LAYER_GRAPHS, getattr(torch._dynamo.config, limit)))
-    model.bert.embeddings.compile(**compile_kwargs)
-    for layer in model.bert.encoder.layers:
+    encoder.embeddings.compile(**compile_kwargs)
+    for layer in encoder.encoder.layers:
         layer.compile(**compile_kwargs)
-    model.predict = torch.compile(model.predict, **compile_kwargs)
 
 
 def _checkpointed_call(layer: nn.Module, *args):
