@@ -15,7 +15,7 @@ from flex_bert.data.labelled import collate
 from flex_bert.hf_tasks import task_config_to_hf, task_state_to_hf
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
-from flex_bert.train.cuda_graphs import use_cuda_graphs
+from flex_bert.train.finetune import task_graphs
 from flex_bert.train.finetune_config import FinetuneConfig
 
 NUM_LABELS, SIGNAL_IDS, SIGNAL_FRACTION, LABEL_NOISE = 4, 16, 0.04, 0.2
@@ -156,12 +156,8 @@ def run_flex(model, data: list[list[dict]], args, device, bf16: bool, graphs: bo
     """The FlexBERT step loop; with `graphs`, the encoder's passes replayed as CUDA graphs as `finetune.py`'s
     `cuda_graphs: true` does (its max_seq_len and graph_bucket_tokens defaults)."""
     if graphs:
-        static = FinetuneConfig.max_seq_len
-        graphed = use_cuda_graphs(
-            model.bert,
-            max_docs=args.batch_size,
-            max_seqlen=static,
-            bucket_tokens=min(FinetuneConfig.graph_bucket_tokens, static),
+        graphed = task_graphs(
+            model, args.batch_size, FinetuneConfig.max_seq_len, FinetuneConfig.graph_bucket_tokens
         )
         for batch in data:  # every bucket captured before the clock starts (a run captures each once)
             b = packed(batch)

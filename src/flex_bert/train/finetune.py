@@ -210,6 +210,13 @@ def build_task(cfg: DictConfig, labels: list[str], tokenizer, start_cfg: FlexBer
     return model
 
 
+def task_graphs(model, micro_batch: int, max_seq_len: int, graph_bucket_tokens: int):
+    """`cuda_graphs: true` for a task model: at most `micro_batch` examples of at most `max_seq_len` tokens a
+    pass, buckets of `graph_bucket_tokens` (at most max_seq_len, as the padding document must fit)."""
+    bucket = min(graph_bucket_tokens, max_seq_len)
+    return use_cuda_graphs(model.bert, max_docs=micro_batch, max_seqlen=max_seq_len, bucket_tokens=bucket)
+
+
 def finetune(cfg: DictConfig) -> dict:
     """Fine-tune, keep the best evaluation, score it; returns (and writes) result.json's content."""
     started = time.time()
@@ -234,12 +241,7 @@ def finetune(cfg: DictConfig) -> dict:
     elif cfg.cuda_graphs:
         if world > 1:
             raise ValueError("cuda_graphs runs on one GPU; set cuda_graphs=false to fine-tune on several")
-        graphs = use_cuda_graphs(
-            model.bert,
-            max_docs=micro_batch,
-            max_seqlen=cfg.max_seq_len,
-            bucket_tokens=min(cfg.graph_bucket_tokens, cfg.max_seq_len),
-        )
+        graphs = task_graphs(model, micro_batch, cfg.max_seq_len, cfg.graph_bucket_tokens)
     splits, folder = data["splits"], Path(cfg.save_folder)
     keep = KeepBest(cfg.metric, folder / "best.pt", tokenizer_dir, {"start": cfg.start, "seed": cfg.seed})
     callbacks = [keep] + (
