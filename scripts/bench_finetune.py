@@ -145,7 +145,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             extra = (tmp,) if fn is run_trainer else ()
             clock, losses = fn(model, train, args, device, bf16, *extra)
-        r = result(kind, args, clock, timed, losses, eval_loss(model, held_out, device, bf16, is_flex))
+        r = result(kind, args, clock, timed, losses, eval_loss(model, held_out, device, is_flex))
         if not is_flex:
             r["attn_implementation"] = model.config._attn_implementation  # sdpa, as asked in build_models
         print(json.dumps(r), flush=True)

@@ -249,7 +249,7 @@ def run_trainer(model, data: list[list[dict]], args, device, bf16: bool, out_dir
 
 
 @torch.no_grad()
-def eval_loss(model, examples: list[dict], device, bf16: bool, is_flex: bool) -> float:
+def eval_loss(model, examples: list[dict], device, is_flex: bool) -> float:
     """Mean cross-entropy over the held-out examples (batches of 32)."""
     model.eval()
     total, pad = 0.0, padder(model.config.pad_token_id) if not is_flex else None
