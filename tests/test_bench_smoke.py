@@ -94,7 +94,8 @@ def _bench_finetune():
 
 
 def test_bench_finetune_refuses_a_ratio_when_losses_differ():
-    """A speed ratio needs equal work: a NaN loss or one 10% off gives no ratio, naming the differing loss."""
+    """A speed ratio needs equal work in the steady state: a NaN loss, one 10% off or a graph compiled while
+    timed gives no ratio, naming why."""
     compare = _bench_finetune().compare
     flex = {"examples_per_s": 500.0, "train_loss": 0.90, "eval_loss": 0.80}
     same = compare(flex, {"examples_per_s": 250.0, "train_loss": 0.91, "eval_loss": 0.79})
@@ -103,6 +104,11 @@ def test_bench_finetune_refuses_a_ratio_when_losses_differ():
     assert nan["speedup"] is None and "eval loss 0.8 against nan" in nan["refused"]
     off = compare(flex, {"examples_per_s": 250.0, "train_loss": 1.00, "eval_loss": 0.80})
     assert off["speedup"] is None and "train loss" in off["refused"] and "eval loss" not in off["refused"]
+    hf = {"kind": "HF Trainer", "examples_per_s": 25.0, "train_loss": 0.90, "eval_loss": 0.80}
+    recompiled = compare(flex, hf | {"graphs_compiled_while_timed": 1})
+    assert recompiled["speedup"] is None
+    assert recompiled["refused"] == "HF Trainer compiled 1 graph(s) while timed (more --warmup steps)"
+    assert compare(flex, hf | {"graphs_compiled_while_timed": 0})["speedup"] == 20.0
 
 
 def test_bench_finetune_hf_masks_leave_no_query_without_keys():

@@ -3,6 +3,8 @@ every gradient unchanged (CPU, fp32, against the unpadded batch), and graphed tr
 steps on the same padded batches give, over buckets replayed out of capture order with weights that change
 between steps (GPU)."""
 
+import re
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from flex_bert.model.mlm import FlexBertModel
 from flex_bert.model.padding import cu_seqlens_from_lengths
 from flex_bert.train.compilation import checkpoint_layers
 from flex_bert.train.cuda_graphs import pad_to_bucket, use_cuda_graphs
+from flex_bert.train.finetune import run_graphs
 from flex_bert.train.finetune_config import load_finetune_config
 
 CFG = dict(
@@ -78,9 +81,12 @@ def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
     before = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
     names = list(model.state_dict())
     graphed = use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32)
+    assert model.bert.forward is graphed
     after = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
     assert torch.equal(before, after) and list(model.state_dict()) == names  # checkpoints unchanged
     assert graphed.graphs == {} and graphed.eager_batches == 0
+    graphed.release()
+    assert "forward" not in vars(model.bert) and model.bert.forward.__func__ is FlexBertModel.forward
     with pytest.raises(ValueError, match=r"bucket_tokens \(65\) must be between 1 and max_seqlen \(64\)"):
         use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=65)
     checkpoint_layers(model.bert)
@@ -90,10 +96,41 @@ def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
 
 def test_task_file_takes_the_graph_keys(tmp_path):
     base = ["task=single_label", "train_file=x.csv", "start=s", f"save_folder={tmp_path}"]
-    cfg = load_finetune_config([], [*base, "cuda_graphs=true", "graph_bucket_tokens=128"])
-    assert cfg.cuda_graphs is True and cfg.graph_bucket_tokens == 128
+    assert load_finetune_config([], base).cuda_graphs == "auto"
+    for value, parsed in (("true", True), ("false", False), ("auto", "auto")):
+        cfg = load_finetune_config([], [*base, f"cuda_graphs={value}", "graph_bucket_tokens=128"])
+        assert cfg.cuda_graphs is parsed if isinstance(parsed, bool) else cfg.cuda_graphs == parsed
+        assert cfg.graph_bucket_tokens == 128
+    for wrong, shown in (("maybe", "'maybe'"), ("1", "1")):
+        with pytest.raises(ValueError, match=f"cuda_graphs must be auto, true or false, got {shown}$"):
+            load_finetune_config([], [*base, f"cuda_graphs={wrong}"])
     with pytest.raises(ValueError, match="graph_bucket_tokens must be at least 1, got 0"):
         load_finetune_config([], [*base, "graph_bucket_tokens=0"])
+
+
+@pytest.mark.parametrize(
+    "device, world, checkpointing, why_not",
+    [("cpu", 1, False, "this run is on the CPU"), ("gpu", 2, False, "this run is on 2 GPUs (graphs run on one)"),
+     ("gpu", 1, True, "gradient checkpointing is on")],
+)  # fmt: skip
+def test_a_run_that_cannot_replay_graphs_is_eager_under_auto_and_refused_under_true(
+    device, world, checkpointing, why_not, tmp_path, capsys
+):
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    if checkpointing:
+        checkpoint_layers(model.bert)
+    base = ["task=single_label", "train_file=x.csv", "start=s", f"save_folder={tmp_path}"]
+    auto, true, false = (
+        load_finetune_config([], [*base, f"cuda_graphs={v}"]) for v in ("auto", "true", "false")
+    )
+    assert run_graphs(model, auto, device, world, 8) is None
+    assert capsys.readouterr().out == f"cuda_graphs: auto runs eagerly: {why_not}\n"
+    with pytest.raises(
+        ValueError, match=re.escape(f"cuda_graphs: true, but {why_not}; set cuda_graphs=auto or false")
+    ):
+        run_graphs(model, true, device, world, 8)
+    assert run_graphs(model, false, device, world, 8) is None and capsys.readouterr().out == ""
+    assert "forward" not in vars(model.bert)
 
 
 @pytest.mark.gpu

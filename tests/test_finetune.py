@@ -264,7 +264,7 @@ def test_cpu_fine_tuning_sets_torch_threads_as_pretraining_does(tiny_task, tmp_p
 @pytest.mark.gpu
 @pytest.mark.parametrize("task", ["single_label", "token"])
 def test_cuda_graphs_fine_tune_as_eager_does(tiny_task, tmp_path, capsys, task):  # noqa: F811
-    """Through composer on the GPU (bf16): `cuda_graphs: true` captures the encoder's buckets, prints what it
+    """Through composer on the GPU (bf16): `cuda_graphs: auto` captures the encoder's buckets, prints what it
     captured, and ends where the eager run ends (same seed, data and steps; the evaluations agree)."""
     changes = {"task": task, "model_config.attention_backend": "varlen"}
     if task == "token":
@@ -276,14 +276,14 @@ def test_cuda_graphs_fine_tune_as_eager_does(tiny_task, tmp_path, capsys, task):
         changes.update(train_file=_write_jsonl(tmp_path / "data.jsonl", data), text_column="words",
                        label_column="tags")  # fmt: skip
     results = {}
-    for graphs in (False, True):
+    for graphs in ("false", "auto"):  # auto: graphs on one GPU
         capsys.readouterr()
         results[graphs] = run(tiny_task, tmp_path, save_folder=tmp_path / f"g{graphs}", device="gpu",
                               cuda_graphs=graphs, graph_bucket_tokens=32, **changes)  # fmt: skip
         printed = capsys.readouterr().out
-        assert ("CUDA graphs:" in printed) == graphs
+        assert ("CUDA graphs:" in printed) == (graphs == "auto")
     assert "0 training batch(es) outside the static bounds ran eagerly" in printed
-    eager, graphed = (r["evaluations"] for r in (results[False], results[True]))
+    eager, graphed = (r["evaluations"] for r in (results["false"], results["auto"]))
     assert len(eager) == len(graphed) >= 2
     for a, b in zip(eager, graphed, strict=True):
         assert abs(a["macro_f1"] - b["macro_f1"]) <= 0.05, (eager, graphed)

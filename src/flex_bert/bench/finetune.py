@@ -275,17 +275,26 @@ def summaries(results: list[dict]) -> dict:
 
 
 def compare(flex: dict, other: dict) -> dict:
-    """The speed ratio of two runs, or None with the reason where their losses are not finite and equal."""
-    out, reasons = {}, []
+    """The speed ratio of two runs, or None with the reasons where their losses are not finite and equal or
+    either compiled graphs while timed (its figure is not its steady state)."""
+    out, losses, reasons = {}, [], []
     for key in ("train_loss", "eval_loss"):
         a, b = flex[key], other[key]
         diff = abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) and b != 0 else math.inf
         out[f"{key}_rel_diff"] = diff
         if diff > LOSS_TOLERANCE:
-            reasons.append(f"{key.replace('_', ' ')} {a:.4g} against {b:.4g}")
+            losses.append(f"{key.replace('_', ' ')} {a:.4g} against {b:.4g}")
+    if losses:
+        reasons.append(f"losses differ by more than {LOSS_TOLERANCE:.0%} ({'; '.join(losses)})")
+    for run in (flex, other):
+        if run.get("graphs_compiled_while_timed"):
+            reasons.append(
+                f"{run['kind']} compiled {run['graphs_compiled_while_timed']} graph(s) while timed "
+                "(more --warmup steps)"
+            )
     out["speedup"] = None if reasons else flex["examples_per_s"] / other["examples_per_s"]
     if reasons:
-        out["refused"] = f"losses differ by more than {LOSS_TOLERANCE:.0%} ({'; '.join(reasons)})"
+        out["refused"] = "; ".join(reasons)
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ class GraphedEncoder:
             )
         if max_docs < 1:
             raise ValueError(f"max_docs must be at least 1, got {max_docs}")
-        if encoder.call_layer is not call_layer:  # checkpointing saves and restores RNG state in a capture
+        if checkpointed(encoder):
             raise ValueError(
                 "CUDA graphs and gradient_checkpointing do not go together: graphs pay off for short steps, "
                 "checkpointing for memory; turn one off"
@@ -111,12 +112,25 @@ class GraphedEncoder:
                 **CAPTURE_MODE,
             )
 
+    def release(self) -> None:
+        """Drop the graphs and their memory pool, and give the encoder back its own forward."""
+        self.graphs.clear()
+        self.pool = None
+        if self.encoder.__dict__.get("forward") is self:
+            del self.encoder.forward
+
     def summary(self) -> str:
         sizes = sorted(t for t, _ in self.graphs)
         return (
             f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured in {self.capture_seconds:.1f} s; "
             f"{self.eager_batches} training batch(es) outside the static bounds ran eagerly"
         )
+
+
+def checkpointed(encoder: nn.Module) -> bool:
+    """Whether the encoder's layers run under gradient checkpointing (which saves and restores RNG state: not
+    capturable)."""
+    return encoder.call_layer is not call_layer
 
 
 def pad_to_bucket(
@@ -139,5 +153,10 @@ def use_cuda_graphs(
     """Make `encoder` (a FlexBertModel) run its training passes as CUDA graphs; returns the GraphedEncoder
     (its `summary()` says what was captured). Parameter names and checkpoints do not change."""
     graphed = GraphedEncoder(encoder, max_docs=max_docs, max_seqlen=max_seqlen, bucket_tokens=bucket_tokens)
+    # make_graphed_callables warms up and captures on a side stream, and the captured autograd graph keeps the
+    # parameters' AccumulateGrad nodes of that stream alive; a replay's gradients arrive from the current
+    # stream, so torch warns at the first backward. The engine orders the two streams (the side one is idle
+    # by then): the gradients are right and the wait costs nothing measurable.
+    warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
     encoder.forward = graphed  # an instance attribute: nn.Module.__call__ finds it before the class's
     return graphed

@@ -38,7 +38,7 @@ from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.task_eval import from_counts, predict, predictions, scores, weighted_counts
 from flex_bert.train.builders import set_cpu_threads
 from flex_bert.train.compilation import prepare
-from flex_bert.train.cuda_graphs import use_cuda_graphs
+from flex_bert.train.cuda_graphs import checkpointed, use_cuda_graphs
 from flex_bert.train.optim import build_optimizer
 
 
@@ -211,10 +211,32 @@ def build_task(cfg: DictConfig, labels: list[str], tokenizer, start_cfg: FlexBer
 
 
 def task_graphs(model, micro_batch: int, max_seq_len: int, graph_bucket_tokens: int):
-    """`cuda_graphs: true` for a task model: at most `micro_batch` examples of at most `max_seq_len` tokens a
-    pass, buckets of `graph_bucket_tokens` (at most max_seq_len, as the padding document must fit)."""
+    """CUDA graphs for a task model: at most `micro_batch` examples of at most `max_seq_len` tokens a pass,
+    buckets of `graph_bucket_tokens` (at most max_seq_len, as the padding document must fit)."""
     bucket = min(graph_bucket_tokens, max_seq_len)
     return use_cuda_graphs(model.bert, max_docs=micro_batch, max_seqlen=max_seq_len, bucket_tokens=bucket)
+
+
+def run_graphs(model, cfg: DictConfig, device: str, world: int, micro_batch: int):
+    """The task file's `cuda_graphs` for this run: task_graphs' GraphedEncoder, or None where the run is eager
+    (`auto` says why in one line; `true` raises there)."""
+    if cfg.cuda_graphs is False:
+        return None
+    why_not = (
+        "this run is on the CPU"
+        if device != "gpu"
+        else f"this run is on {world} GPUs (graphs run on one)"
+        if world > 1
+        else "gradient checkpointing is on"
+        if checkpointed(model.bert)
+        else None
+    )
+    if why_not is None:
+        return task_graphs(model, micro_batch, cfg.max_seq_len, cfg.graph_bucket_tokens)
+    if cfg.cuda_graphs is True:
+        raise ValueError(f"cuda_graphs: true, but {why_not}; set cuda_graphs=auto or false")
+    print(f"cuda_graphs: auto runs eagerly: {why_not}", flush=True)
+    return None
 
 
 def finetune(cfg: DictConfig) -> dict:
@@ -235,13 +257,7 @@ def finetune(cfg: DictConfig) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size ({cfg.batch_size}) must divide into {world} GPU(s)")
     micro_batch = cfg.microbatch_size or cfg.batch_size // world
-    graphs = None
-    if cfg.cuda_graphs and device != "gpu":
-        print("cuda_graphs: true needs a GPU; this run is on the CPU and runs eagerly", flush=True)
-    elif cfg.cuda_graphs:
-        if world > 1:
-            raise ValueError("cuda_graphs runs on one GPU; set cuda_graphs=false to fine-tune on several")
-        graphs = task_graphs(model, micro_batch, cfg.max_seq_len, cfg.graph_bucket_tokens)
+    graphs = run_graphs(model, cfg, device, world, micro_batch)
     splits, folder = data["splits"], Path(cfg.save_folder)
     keep = KeepBest(cfg.metric, folder / "best.pt", tokenizer_dir, {"start": cfg.start, "seed": cfg.seed})
     callbacks = [keep] + (
@@ -270,6 +286,7 @@ def finetune(cfg: DictConfig) -> dict:
     trainer.fit()
     if graphs is not None:
         print(graphs.summary(), flush=True)
+        graphs.release()  # their memory pool is freed now, not when a later collection finds the cycle
     if keep.best is None:  # the run ended before its first evaluation
         trainer.eval()
     model.load_state_dict(keep.state_dict)

@@ -49,10 +49,10 @@ class FinetuneConfig:
     pooling: str = "cls"  # classifier_pooling: cls | mean
     classifier_dropout: float = 0.0
     max_seq_len: int = 512
-    cuda_graphs: bool = False  # replay the encoder's training passes as CUDA graphs (train/cuda_graphs.py)
-    graph_bucket_tokens: int = (
-        256  # with cuda_graphs: batches padded to a multiple of this (at most max_seq_len)
-    )
+    # the encoder's training passes replayed as CUDA graphs (train/cuda_graphs.py): auto = where they can run
+    # (one GPU, no gradient checkpointing), true = required (an error where they cannot), false = never
+    cuda_graphs: Any = "auto"
+    graph_bucket_tokens: int = 256  # with CUDA graphs: batches padded to a multiple of this (<= max_seq_len)
 
     optimizer: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
     scheduler: Any = field(default_factory=lambda: {"name": "linear_decay_with_warmup", "t_warmup": "0.1dur"})
@@ -124,6 +124,9 @@ def validate(cfg: DictConfig) -> None:
     ):
         if value not in allowed:
             raise ValueError(f"{key} {value!r} is not supported{suggest(str(value), allowed)}")
+    # checked apart from the tuple above: 1 == True would pass there
+    if not (isinstance(cfg.cuda_graphs, bool) or cfg.cuda_graphs == "auto"):
+        raise ValueError(f"cuda_graphs must be auto, true or false, got {cfg.cuda_graphs!r}")
     if cfg.start is None:
         raise ValueError("start is not set: give the starting point (an HF folder or a .pt checkpoint)")
     if not 0.0 < cfg.eval_fraction < 1.0:
