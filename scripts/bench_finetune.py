@@ -10,7 +10,7 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
               forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer
               as compile_layers does (scripts/finetune.py runs eager: prepare compiles MLM models only).
               `--flex-graphs` adds a second FlexBERT run whose encoder passes are CUDA graphs over batches
-              padded to token buckets (`cuda_graphs: true`, train/cuda_graphs.py), each bucket captured before timing.
+              padded to token buckets (fine-tuning's default on one GPU, train/cuda_graphs.py), each bucket captured before timing.
   HF Trainer  `transformers.Trainer` (optim adamw_torch_fused, bf16) over `ModernBertForSequenceClassification`
               (sdpa), each batch padded to its longest example (rounded up to 8) with an attention mask, in
               the given order (no shuffling). `--hf-compile` sets TrainingArguments.torch_compile.
@@ -79,7 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--flex-compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--hf-compile", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument(
-        "--flex-graphs", action="store_true", help="add a FlexBERT run with CUDA graphs (cuda_graphs: true)"
+        "--flex-graphs",
+        action="store_true",
+        help="add a FlexBERT run with CUDA graphs (as fine-tuning on one GPU)",
     )
     p.add_argument("--trainer", action=argparse.BooleanOptionalAction, default=True, help="the HF Trainer")
     p.add_argument("--hf-loop", action=argparse.BooleanOptionalAction, default=True, help="the extra line")

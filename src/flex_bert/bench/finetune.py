@@ -154,7 +154,7 @@ def loader(data: list[list[dict]], collate_fn, device: torch.device):
 
 def run_flex(model, data: list[list[dict]], args, device, bf16: bool, graphs: bool = False):
     """The FlexBERT step loop; with `graphs`, the encoder's passes replayed as CUDA graphs as `finetune.py`'s
-    `cuda_graphs: true` does (its max_seq_len and graph_bucket_tokens defaults)."""
+    `cuda_graphs` does on one GPU (its max_seq_len and graph_bucket_tokens defaults)."""
     if graphs:
         graphed = task_graphs(
             model, args.batch_size, FinetuneConfig.max_seq_len, FinetuneConfig.graph_bucket_tokens
