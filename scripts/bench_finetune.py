@@ -10,7 +10,8 @@ clipping), the same linear-decay schedule with 10% warmup and bf16 autocast over
               forward, backward, fused AdamW step. `--flex-compile` compiles the embeddings and each layer
               as compile_layers does (scripts/finetune.py runs eager: prepare compiles MLM models only).
               `--flex-graphs` adds a second FlexBERT run whose encoder passes are CUDA graphs over batches
-              padded to token buckets (fine-tuning's default on one GPU, train/cuda_graphs.py), each bucket captured before timing.
+              padded to token buckets (fine-tuning's default on one GPU, train/cuda_graphs.py), each bucket
+              captured before timing.
   HF Trainer  `transformers.Trainer` (optim adamw_torch_fused, bf16) over `ModernBertForSequenceClassification`
               (sdpa), each batch padded to its longest example (rounded up to 8) with an attention mask, in
               the given order (no shuffling). `--hf-compile` sets TrainingArguments.torch_compile.
