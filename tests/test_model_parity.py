@@ -222,3 +222,13 @@ def test_meta_build_then_materialise_reties_decoder():
     m.reset_parameters()
     assert m.decoder.weight is m.bert.embeddings.tok_embeddings.weight
     assert torch.isfinite(m(torch.arange(5, 25)).logits).all()
+
+
+def test_logits_are_detached_where_a_loss_is_computed(pair):
+    """With labels the logits serve metrics: detached, so the compiled head's backward gets no zero (N, V)
+    gradient for them; without labels they stay differentiable."""
+    flex, _ = pair
+    ids, mask = padded_batch(LENGTHS, seed=7)
+    with_loss = flex(ids, attention_mask=mask, labels=mlm_labels(ids, mask))
+    assert with_loss.loss.requires_grad and not with_loss.logits.requires_grad
+    assert flex(ids, attention_mask=mask).logits.requires_grad

@@ -26,7 +26,8 @@ IGNORE_INDEX = -100
 @dataclass
 class MaskedLMOutput:
     loss: torch.Tensor | None  # mean cross-entropy over labelled tokens (fp32), None without labels
-    logits: torch.Tensor  # (n_labelled, V) with masked prediction and labels; else input shape + (V,)
+    logits: torch.Tensor  # (n_labelled, V) with masked prediction and labels; else input shape + (V,);
+    # detached where a loss is computed (they serve metrics; the loss is what trains)
     num_labelled: torch.Tensor | None  # int64 scalar tensor: tokens with label != -100
 
 
@@ -152,7 +153,9 @@ class FlexBertForMaskedLM(nn.Module):
         logits = self.decoder(self.head(hidden_NC))
         if labels_N is None:
             return logits, None
-        return logits, cross_entropy(logits, labels_N, IGNORE_INDEX, self.config.fused_kernels)
+        # detached: with a loss the logits serve metrics, and a differentiable output of the compiled function
+        # would make autograd feed it a zero (N, V) gradient and add that to the loss's
+        return logits.detach(), cross_entropy(logits, labels_N, IGNORE_INDEX, self.config.fused_kernels)
 
     def num_parameters(self) -> int:
         """Unique parameters (the tied decoder weight counted once)."""
