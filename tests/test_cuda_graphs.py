@@ -13,7 +13,7 @@ from flex_bert.model.classification import TaskConfig, build_task_model
 from flex_bert.model.mlm import FlexBertModel
 from flex_bert.model.padding import cu_seqlens_from_lengths
 from flex_bert.train.compilation import checkpoint_layers
-from flex_bert.train.cuda_graphs import pad_to_bucket, use_cuda_graphs
+from flex_bert.train.cuda_graphs import OUTSIDE_BOUNDS, OVER_BUDGET, pad_to_bucket, use_cuda_graphs
 from flex_bert.train.finetune import run_graphs
 from flex_bert.train.finetune_config import load_finetune_config
 
@@ -84,7 +84,7 @@ def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
     assert model.bert.forward is graphed
     after = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
     assert torch.equal(before, after) and list(model.state_dict()) == names  # checkpoints unchanged
-    assert graphed.graphs == {} and graphed.eager_batches == 0
+    assert graphed.graphs == {} and graphed.eager_batches == {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 0}
     graphed.release()
     assert "forward" not in vars(model.bert) and model.bert.forward.__func__ is FlexBertModel.forward
     with pytest.raises(ValueError, match=r"bucket_tokens \(65\) must be between 1 and max_seqlen \(64\)"):
@@ -92,6 +92,20 @@ def test_graphed_encoder_runs_eagerly_off_the_gpu_and_checks_its_bounds():
     checkpoint_layers(model.bert)
     with pytest.raises(ValueError, match="CUDA graphs and gradient_checkpointing do not go together"):
         use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32)
+
+
+def test_a_bucket_past_the_memory_budget_is_not_captured():
+    """Each bucket's graph keeps every encoder parameter's gradient and its output: a new bucket whose static
+    memory would pass the budget gets no graph (its batch runs eagerly)."""
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    params = sum(p.numel() * 4 for p in model.bert.parameters())  # fp32 gradients
+    graphed = use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32, memory_budget=params)
+    assert graphed.graph_bytes(64, torch.bfloat16) == params + 64 * CFG["hidden_size"] * 2
+    assert graphed.graph_bytes(64, None) == params + 64 * CFG["hidden_size"] * 4
+    ids, cu, _, _ = batch([20, 33])
+    ids_b, cu_b, graph = graphed.prepare(ids, cu)
+    assert graph is None and graphed.graphs == {} and graphed.static_bytes == 0
+    assert ids_b.shape == (64,) and cu_b.tolist() == [0, 20, 53, 64, 64, 64]
 
 
 def test_task_file_takes_the_graph_keys(tmp_path):
@@ -178,10 +192,41 @@ def test_graphed_steps_match_eager_steps_on_the_same_padding(backend):
         for name, g in grads.items():
             err = ((g - grads_e[name]).norm() / (grads_e[name].norm() + 1e-12)).item()
             assert err < 1e-2, (i, name, err)
-    assert sorted(t for t, _ in graphed.graphs) == [256, 512, 768] and graphed.eager_batches == 1
+    assert sorted(t for t, _ in graphed.graphs) == [256, 512, 768]
+    assert graphed.eager_batches == {OUTSIDE_BOUNDS: 1, OVER_BUDGET: 0}
     assert "3 bucket(s) of [256, 512, 768] tokens captured in " in graphed.summary()
     model = models[0][0].eval()
     ids, cu, max_len, _ = batch([30, 40], "cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         model(ids, cu_seqlens=cu, max_seqlen=max_len)
     assert len(graphed.graphs) == 3
+
+
+@pytest.mark.gpu
+def test_buckets_past_the_budget_run_eagerly_and_give_the_eager_loss():
+    """A budget of one bucket: the first bucket (256 tokens) is captured, a batch of the next (512) runs
+    eagerly, counted, with the loss and gradients of the plain model."""
+    cfg = FlexBertConfig(**{**CFG, "attention_backend": "varlen"})
+    torch.manual_seed(0)
+    model = build_task_model(cfg, TaskConfig("single_label", ["a", "b", "c"])).cuda().train()
+    probe = use_cuda_graphs(model.bert, max_docs=8, max_seqlen=256, bucket_tokens=256)
+    budget = probe.graph_bytes(256, torch.bfloat16) + 1
+    probe.release()
+    graphed = use_cuda_graphs(model.bert, max_docs=8, max_seqlen=256, bucket_tokens=256, memory_budget=budget)
+    runs = []
+    for lens in ([50, 60], [200, 150, 90], [200, 150, 90]):  # bucket 256, then 512 twice: past the budget
+        if len(runs) == 2:  # the first two through the graphed encoder, the third through the plain model
+            assert sorted(t for t, _ in graphed.graphs) == [256]
+            assert graphed.eager_batches == {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 1}
+            assert "1 training batch(es) past the graph memory budget ran eagerly" in graphed.summary()
+            graphed.release()
+        ids, cu, max_len, labels = batch(lens, "cuda", seed=len(lens))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
+        loss.backward()
+        runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad(set_to_none=True)
+    (loss, grads), (loss_e, grads_e) = runs[1], runs[2]
+    torch.testing.assert_close(loss, loss_e, rtol=1e-5, atol=1e-6)
+    for g, g_e in zip(grads, grads_e, strict=True):  # the same kernels; varlen's dQ atomics may reorder sums
+        torch.testing.assert_close(g, g_e, rtol=1e-3, atol=1e-5)

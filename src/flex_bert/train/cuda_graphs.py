@@ -13,9 +13,15 @@ autotuning happen). All buckets share one memory pool: every step replays one bu
 backward, and what crosses a step (weights, gradients accumulated outside the graph, the static inputs) is
 never pool memory, so a step of one bucket cannot overwrite what another needs.
 
-Graphs are used only for training passes (module in train mode, gradients enabled, CUDA); evaluation and
-batches outside the static bounds (more than `max_docs` documents, a document longer than `max_seqlen`) run
-eagerly, counted in `eager_batches`.
+Each graph pair keeps its own static outputs and its own gradients of every encoder parameter (what
+`make_graphed_callables` returns from a replay), so every bucket holds about the parameters' size in memory
+(ModernBERT-base's encoder: 0.6 GB in fp32). Buckets are captured while their static memory stays within
+`memory_budget` bytes (default: GRAPH_MEMORY_FRACTION of the GPU's memory); a batch of a new bucket past it
+runs eagerly.
+
+Graphs are used only for training passes (module in train mode, gradients enabled, CUDA); evaluation,
+batches outside the static bounds (more than `max_docs` documents, a document longer than `max_seqlen`) and
+batches past the memory budget run eagerly, counted in `eager_batches` by reason.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from torch import nn
 from flex_bert.model.mlm import call_layer
 
 WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
+GRAPH_MEMORY_FRACTION = 0.25  # of the GPU's memory, for the graphs' static outputs and gradients
+OUTSIDE_BOUNDS, OVER_BUDGET = "outside the static bounds", "past the graph memory budget"
 # A DataLoader's pinning thread may call CUDA during a capture: only this thread's calls may not (where torch
 # takes the mode; older torch captures in "global" mode, where such a thread must be quiet)
 CAPTURE_MODE = (
@@ -53,7 +61,15 @@ class _StaticEncoder(nn.Module):
 class GraphedEncoder:
     """Replaces an encoder's `forward` (`use_cuda_graphs`); same signature, `(ids_T, cu_seqlens, max_seqlen)`."""
 
-    def __init__(self, encoder: nn.Module, *, max_docs: int, max_seqlen: int, bucket_tokens: int):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        max_docs: int,
+        max_seqlen: int,
+        bucket_tokens: int,
+        memory_budget: int | None = None,
+    ):
         if not 1 <= bucket_tokens <= max_seqlen:
             raise ValueError(
                 f"bucket_tokens ({bucket_tokens}) must be between 1 and max_seqlen ({max_seqlen}): the padding "
@@ -70,32 +86,51 @@ class GraphedEncoder:
         self.bucket_tokens, self.pad_id = bucket_tokens, encoder.config.pad_token_id
         self.graphs: dict[tuple, nn.Module] = {}
         self.pool = None
-        self.eager_batches = 0
+        self.eager_batches = {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 0}
         self.capture_seconds = 0.0
+        self.memory_budget, self.static_bytes = memory_budget, 0
+        self.grad_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters() if p.requires_grad)
 
     def __call__(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         enc = self.encoder
         if not (enc.training and torch.is_grad_enabled() and ids_T.is_cuda):
             return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
         if cu_seqlens.shape[0] - 1 > self.max_docs or max_seqlen > self.max_seqlen:
-            self.eager_batches += 1
+            self.eager_batches[OUTSIDE_BOUNDS] += 1
             return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
         ids_b, cu_b, graphed = self.prepare(ids_T, cu_seqlens)
+        if graphed is None:
+            self.eager_batches[OVER_BUDGET] += 1
+            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
         return graphed(ids_b, cu_b)[: ids_T.shape[0]]
 
     def prepare(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor):
-        """(padded ids, padded cu_seqlens, the bucket's graph), capturing the graph if the bucket is new. Its
-        warm-up passes compute gradients without storing them: the model and its `.grad` do not change."""
+        """(padded ids, padded cu_seqlens, the bucket's graph), capturing the graph if the bucket is new; the
+        graph is None where a new bucket's static memory would pass the budget. The warm-up passes of a capture
+        compute gradients without storing them: the model and its `.grad` do not change."""
         ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, self.pad_id, self.bucket_tokens, self.max_docs)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         key = (ids_b.shape[0], dtype)
         if key not in self.graphs:
+            if self.memory_budget is None:
+                total = torch.cuda.get_device_properties(ids_b.device).total_memory
+                self.memory_budget = int(GRAPH_MEMORY_FRACTION * total)
+            cost = self.graph_bytes(ids_b.shape[0], dtype)
+            if self.static_bytes + cost > self.memory_budget:
+                return ids_b, cu_b, None
             torch.cuda.synchronize()
             started = time.perf_counter()
             self.graphs[key] = self._capture(ids_b, cu_b, dtype)
             torch.cuda.synchronize()
             self.capture_seconds += time.perf_counter() - started
+            self.static_bytes += cost
         return ids_b, cu_b, self.graphs[key]
+
+    def graph_bytes(self, tokens: int, dtype: torch.dtype | None) -> int:
+        """The static memory one bucket's graph pair keeps: every encoder parameter's gradient and the output."""
+        out_dtype = dtype or next(self.encoder.parameters()).dtype
+        hidden = self.encoder.config.hidden_size
+        return self.grad_bytes + tokens * hidden * torch.empty((), dtype=out_dtype).element_size()
 
     def _capture(self, ids_b: torch.Tensor, cu_b: torch.Tensor, dtype: torch.dtype | None) -> nn.Module:
         if self.pool is None:
@@ -121,9 +156,12 @@ class GraphedEncoder:
 
     def summary(self) -> str:
         sizes = sorted(t for t, _ in self.graphs)
+        eager = "; ".join(
+            f"{n} training batch(es) {why} ran eagerly" for why, n in self.eager_batches.items()
+        )
         return (
-            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured in {self.capture_seconds:.1f} s; "
-            f"{self.eager_batches} training batch(es) outside the static bounds ran eagerly"
+            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured in {self.capture_seconds:.1f} s, "
+            f"{self.static_bytes / 2**30:.1f} of {(self.memory_budget or 0) / 2**30:.1f} GiB budget; {eager}"
         )
 
 
@@ -148,11 +186,22 @@ def pad_to_bucket(
 
 
 def use_cuda_graphs(
-    encoder: nn.Module, *, max_docs: int, max_seqlen: int, bucket_tokens: int
+    encoder: nn.Module,
+    *,
+    max_docs: int,
+    max_seqlen: int,
+    bucket_tokens: int,
+    memory_budget: int | None = None,
 ) -> GraphedEncoder:
     """Make `encoder` (a FlexBertModel) run its training passes as CUDA graphs; returns the GraphedEncoder
     (its `summary()` says what was captured). Parameter names and checkpoints do not change."""
-    graphed = GraphedEncoder(encoder, max_docs=max_docs, max_seqlen=max_seqlen, bucket_tokens=bucket_tokens)
+    graphed = GraphedEncoder(
+        encoder,
+        max_docs=max_docs,
+        max_seqlen=max_seqlen,
+        bucket_tokens=bucket_tokens,
+        memory_budget=memory_budget,
+    )
     # make_graphed_callables warms up and captures on a side stream, and the captured autograd graph keeps the
     # parameters' AccumulateGrad nodes of that stream alive; a replay's gradients arrive from the current
     # stream, so torch warns at the first backward. The engine orders the two streams (the side one is idle
