@@ -100,8 +100,9 @@ def test_a_bucket_past_the_memory_budget_is_not_captured():
     model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
     params = sum(p.numel() * 4 for p in model.bert.parameters())  # fp32 gradients
     graphed = use_cuda_graphs(model.bert, max_docs=4, max_seqlen=64, bucket_tokens=32, memory_budget=params)
-    assert graphed.graph_bytes(64, torch.bfloat16) == params + 64 * CFG["hidden_size"] * 2
-    assert graphed.graph_bytes(64, None) == params + 64 * CFG["hidden_size"] * 4
+    # the output and its gradient, (64, hidden) each
+    assert graphed.graph_bytes(64, torch.bfloat16) == params + 2 * 64 * CFG["hidden_size"] * 2
+    assert graphed.graph_bytes(64, None) == params + 2 * 64 * CFG["hidden_size"] * 4
     ids, cu, _, _ = batch([20, 33])
     ids_b, cu_b, graph = graphed.prepare(ids, cu)
     assert graph is None and graphed.graphs == {} and graphed.static_bytes == 0
@@ -137,14 +138,27 @@ def test_a_run_that_cannot_replay_graphs_is_eager_under_auto_and_refused_under_t
     auto, true, false = (
         load_finetune_config([], [*base, f"cuda_graphs={v}"]) for v in ("auto", "true", "false")
     )
-    assert run_graphs(model, auto, device, world, 8) is None
+    assert run_graphs(model, auto, device, world, 8) == (None, why_not)
     assert capsys.readouterr().out == f"cuda_graphs: auto runs eagerly: {why_not}\n"
     with pytest.raises(
         ValueError, match=re.escape(f"cuda_graphs: true, but {why_not}; set cuda_graphs=auto or false")
     ):
         run_graphs(model, true, device, world, 8)
-    assert run_graphs(model, false, device, world, 8) is None and capsys.readouterr().out == ""
-    assert "forward" not in vars(model.bert)
+    assert run_graphs(model, false, device, world, 8) == (None, "cuda_graphs: false")
+    assert capsys.readouterr().out == "" and "forward" not in vars(model.bert)
+
+
+def test_a_run_on_one_gpu_replays_graphs_under_auto_and_true(tmp_path):
+    """One GPU, no checkpointing: both `auto` and `true` give the encoder graphs with the task's bounds (the
+    bucket capped at max_seq_len). Building them needs no GPU; capturing does."""
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    base = ["task=single_label", "train_file=x.csv", "start=s", f"save_folder={tmp_path}", "max_seq_len=48"]
+    for value in ("auto", "true"):
+        cfg = load_finetune_config([], [*base, f"cuda_graphs={value}"])
+        graphed, why_not = run_graphs(model, cfg, "gpu", 1, 8)
+        assert why_not is None and model.bert.forward is graphed
+        assert (graphed.max_docs, graphed.max_seqlen, graphed.bucket_tokens) == (8, 48, 48)
+        graphed.release()
 
 
 @pytest.mark.gpu

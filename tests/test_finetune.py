@@ -35,6 +35,7 @@ def test_result_best_checkpoint_and_export(trained_run, tiny_task, tmp_path):  #
     result, folder = trained_run["result"], trained_run["folder"]
     assert json.loads((folder / "result.json").read_text())["complete"] is True
     assert result["labels"] == ["clinical", "finance"] and result["reported_split"] == "eval"
+    assert result["cuda_graphs"] == "eager: this run is on the CPU"  # auto, the default
     train, carved = result["data"]["train"], result["data"]["eval"]
     assert train["rows_read"] == 120 and train["skipped"] == {} and carved["examples"] == 30
     assert sorted(result["predictions"]["truth"]) == [0] * 15 + [1] * 15  # stratified: 25% of each label
@@ -282,6 +283,8 @@ def test_cuda_graphs_fine_tune_as_eager_does(tiny_task, tmp_path, capsys, task):
                               cuda_graphs=graphs, graph_bucket_tokens=32, **changes)  # fmt: skip
         printed = capsys.readouterr().out
         assert ("CUDA graphs:" in printed) == (graphs == "auto")
+        ran = results[graphs]["cuda_graphs"]
+        assert ran.startswith("CUDA graphs: ") if graphs == "auto" else ran == "eager: cuda_graphs: false"
     assert "0 training batch(es) outside the static bounds ran eagerly" in printed
     eager, graphed = (r["evaluations"] for r in (results["false"], results["auto"]))
     assert len(eager) == len(graphed) >= 2

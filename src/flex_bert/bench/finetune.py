@@ -287,7 +287,7 @@ def compare(flex: dict, other: dict) -> dict:
     if losses:
         reasons.append(f"losses differ by more than {LOSS_TOLERANCE:.0%} ({'; '.join(losses)})")
     for run in (flex, other):
-        if run.get("graphs_compiled_while_timed"):
+        if run.get("graphs_compiled_while_timed", 0) > 0:  # -1: dynamo cannot tell
             reasons.append(
                 f"{run['kind']} compiled {run['graphs_compiled_while_timed']} graph(s) while timed "
                 "(more --warmup steps)"

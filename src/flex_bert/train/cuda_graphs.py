@@ -13,11 +13,12 @@ autotuning happen). All buckets share one memory pool: every step replays one bu
 backward, and what crosses a step (weights, gradients accumulated outside the graph, the static inputs) is
 never pool memory, so a step of one bucket cannot overwrite what another needs.
 
-Each graph pair keeps its own static outputs and its own gradients of every encoder parameter (what
+Each graph pair keeps its own static output, output gradient and gradients of every encoder parameter (what
 `make_graphed_callables` returns from a replay), so every bucket holds about the parameters' size in memory
-(ModernBERT-base's encoder: 0.6 GB in fp32). Buckets are captured while their static memory stays within
+(ModernBERT-base's encoder: 0.6 GB in fp32). Buckets are captured while these static buffers stay within
 `memory_budget` bytes (default: GRAPH_MEMORY_FRACTION of the GPU's memory); a batch of a new bucket past it
-runs eagerly.
+runs eagerly. The activations are not counted: the shared pool holds them once, for the largest bucket
+captured, as an eager step would; a batch that runs eagerly needs its own besides the pool.
 
 Graphs are used only for training passes (module in train mode, gradients enabled, CUDA); evaluation,
 batches outside the static bounds (more than `max_docs` documents, a document longer than `max_seqlen`) and
@@ -127,10 +128,11 @@ class GraphedEncoder:
         return ids_b, cu_b, self.graphs[key]
 
     def graph_bytes(self, tokens: int, dtype: torch.dtype | None) -> int:
-        """The static memory one bucket's graph pair keeps: every encoder parameter's gradient and the output."""
+        """The static memory one bucket's graph pair keeps: every encoder parameter's gradient, the output and
+        the output's gradient."""
         out_dtype = dtype or next(self.encoder.parameters()).dtype
         hidden = self.encoder.config.hidden_size
-        return self.grad_bytes + tokens * hidden * torch.empty((), dtype=out_dtype).element_size()
+        return self.grad_bytes + 2 * tokens * hidden * torch.empty((), dtype=out_dtype).element_size()
 
     def _capture(self, ids_b: torch.Tensor, cu_b: torch.Tensor, dtype: torch.dtype | None) -> nn.Module:
         if self.pool is None:
@@ -148,9 +150,10 @@ class GraphedEncoder:
             )
 
     def release(self) -> None:
-        """Drop the graphs and their memory pool, and give the encoder back its own forward."""
+        """Drop the graphs and the pool handle (their memory is freed once no autograd node of a replay is
+        left), and give the encoder back its own forward."""
         self.graphs.clear()
-        self.pool = None
+        self.pool, self.static_bytes = None, 0
         if self.encoder.__dict__.get("forward") is self:
             del self.encoder.forward
 
@@ -205,7 +208,12 @@ def use_cuda_graphs(
     # make_graphed_callables warms up and captures on a side stream, and the captured autograd graph keeps the
     # parameters' AccumulateGrad nodes of that stream alive; a replay's gradients arrive from the current
     # stream, so torch warns at the first backward. The engine orders the two streams (the side one is idle
-    # by then): the gradients are right and the wait costs nothing measurable.
-    warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
+    # by then): the gradients equal eager ones (tests/test_cuda_graphs.py), and the graphed step takes about
+    # the GPU time of its kernels (docs/benchmarks/finetune_graphs_h100_2026-12-07.md).
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if quiet is not None:
+        quiet(False)
+    else:
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream does not match")
     encoder.forward = graphed  # an instance attribute: nn.Module.__call__ finds it before the class's
     return graphed

@@ -218,10 +218,10 @@ def task_graphs(model, micro_batch: int, max_seq_len: int, graph_bucket_tokens: 
 
 
 def run_graphs(model, cfg: DictConfig, device: str, world: int, micro_batch: int):
-    """The task file's `cuda_graphs` for this run: task_graphs' GraphedEncoder, or None where the run is eager
-    (`auto` says why in one line; `true` raises there)."""
+    """The task file's `cuda_graphs` for this run: (task_graphs' GraphedEncoder, None) or, where the run is
+    eager, (None, why) (`auto` prints why; `true` raises there)."""
     if cfg.cuda_graphs is False:
-        return None
+        return None, "cuda_graphs: false"
     why_not = (
         "this run is on the CPU"
         if device != "gpu"
@@ -232,11 +232,11 @@ def run_graphs(model, cfg: DictConfig, device: str, world: int, micro_batch: int
         else None
     )
     if why_not is None:
-        return task_graphs(model, micro_batch, cfg.max_seq_len, cfg.graph_bucket_tokens)
+        return task_graphs(model, micro_batch, cfg.max_seq_len, cfg.graph_bucket_tokens), None
     if cfg.cuda_graphs is True:
         raise ValueError(f"cuda_graphs: true, but {why_not}; set cuda_graphs=auto or false")
     print(f"cuda_graphs: auto runs eagerly: {why_not}", flush=True)
-    return None
+    return None, why_not
 
 
 def finetune(cfg: DictConfig) -> dict:
@@ -257,7 +257,7 @@ def finetune(cfg: DictConfig) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size ({cfg.batch_size}) must divide into {world} GPU(s)")
     micro_batch = cfg.microbatch_size or cfg.batch_size // world
-    graphs = run_graphs(model, cfg, device, world, micro_batch)
+    graphs, eager_because = run_graphs(model, cfg, device, world, micro_batch)
     splits, folder = data["splits"], Path(cfg.save_folder)
     keep = KeepBest(cfg.metric, folder / "best.pt", tokenizer_dir, {"start": cfg.start, "seed": cfg.seed})
     callbacks = [keep] + (
@@ -284,9 +284,10 @@ def finetune(cfg: DictConfig) -> dict:
         log_to_console=cfg.log_to_console,
     )
     trainer.fit()
+    graph_run = f"eager: {eager_because}" if graphs is None else graphs.summary()
     if graphs is not None:
-        print(graphs.summary(), flush=True)
-        graphs.release()  # their memory pool is freed now, not when a later collection finds the cycle
+        print(graph_run, flush=True)
+        graphs.release()  # dropped now, not when a later collection finds the encoder <-> graphs cycle
     if keep.best is None:  # the run ended before its first evaluation
         trainer.eval()
     model.load_state_dict(keep.state_dict)
@@ -307,6 +308,7 @@ def finetune(cfg: DictConfig) -> dict:
         "evaluations": keep.history,
         "predictions": out,
         "data": data["reports"],
+        "cuda_graphs": graph_run,  # what ran: the graphs' summary, or why the run was eager
         "seconds": time.time() - started,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
