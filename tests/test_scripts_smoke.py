@@ -22,6 +22,7 @@ REAL_RUNS = {
     "bench_packing.py": "tests/test_bench_smoke.py::test_bench_packing_tiny",
     "bench_train.py": "tests/test_bench_smoke.py::test_bench_train_tiny",
     "check_compile.py": "test_check_compile_tiny_model_has_no_graph_break",
+    "check_kernels.py": "tests/test_check_kernels.py",
     "check_distributed.py": "several training processes (minutes; `--cpu` by hand)",
     "convert_from_hf.py": "test_convert_from_hf_tiny_model",
     "convert_to_hf.py": "tests/test_evaluate_mlm.py, tests/test_finetune.py",
