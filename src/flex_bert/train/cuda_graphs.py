@@ -94,16 +94,15 @@ class GraphedEncoder:
 
     def __call__(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         enc = self.encoder
-        if not (enc.training and torch.is_grad_enabled() and ids_T.is_cuda):
-            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
-        if cu_seqlens.shape[0] - 1 > self.max_docs or max_seqlen > self.max_seqlen:
-            self.eager_batches[OUTSIDE_BOUNDS] += 1
-            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
-        ids_b, cu_b, graphed = self.prepare(ids_T, cu_seqlens)
-        if graphed is None:
-            self.eager_batches[OVER_BUDGET] += 1
-            return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
-        return graphed(ids_b, cu_b)[: ids_T.shape[0]]
+        if enc.training and torch.is_grad_enabled() and ids_T.is_cuda:  # a training pass: graphed, or counted
+            if cu_seqlens.shape[0] - 1 > self.max_docs or max_seqlen > self.max_seqlen:
+                self.eager_batches[OUTSIDE_BOUNDS] += 1
+            else:
+                ids_b, cu_b, graphed = self.prepare(ids_T, cu_seqlens)
+                if graphed is not None:
+                    return graphed(ids_b, cu_b)[: ids_T.shape[0]]
+                self.eager_batches[OVER_BUDGET] += 1
+        return type(enc).forward(enc, ids_T, cu_seqlens, max_seqlen)
 
     def prepare(self, ids_T: torch.Tensor, cu_seqlens: torch.Tensor):
         """(padded ids, padded cu_seqlens, the bucket's graph), capturing the graph if the bucket is new; the
@@ -132,7 +131,7 @@ class GraphedEncoder:
         the output's gradient."""
         out_dtype = dtype or next(self.encoder.parameters()).dtype
         hidden = self.encoder.config.hidden_size
-        return self.grad_bytes + 2 * tokens * hidden * torch.empty((), dtype=out_dtype).element_size()
+        return self.grad_bytes + 2 * tokens * hidden * out_dtype.itemsize
 
     def _capture(self, ids_b: torch.Tensor, cu_b: torch.Tensor, dtype: torch.dtype | None) -> nn.Module:
         if self.pool is None:
