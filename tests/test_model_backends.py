@@ -407,6 +407,76 @@ def test_auto_kernel_choice(monkeypatch, capability, installed, window, head_dim
         policy._fa4_usable_on.cache_clear()
 
 
+@pytest.mark.parametrize("window", [None, 128])
+def test_q_and_k_are_rotated_inside_the_band_kernel_exactly_where_it_runs(monkeypatch, window):
+    """`runs_band_kernel`, which routes `attend` to `band_attention_rope`: local layers of `band`, and of `auto`
+    where `auto_kernel` picks the band kernel; never global layers or other backends. (CPU test: a stand-in for
+    the CUDA projection and for auto's choice.)"""
+    from types import SimpleNamespace
+
+    qkv = SimpleNamespace(
+        is_cuda=True, dtype=torch.bfloat16, shape=(10, 3, 12, 64), device=torch.device("cuda")
+    )
+    for choice in (backends.band_backend, backends.varlen_attention, backends.fa4_backend, sdpa_attention):
+        monkeypatch.setattr(backends, "auto_kernel", lambda x, w, choice=choice: choice)
+        for name in BACKENDS:
+            band = name == "band" or (name == "auto" and choice is backends.band_backend)
+            assert backends.runs_band_kernel(name, qkv, window) == (band and window is not None), (
+                name,
+                choice,
+            )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["band", "auto"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_model_rotates_inside_the_band_kernel_on_local_layers_where_fused(monkeypatch, backend, fused):
+    """A model of 2 local and 2 global layers, forward and backward in bf16: with fused kernels the local layers
+    run `band_attention_rope` and the global ones the rotary kernel; without, neither (the composition rotates),
+    and the loss and gradients agree with the fp32 SDPA model either way."""
+    from flex_bert.kernels import band_attention, fused_rotary
+
+    calls = {"band_attention_rope": 0, "rotary_qkv": 0}
+
+    def counted(module, name):
+        original = getattr(module, name)
+
+        def call(*args):
+            calls[name] += 1
+            return original(*args)
+
+        monkeypatch.setattr(module, name, call)
+
+    counted(band_attention, "band_attention_rope")
+    counted(fused_rotary, "rotary_qkv")
+    common = dict(vocab_size=512, hidden_size=128, intermediate_size=192, num_hidden_layers=4,
+                  num_attention_heads=2, sliding_window=16, global_attn_every_n_layers=3, pad_token_id=0,
+                  cls_token_id=1, sep_token_id=2, mask_token_id=3, attn_out_dropout_prob=0.0,
+                  fused_kernels=fused)  # fmt: skip
+    torch.manual_seed(0)
+    ref = FlexBertForMaskedLM(FlexBertConfig.from_dict({**common, "attention_backend": "sdpa"})).cuda()
+    fast = FlexBertForMaskedLM(FlexBertConfig.from_dict({**common, "attention_backend": backend})).cuda()
+    fast.load_state_dict(ref.state_dict())
+    lengths = [50, 300, 7, 200]
+    ids = torch.randint(4, 512, (sum(lengths),), device="cuda")
+    labels = torch.where(torch.rand(ids.shape, device="cuda") < 0.3, ids, -100)
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths)).cuda()
+    want = ref(ids, cu_seqlens=cu, max_seqlen=300, labels=labels).loss
+    want.backward()
+    calls.update(band_attention_rope=0, rotary_qkv=0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = fast(ids, cu_seqlens=cu, max_seqlen=300, labels=labels).loss
+    got.backward()
+    assert calls == (
+        {"band_attention_rope": 2, "rotary_qkv": 2} if fused else {"band_attention_rope": 0, "rotary_qkv": 0}
+    )
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    for name, p in fast.named_parameters():
+        if "Wqkv" in name:
+            theirs = ref.get_parameter(name).grad
+            torch.testing.assert_close(p.grad, theirs, rtol=0.05, atol=0.05 * theirs.abs().max().item())
+
+
 def test_auto_runs_fa4_where_measured_faster():
     """The layer types measured faster with FA4 (docs/PERFORMANCE.md, 2026-12-07): global ones only."""
     assert {"global"} == set(backends.AUTO_FA4_LAYERS)

@@ -169,6 +169,15 @@ def auto_kernel(q: torch.Tensor, window: int | None) -> AttentionFn:
     return varlen_attention
 
 
+def runs_band_kernel(backend: str, x: torch.Tensor, window: int | None) -> bool:
+    """Whether attention backend `backend` runs the band kernel on this call (a local layer of `band`, or of
+    `auto` where `auto_kernel` picks it); x is q, or the packed projection, on its device in its dtype."""
+    if window is None:
+        return False
+    fn = get_backend(backend)
+    return fn is band_backend or (fn is auto_attention and auto_kernel(x, window) is band_backend)
+
+
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """The fastest kernels where they run (`auto_kernel`); the exact SDPA reference elsewhere."""
     return auto_kernel(q, window)(q, k, v, cu_seqlens, max_seqlen, window)
