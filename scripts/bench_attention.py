@@ -69,7 +69,7 @@ def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128, rope: b
 
     suffix = "_ROPE" if rope else ""
     names = tuple(n + suffix for n in ("FWD", "BWD", "DKDV", "DQ"))
-    kernels = [n + suffix for n in kernels]
+    kernels = [n if n == "defaults" else n + suffix for n in kernels]
     defaults = {n: dict(getattr(band_attention, n)) for n in names}
     if rope:
         qkv, cos, sin = rope_inputs(*inputs, cu)
@@ -83,8 +83,11 @@ def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128, rope: b
         ms = time_ms(fn, inputs, True, iters)
         rows.append(dict(kernel="defaults", split_bwd=split, ms=ms))
         print(f"defaults, {'split' if split else 'one-pass'} backward: fwd+bwd {ms:8.3f} ms")
-    tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
-    launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
+    if rope:  # more registers a tile: the smaller tiles, and one stage where more would spill
+        tiles, launches = [(32, 32), (32, 64), (64, 32), (64, 64)], [(4, 2), (4, 3), (8, 1), (8, 2), (8, 3)]
+    else:
+        tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
+        launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
     for which in (n for n in kernels if n in names):  # "--sweep defaults": the defaults alone
         torch.use_deterministic_algorithms(which.startswith(("DKDV", "DQ")), warn_only=True)
         for (bm, bn), (warps, stages) in itertools.product(tiles, launches):
@@ -97,7 +100,7 @@ def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128, rope: b
                 print(f"{which} {cfg} failed: {type(e).__name__}: {str(e)[-200:]}")
                 continue
             rows.append(dict(kernel=which, ms=ms, **cfg))
-            print(f"{which:<5}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
+            print(f"{which:<10}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
     torch.use_deterministic_algorithms(False)
     for n in names:
         setattr(band_attention, n, defaults[n])

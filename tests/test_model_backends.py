@@ -427,6 +427,26 @@ def test_q_and_k_are_rotated_inside_the_band_kernel_exactly_where_it_runs(monkey
             )
 
 
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("fused", [True, False])
+def test_attend_rotates_then_attends_where_no_kernel_runs(window, fused):
+    """On the CPU (no kernel runs) `attend` is rotary then the backend: against rotate-half RoPE and the dense
+    float64 reference."""
+    from flex_bert.kernels import attend
+    from flex_bert.kernels.rotary import rotary_cos_sin
+
+    q, k, v, cu, max_len = random_qkv(LENGTHS)
+    cos, sin = rotary_cos_sin(positions_from_cu_seqlens(cu, q.shape[0]), D, 10000.0)
+    out = attend("auto", torch.stack((q, k, v), dim=1), cos, sin, cu, max_len, window, fused)
+
+    def rotate(x):
+        x1, x2 = x.double().chunk(2, dim=-1)
+        return x.double() * cos[:, None].double() + torch.cat((-x2, x1), dim=-1) * sin[:, None].double()
+
+    want = dense_reference(rotate(q), rotate(k), v, cu, window)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["band", "auto"])
 @pytest.mark.parametrize("fused", [True, False])

@@ -46,7 +46,7 @@ DKDV = dict(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=4)
 DQ = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
 BWD = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)  # the one-pass backward
 # The same kernels rotating q and k (`band_attention_rope`): more registers, so more warps where the settings above
-# spill (scripts/check_kernels.py) and the fastest of `bench_attention.py --rope-sweep`.
+# spill (scripts/check_kernels.py) and the fastest of `bench_attention.py --rope --sweep`.
 FWD_ROPE = dict(FWD)
 DKDV_ROPE = dict(BLOCK_M=32, BLOCK_N=64, num_warps=8, num_stages=2)
 DQ_ROPE = dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=1)
