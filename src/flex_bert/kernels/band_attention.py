@@ -400,12 +400,13 @@ def _band_dq_unrotate(
     DQ32, COS, SIN, DQKV, T, H: tl.constexpr, D: tl.constexpr, STRIDE: tl.constexpr, BLOCK: tl.constexpr
 ):
     """The one-pass backward's last step with ROPE: the float32 (T, H, D) dQ of rotated q, stored through the
-    inverse rotation as the q slot of the packed projection's gradient (in place of a dtype conversion)."""
-    h = tl.program_id(1)
+    inverse rotation as the q slot of the packed projection's gradient (in place of a dtype conversion). One
+    program per BLOCK tokens, all heads: each token's table row is read from memory once, not once a head."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < T
-    dq = _rows(DQ32, offs, in_range, H * D, D, h)
-    _store_unrotated(DQKV, COS, SIN, offs, in_range, STRIDE, D, h, dq, BLOCK)
+    for h in range(H):
+        dq = _rows(DQ32, offs, in_range, H * D, D, h)
+        _store_unrotated(DQKV, COS, SIN, offs, in_range, STRIDE, D, h, dq, BLOCK)
 
 
 def _scales(D: int) -> tuple[float, float]:
@@ -450,9 +451,7 @@ def _backward(do, q, k, v, cos, sin, o, lse, lo, hi, half: int, dq, dk, dv) -> N
         _band_bwd[grid](q, k, v, cos, sin, do, lse, delta, lo, hi, dq32, dk, dv, *args, ATOMIC_DQ=True, **layout,
                         **tiles)  # fmt: skip
         if rope:
-            _band_dq_unrotate[(triton.cdiv(T, 64), H)](
-                dq32, cos, sin, dq, T, H, D, layout["STRIDE"], BLOCK=64
-            )
+            _band_dq_unrotate[(triton.cdiv(T, 32),)](dq32, cos, sin, dq, T, H, D, layout["STRIDE"], BLOCK=32)
         else:
             dq.copy_(dq32)
         return
