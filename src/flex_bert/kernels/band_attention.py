@@ -191,6 +191,15 @@ def _store_grad(
 
 
 @triton.jit
+def _head_and_start(H: tl.constexpr, BLOCK: tl.constexpr):
+    """(head, first token) of this program of a one-dimensional grid of (token tiles x H) programs, heads
+    fastest: the programs running at once cover all heads of a few neighbouring tiles, so they share the rotary
+    tables' rows (the same for every head) as well as the band's overlapping key tiles."""
+    pid = tl.program_id(0)
+    return pid % H, (pid // H) * BLOCK
+
+
+@triton.jit
 def _span(start, size, LO, HI, T, HALF: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr):
     """Tokens start..start+size-1 (those < T): their document bounds, and the range [first, last) of tokens,
     aligned down to STEP, that any of them may attend to."""
@@ -238,8 +247,7 @@ def _band_fwd(
     STRIDE: tl.constexpr,
     ROPE: tl.constexpr,
 ):
-    h = tl.program_id(1)
-    m0 = tl.program_id(0) * BLOCK_M
+    h, m0 = _head_and_start(H, BLOCK_M)
     K += SLOT
     V += 2 * SLOT
     offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
@@ -310,8 +318,7 @@ def _band_bwd(
     tiles of its band): scores and dP are computed once, not once per kernel. Without, DQ is not touched
     (`_band_bwd_dq` computes dQ) and q is loaded transposed, the layout the split path's tiles were tuned for.
     DK and DV are laid out as K and V."""
-    h = tl.program_id(1)
-    n0 = tl.program_id(0) * BLOCK_N
+    h, n0 = _head_and_start(H, BLOCK_N)
     K += SLOT
     V += 2 * SLOT
     DK += SLOT
@@ -373,8 +380,7 @@ def _band_bwd_dq(
     ROPE: tl.constexpr,
 ):
     """One query tile: dQ = scale * sum dS K over the key tiles of its band, laid out as Q."""
-    h = tl.program_id(1)
-    m0 = tl.program_id(0) * BLOCK_M
+    h, m0 = _head_and_start(H, BLOCK_M)
     K += SLOT
     V += 2 * SLOT
     offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
@@ -430,7 +436,7 @@ def _forward(q, k, v, cos, sin, lo, hi, half: int) -> tuple[torch.Tensor, torch.
     o, lse = q.new_empty((T, H, D)), q.new_empty((T, H), dtype=torch.float32)
     layout = _layout(q)
     tiles = FWD_ROPE if layout["ROPE"] else FWD
-    grid = (triton.cdiv(T, tiles["BLOCK_M"]), H)
+    grid = (triton.cdiv(T, tiles["BLOCK_M"]) * H,)
     _band_fwd[grid](q, k, v, cos, sin, o, lse, lo, hi, T, H, D, half, *_scales(D), **layout, **tiles)
     return o, lse
 
@@ -447,7 +453,7 @@ def _backward(do, q, k, v, cos, sin, o, lse, lo, hi, half: int, dq, dk, dv) -> N
     if not torch.are_deterministic_algorithms_enabled():
         tiles = BWD_ROPE if rope else BWD
         dq32 = torch.zeros((T, H, D), dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(T, tiles["BLOCK_N"]), H)
+        grid = (triton.cdiv(T, tiles["BLOCK_N"]) * H,)
         _band_bwd[grid](q, k, v, cos, sin, do, lse, delta, lo, hi, dq32, dk, dv, *args, ATOMIC_DQ=True, **layout,
                         **tiles)  # fmt: skip
         if rope:
@@ -456,11 +462,11 @@ def _backward(do, q, k, v, cos, sin, o, lse, lo, hi, half: int, dq, dk, dv) -> N
             dq.copy_(dq32)
         return
     tiles = DKDV_ROPE if rope else DKDV
-    grid = (triton.cdiv(T, tiles["BLOCK_N"]), H)
+    grid = (triton.cdiv(T, tiles["BLOCK_N"]) * H,)
     _band_bwd[grid](q, k, v, cos, sin, do, lse, delta, lo, hi, dq, dk, dv, *args, ATOMIC_DQ=False, **layout,
                     **tiles)  # fmt: skip
     tiles = DQ_ROPE if rope else DQ
-    grid = (triton.cdiv(T, tiles["BLOCK_M"]), H)
+    grid = (triton.cdiv(T, tiles["BLOCK_M"]) * H,)
     _band_bwd_dq[grid](q, k, v, cos, sin, do, lse, delta, lo, hi, dq, *args, **layout, **tiles)
 
 
