@@ -18,7 +18,6 @@ On CPU (smoke test) flex has no backward: forward only, fp32. Usage:
                                     [--max-len 1024] [--kernels varlen,band]
   python scripts/bench_attention.py --sweep [FWD,BWD]  # the band kernel's tile shapes, forward and backward
   python scripts/bench_attention.py --sweep defaults   # both backwards of the band kernel at their defaults
-  python scripts/bench_attention.py --rope [--sweep]   # rotary inside the band kernel against beside it
   python scripts/bench_attention.py --device cpu --tokens 2048
 """
 
@@ -32,75 +31,45 @@ import torch
 
 from flex_bert.bench.attention import make_inputs, max_errors, time_ms, useful_pairs
 from flex_bert.bench.corpora import packed_lengths
-from flex_bert.kernels import BACKENDS, band_attention, flex, fused_rotary
+from flex_bert.kernels import BACKENDS, band_attention, flex
 from flex_bert.kernels.flex import flex_attention_backend, flex_block_mask
-from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
 
 # the band kernel with half a window of 2^30 tokens: global attention, one compilation
 GLOBAL_WINDOW = 1 << 31
 
 
-def rope_inputs(q, k, v, cu):
-    """The packed (T, 3, H, D) projection of q, k, v and the rotary tables of its documents' positions."""
-    qkv = torch.stack((q, k, v), dim=1).detach().requires_grad_(q.requires_grad)
-    cos, sin = rotary_cos_sin(positions_from_cu_seqlens(cu, q.shape[0]), q.shape[-1], 10000.0)
-    return qkv, cos, sin
-
-
-def rope_kernels(qkv, cos, sin, cu, window: int = 128) -> dict:
-    """A local layer's rotary + attention of a packed projection, two ways: the rotary kernel then the band kernel,
-    and the band kernel rotating q and k itself (`band_attention_rope`, what `attend` runs)."""
-    return {
-        "rotary + band": lambda: band_attention.band_attention(
-            *fused_rotary.rotary_qkv(qkv, cos, sin), cu, window
-        ),
-        "band_attention_rope": lambda: band_attention.band_attention_rope(qkv, cos, sin, cu, window),
-    }
-
-
-def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128, rope: bool = False) -> list[dict]:
+def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128) -> list[dict]:
     """Every tile shape and launch setting of each named kernel of the band attention (the others at their
     defaults), for a local layer (window 128) or another window (`GLOBAL_WINDOW`: a global layer): the forward
     (FWD) timed alone, the backward kernels by forward + backward. BWD is the one-pass backward; DKDV and DQ
-    are the two kernels of the split one (the deterministic mode's). With `rope`, the settings of
-    `band_attention_rope` (FWD_ROPE, ...) on the packed projection. The defaults of both backwards are timed
+    are the two kernels of the split one (the deterministic mode's). The defaults of both backwards are timed
     first. Restores the defaults."""
     import itertools
 
-    suffix = "_ROPE" if rope else ""
-    names = tuple(n + suffix for n in ("FWD", "BWD", "DKDV", "DQ"))
-    kernels = [n if n == "defaults" else n + suffix for n in kernels]
+    names = ("FWD", "BWD", "DKDV", "DQ")
     defaults = {n: dict(getattr(band_attention, n)) for n in names}
-    if rope:
-        qkv, cos, sin = rope_inputs(*inputs, cu)
-        inputs = [qkv]
-        fn = rope_kernels(qkv, cos, sin, cu, window)["band_attention_rope"]
-    else:
-        fn = lambda: band_attention.band_attention(*inputs, cu, window)  # noqa: E731
+    fn = lambda: band_attention.band_attention(*inputs, cu, window)  # noqa: E731
     rows = []
     for split in (False, True):
         torch.use_deterministic_algorithms(split, warn_only=True)
         ms = time_ms(fn, inputs, True, iters)
         rows.append(dict(kernel="defaults", split_bwd=split, ms=ms))
         print(f"defaults, {'split' if split else 'one-pass'} backward: fwd+bwd {ms:8.3f} ms")
-    if rope:  # more registers a tile: the smaller tiles, and one stage where more would spill
-        tiles, launches = [(32, 32), (32, 64), (64, 32), (64, 64)], [(4, 2), (4, 3), (8, 1), (8, 2), (8, 3)]
-    else:
-        tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
-        launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
+    tiles = [(32, 64), (64, 32), (64, 64), (128, 64), (64, 128), (32, 128), (128, 32), (128, 128)]
+    launches = [(4, 2), (4, 3), (4, 4), (8, 2), (8, 3)]  # (num_warps, num_stages)
     for which in (n for n in kernels if n in names):  # "--sweep defaults": the defaults alone
-        torch.use_deterministic_algorithms(which.startswith(("DKDV", "DQ")), warn_only=True)
+        torch.use_deterministic_algorithms(which in ("DKDV", "DQ"), warn_only=True)
         for (bm, bn), (warps, stages) in itertools.product(tiles, launches):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
             for n in names:
                 setattr(band_attention, n, dict(cfg if n == which else defaults[n]))
             try:
-                ms = time_ms(fn, inputs, not which.startswith("FWD"), iters)
+                ms = time_ms(fn, inputs, which != "FWD", iters)
             except Exception as e:  # noqa: BLE001  (e.g. out of shared memory)
                 print(f"{which} {cfg} failed: {type(e).__name__}: {str(e)[-200:]}")
                 continue
             rows.append(dict(kernel=which, ms=ms, **cfg))
-            print(f"{which:<10}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
+            print(f"{which:<5}BM={bm:<4}BN={bn:<4}warps={warps} stages={stages} {ms:8.3f} ms")
     torch.use_deterministic_algorithms(False)
     for n in names:
         setattr(band_attention, n, defaults[n])
@@ -108,31 +77,6 @@ def sweep(inputs, cu, iters: int, kernels: list[str], window: int = 128, rope: b
         best = min((r for r in rows if r["kernel"] == n), key=lambda r: r["ms"], default=None)
         print(f"best {n}: {best}")
     return rows
-
-
-def compare_rope(inputs, cu, args) -> int:
-    """`rope_kernels` forward + backward, both backwards, and the largest differences between the two."""
-    qkv, cos, sin = rope_inputs(*inputs, cu)
-    kernels = rope_kernels(qkv, cos, sin, cu)
-    rows = []
-    for split in (False, True):
-        torch.use_deterministic_algorithms(split, warn_only=True)
-        results = {}
-        for name, fn in kernels.items():
-            ms = time_ms(fn, [qkv], True, args.iters)
-            qkv.grad = None
-            out = fn()
-            out.backward(torch.ones_like(out))
-            results[name] = (out.detach().float(), qkv.grad.float())
-            rows.append(dict(kernel=name, split_bwd=split, ms=ms))
-            print(f"{'split' if split else 'one-pass'} backward  {name:<22}{ms:9.3f} ms")
-        (o1, g1), (o2, g2) = results.values()
-        print(f"  max |difference|: output {(o1 - o2).abs().max().item():.3e}, "
-              f"gradient {(g1 - g2).abs().max().item():.3e}")  # fmt: skip
-    torch.use_deterministic_algorithms(False)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rope": rows}, indent=2))
-    return 0
 
 
 def main(argv=None) -> int:
@@ -160,12 +104,6 @@ def main(argv=None) -> int:
         default="128",
         help="the window of --sweep: a total window (128, a local layer's) or 'global' (a global layer)",
     )
-    ap.add_argument(
-        "--rope",
-        action="store_true",
-        help="a local layer's rotary + attention: the rotary kernel then the band kernel against "
-        "band_attention_rope (CUDA); with --sweep, band_attention_rope's tile settings",
-    )
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -178,12 +116,10 @@ def main(argv=None) -> int:
     inputs = [t.requires_grad_(backward) for t in (q, k, v)]
     if args.sweep:
         window = GLOBAL_WINDOW if args.sweep_window == "global" else int(args.sweep_window)
-        rows = sweep(inputs, cu, args.iters, args.sweep.split(","), window, args.rope)
+        rows = sweep(inputs, cu, args.iters, args.sweep.split(","), window)
         if args.json:
             Path(args.json).write_text(json.dumps({"sweep": rows}, indent=2))
         return 0
-    if args.rope:
-        return compare_rope(inputs, cu, args)
     chosen = args.kernels.split(",") if args.kernels else None
     compiled = torch.compile(flex_attention_backend, dynamic=False)
     print(f"{args.tokens:,} tokens, {len(lengths)} documents (max {max_len}), H={H} D={D} {dtype}, "

@@ -48,7 +48,7 @@ class Recorder:
 
 def run_ops() -> None:
     """Every kernel op forward and backward, as the model calls them (both dropouts of the joint, the joint's
-    backward with and without the residual's gradient, both backwards of the band kernel, on q, k, v and on the packed projection)."""
+    backward with and without the residual's gradient, both backwards of the band kernel)."""
     req = dict(requires_grad=True)
     for p, both in ((0.1, True), (0.0, False)):
         x, br = torch.randn(T, C, **req), torch.randn(T, C, dtype=torch.bfloat16, **req)
@@ -67,8 +67,6 @@ def run_ops() -> None:
         torch.use_deterministic_algorithms(deterministic)
         q, k, v = (torch.randn(T, H, D, dtype=torch.bfloat16, **req) for _ in range(3))
         band_attention.band_attention(q, k, v, cu, 128).float().sum().backward()
-        qkv = torch.randn(T, 3, H, D, dtype=torch.bfloat16, **req)
-        band_attention.band_attention_rope(qkv, cos, sin, cu, 128).float().sum().backward()
     torch.use_deterministic_algorithms(False)
 
 

@@ -54,7 +54,6 @@ def test_union_and_difference_match_a_brute_force_count(seed):
         ("_band_fwd", "attention forward"),
         ("_band_bwd", "attention backward"),
         ("_band_bwd_dq", "attention backward"),
-        ("_band_dq_unrotate", "attention backward"),
         ("_ce_bwd", "MLM loss (FlexBERT's cross-entropy kernels)"),
         (
             "triton_red_fused__to_copy_add_native_layer_norm_0",

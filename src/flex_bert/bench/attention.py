@@ -26,21 +26,16 @@ def make_inputs(lengths, H, D, dtype, device, seed=0):
 
 
 def time_ms(fn, inputs, backward: bool, iters: int, warmup: int = 3) -> float:
-    """Median milliseconds of `fn()` (forward, or forward + backward of a random gradient into `inputs`)."""
-    grads: list[torch.Tensor] = []
-
     def step():
         if backward:
             for t in inputs:
                 t.grad = None
-            out = fn()
-            if not grads:
-                grads.append(torch.randn_like(out))
-            out.backward(grads[0])
+            fn().backward(grad)
         else:
             with torch.no_grad():
                 fn()
 
+    grad = torch.randn_like(inputs[0]) if backward else None
     cuda = inputs[0].is_cuda
     times = []
     for i in range(warmup + iters):

@@ -169,15 +169,6 @@ def auto_kernel(q: torch.Tensor, window: int | None) -> AttentionFn:
     return varlen_attention
 
 
-def runs_band_kernel(backend: str, x: torch.Tensor, window: int | None) -> bool:
-    """Whether attention backend `backend` runs the band kernel on this call (a local layer of `band`, or of
-    `auto` where `auto_kernel` picks it); x is q, or the packed projection, on its device in its dtype."""
-    if window is None:
-        return False
-    fn = get_backend(backend)
-    return fn is band_backend or (fn is auto_attention and auto_kernel(x, window) is band_backend)
-
-
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """The fastest kernels where they run (`auto_kernel`); the exact SDPA reference elsewhere."""
     return auto_kernel(q, window)(q, k, v, cu_seqlens, max_seqlen, window)
@@ -192,7 +183,7 @@ class Backend:
 
 _FLASH = Backend(varlen_attention, r"flash.*fwd", r"flash.*bwd")  # PyTorch's and Dao-AILab's flash kernels
 _BAND = Backend(
-    band_backend, r"^_band_fwd|" + _FLASH.forward_kernels, r"^_band_(bwd|delta|dq)|" + _FLASH.backward_kernels
+    band_backend, r"^_band_fwd|" + _FLASH.forward_kernels, r"^_band_(bwd|delta)|" + _FLASH.backward_kernels
 )
 _FA4 = Backend(fa4_backend, r"flash.*(fwd|forward)", r"flash.*(bwd|backward)")  # CuTe DSL kernel names
 _SDPA = Backend(sdpa_attention, r"fmha.*(fwd|cutlassF)|attn.*fwd", r"fmha.*(bwd|cutlassB)|attn.*bwd")

@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import policy
-from .backends import get_backend, runs_band_kernel
 from .rotary import apply_rotary
 
 
@@ -50,27 +49,6 @@ def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
         return kernel.rotary_qkv(qkv_T3HD, cos_TD, sin_TD)
     q, k, v = qkv_T3HD.unbind(dim=1)
     return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
-
-
-def attend(
-    backend: str,
-    qkv_T3HD: torch.Tensor,
-    cos_TD: torch.Tensor,
-    sin_TD: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    max_seqlen: int,
-    window: int | None,
-    fused: bool,
-) -> torch.Tensor:
-    """Attention (T, H, D) of a (T, 3, H, D) projection whose q and k are rotated first (`rotary_qkv`), with
-    attention backend `backend`. Fused, where the backend runs the band kernel (local layers), the band kernel
-    rotates q and k itself and returns the projection's gradient (`band_attention_rope`): no rotary kernel."""
-    if fused and runs_band_kernel(backend, qkv_T3HD, window):
-        band = policy.kernel("band_attention", qkv_T3HD)
-        if band is not None and band.fits_rope(qkv_T3HD, cos_TD):
-            return band.band_attention_rope(qkv_T3HD, cos_TD, sin_TD, cu_seqlens, window)
-    q, k, v = rotary_qkv(qkv_T3HD, cos_TD, sin_TD, fused)
-    return get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)
 
 
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int, fused: bool):

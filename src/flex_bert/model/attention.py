@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import attend
+from flex_bert.kernels import get_backend, rotary_qkv
 
 from .config import FlexBertConfig
 
@@ -26,13 +26,15 @@ class Attention(nn.Module):
         self.window = config.sliding_window if self.is_local else None
         self.Wqkv = nn.Linear(H, 3 * H, bias=config.attn_qkv_bias)
         self.Wo = nn.Linear(H, H, bias=config.attn_out_bias)  # its dropout is the layer's (add_norm)
-        self.backend_name = config.attention_backend  # a name of `BACKENDS`: the config checks it
+        self.backend_name = config.attention_backend
+        self.backend = get_backend(config.attention_backend)
         self.fused = config.fused_kernels
 
     def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
         T = x_TC.shape[0]
         qkv = self.Wqkv(x_TC).view(T, 3, self.num_heads, self.head_dim)
-        out_THD = attend(self.backend_name, qkv, *rope, cu_seqlens, max_seqlen, self.window, self.fused)
+        q, k, v = rotary_qkv(qkv, *rope, fused=self.fused)
+        out_THD = self.backend(q, k, v, cu_seqlens, max_seqlen, self.window)
         return self.Wo(out_THD.reshape(T, -1))
 
     def extra_repr(self) -> str:

@@ -116,8 +116,7 @@ class FlexBertConfig:
     attention_backend: str = "auto"
     # FlexBERT's Triton kernels on CUDA (kernels/ops.py): residual add + dropout + LayerNorm, the GELU gate,
     # rotary of QKV, the MLM loss. false: the PyTorch composition (the same computation, another dropout mask).
-    # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend; with fused
-    # kernels it also does the rotary of the local layers it runs, `kernels.ops.attend`.)
+    # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend.)
     fused_kernels: bool = True
     max_position_embeddings: int = (
         CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
