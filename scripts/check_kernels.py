@@ -27,7 +27,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from flex_bert.kernels import band_attention, fused_cross_entropy, fused_glu, fused_norm, fused_rotary
+from flex_bert.kernels import (
+    band_attention,
+    fused_cross_entropy,
+    fused_glu,
+    fused_norm,
+    fused_rotary,
+)
 
 MODULES = (fused_norm, fused_glu, fused_rotary, fused_cross_entropy, band_attention)
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
@@ -86,25 +92,32 @@ def record() -> list[tuple]:
     return calls
 
 
-def specialise(fn: JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
-    """(signature, constexprs, compile options) of one launch."""
+def specialise(fn: JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
+    """(signature, constexprs, attributes, compile options) of one launch. The attributes are the alignment
+    Triton's JIT specialises on at a launch (a pointer or integer divisible by 16): without them the compiler
+    can vectorise no load and pipeline no copy, and the registers counted here would be a different kernel's."""
     names = [p.name for p in fn.params]
     values = {**dict(zip(names, args, strict=False)), **{k: v for k, v in kwargs.items() if k in names}}
     options = {k: v for k, v in kwargs.items() if k not in names}
-    signature, constexprs = {}, {}
-    for p in fn.params:
+    signature, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
         value = values[p.name]
         if p.is_constexpr or value is None:
             signature[p.name], constexprs[p.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
+            continue
+        if isinstance(value, torch.Tensor):
             signature[p.name] = "*" + TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
         elif isinstance(value, bool):
-            signature[p.name] = "i1"
+            signature[p.name], aligned = "i1", False
         elif isinstance(value, int):
             signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            aligned = value % 16 == 0
         else:
-            signature[p.name] = "fp32"
-    return signature, constexprs, options
+            signature[p.name], aligned = "fp32", False
+        if aligned and not p.do_not_specialize:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs, options
 
 
 def resources(cubin: bytes) -> dict:
@@ -130,7 +143,7 @@ def compile_all(calls: list[tuple], arch: int) -> list[dict]:
     target = GPUTarget("cuda", arch, 32)
     results, seen = [], set()
     for fn, args, kwargs in calls:
-        signature, constexprs, options = specialise(fn, args, kwargs)
+        signature, constexprs, attrs, options = specialise(fn, args, kwargs)
         key = (
             fn.__name__,
             tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
@@ -142,7 +155,7 @@ def compile_all(calls: list[tuple], arch: int) -> list[dict]:
         shown = {k: v for k, v in constexprs.items() if k.isupper() and v is not None and k not in ("H", "D")}
         row = {"kernel": fn.__name__, "constexprs": shown, **options}
         try:
-            kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=target,
+            kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                     options=options)  # fmt: skip
             row.update(shared_bytes=kernel.metadata.shared, **resources(kernel.asm["cubin"]))
         except Exception as e:  # noqa: BLE001 (reported, and the exit status says it)

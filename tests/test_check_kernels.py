@@ -18,8 +18,8 @@ def launched_kernels() -> set[str]:
     """The kernels of FlexBERT's kernel modules: @triton.jit functions that no code calls as `name(...)` (the
     helpers are called from kernels; kernels are launched as `name[grid](...)`)."""
     names = set()
-    for module in ("band_attention", "fused_cross_entropy", "fused_glu", "fused_norm", "fused_rotary"):
-        source = (ROOT / "src/flex_bert/kernels" / f"{module}.py").read_text()
+    for path in (ROOT / "src/flex_bert/kernels").glob("*.py"):
+        source = path.read_text()
         for name in re.findall(r"@triton\.jit\s*\ndef (\w+)\(", source):
             if len(re.findall(rf"\b{name}\(", source)) == 1:  # its def only
                 names.add(name)
@@ -40,3 +40,30 @@ def test_every_launched_kernel_compiles_for_sm90(tmp_path):
     # both backwards of the band kernel and both dropouts of the joint were compiled
     assert {r["constexprs"]["ATOMIC_DQ"] for r in results if r["kernel"] == "_band_bwd"} == {True, False}
     assert {r["constexprs"]["DROPOUT"] for r in results if r["kernel"] == "_add_norm_fwd"} == {True, False}
+
+
+def test_specialise_gives_the_alignment_a_launch_specialises_on():
+    """Triton's JIT marks 16-byte-aligned pointers and integers divisible by 16 (`tt.divisibility`); compiled
+    without those marks a kernel vectorises no load, and its register count is another kernel's."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import check_kernels
+    from triton.runtime.jit import JITFunction
+
+    from flex_bert.kernels import fused_rotary
+
+    kernel = fused_rotary._rotary_qkv_fwd
+    kernel = (
+        JITFunction(kernel.fn) if not isinstance(kernel, JITFunction) else kernel
+    )  # under the interpreter
+    x = torch.empty(256, dtype=torch.bfloat16)  # the allocator aligns it; x[1:] is 2 bytes off
+    args = (x, x[1:], x, x, x, x, 48, 12, 64)  # QKV, COS, SIN, Q, K, V, T, H, D
+    signature, constexprs, attrs, options = check_kernels.specialise(
+        kernel, args, {"BLOCK_T": 4, "BLOCK_J": 512, "num_warps": 4}
+    )
+    names = [p.name for p in kernel.params]
+    marked = {names[i] for (i,) in attrs}
+    assert marked == {"QKV", "SIN", "Q", "K", "V", "T"}  # not COS (misaligned), not H or D (constexpr)
+    assert all(a == [["tt.divisibility", 16]] for a in attrs.values())
+    assert signature["T"] == "i32" and constexprs["H"] == 12 and options == {"num_warps": 4}
