@@ -1,11 +1,14 @@
-"""The fused kernels (kernels/fused_norm.py, kernels/fused_glu.py) against Inductor's compiled composition, alone.
+"""The fused kernels (kernels/fused_norm.py, fused_glu.py, fused_qkv.py) against what they replace, alone.
 
 For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the residual joint
 `x + dropout(branch)` -> LayerNorm (fp32 stream, bf16 branch and output, p = 0.1 and 0) and the GLU gate
-`gelu(a) * g` (bf16), forward and backward, in ms (triton.testing.do_bench, median) and in TB/s of the bytes
-each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes per gate
-element). `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps, backward programs
-per SM) at ModernBERT-base's width, to choose `fused_norm`'s defaults.
+`gelu(a) * g` (bf16) against Inductor's compiled composition, in ms (triton.testing.do_bench, median) and in
+TB/s of the bytes each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes
+per gate element); the QKV projection with rotary in its epilogue (`fused_qkv`) against cuBLAS's projection +
+the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s.
+All forward and backward. `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps,
+backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width,
+to choose the defaults.
 
 Usage (GPU): python scripts/bench_fused.py [--tokens 98304] [--sweep] [--json OUT]
 """
@@ -20,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.kernels import fused_glu, fused_norm
+from flex_bert.kernels import fused_glu, fused_norm, fused_qkv, fused_rotary
+from flex_bert.kernels.rotary import rotary_cos_sin
 
 # the recipe's two joints: attention output (attn_out_dropout_prob 0.1) and MLP output (mlp_dropout_prob 0.0)
 JOINT_DROPOUTS = (0.1, 0.0)
@@ -42,16 +46,17 @@ def _fwd_bwd_ms(fn, inputs) -> tuple[float, float]:
     return fwd, bwd
 
 
-def _compare(fns, inputs, fwd_bytes: int, bwd_bytes: int) -> dict:
-    """{name: fwd/bwd ms and TB/s} for each (name, fn) computing the same op on `inputs`."""
+def _compare(fns, inputs, fwd_work: int, bwd_work: int, unit: str = "TBps") -> dict:
+    """{name: fwd/bwd ms and rate} for each (name, fn) computing the same op on `inputs`; the rate is the bytes
+    (TB/s) or FLOPs (TFLOP/s) each pass must do, per second."""
     out = {}
     for name, fn in fns:
         fwd, bwd = _fwd_bwd_ms(fn, inputs)
         out[name] = {
             "fwd_ms": round(fwd, 4),
             "bwd_ms": round(bwd, 4),
-            "fwd_TBps": round(fwd_bytes / fwd / 1e9, 2),
-            "bwd_TBps": round(bwd_bytes / bwd / 1e9, 2),
+            f"fwd_{unit}": round(fwd_work / fwd / 1e9, 2),
+            f"bwd_{unit}": round(bwd_work / bwd / 1e9, 2),
         }
     return out
 
@@ -86,6 +91,58 @@ def bench_gate(T: int, N: int) -> dict:
         return F.gelu(a) * g
 
     return _compare((("fused", fused_glu.gelu_gate), ("inductor", composed)), (h,), 6 * T * N, 10 * T * N)
+
+
+def qkv_inputs(T: int, C: int, H: int):
+    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(3 * C, C, device="cuda") / C**0.5).to(torch.bfloat16).requires_grad_(True)
+    positions = torch.arange(T, device="cuda") % 1024  # documents of 1024 tokens
+    cos, sin = rotary_cos_sin(positions, C // H, 160_000.0)
+    return x, w, cos, sin
+
+
+def bench_qkv(T: int, C: int, H: int) -> dict:
+    """The projection + rotary three ways; the rates are the projection's TFLOP/s (2 T C 3C a product)."""
+    x, w, cos, sin = qkv_inputs(T, C, H)
+
+    def fused(x, w):
+        return fused_qkv.qkv_rotary(x, w, None, cos, sin, H)
+
+    def unfused(x, w):
+        return fused_rotary.rotary_qkv(F.linear(x, w).view(T, 3, H, -1), cos, sin)
+
+    fns = (("fused", fused), ("cublas+rotary", unfused), ("cublas_only", F.linear))
+    flops = 2 * T * C * 3 * C
+    res = _compare(fns, (x, w), flops, 2 * flops, "TFLOPs")
+    ref = [o.float() for o in unfused(x, w)]
+    res["fused_vs_unfused_max_abs"] = max(
+        (a.float() - b).abs().max().item() for a, b in zip(fused(x, w), ref)
+    )
+    return res
+
+
+# `fused_qkv`'s tile configurations to time (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): those
+# that compile for sm_90 without spills (scripts/check_kernels.py), around the default
+QKV_SWEEP = [
+    (bm, heads, 64, 8, 8, stages, programs)
+    for bm, heads in ((128, 4), (128, 2), (256, 2))
+    for stages in (3, 4)
+    for programs in (0, 1, 2)
+] + [(128, 4, 32, 8, 8, 5, 2), (64, 4, 64, 8, 8, 4, 0), (128, 4, 64, 4, 8, 4, 0)]  # fmt: skip
+
+
+def sweep_qkv(T: int, C: int, H: int) -> list[dict]:
+    """`fused_qkv`'s forward over `QKV_SWEEP`; a configuration that fails to launch is listed with its error."""
+    x, w, cos, sin = qkv_inputs(T, C, H)
+    results = []
+    for config in QKV_SWEEP:
+        try:
+            ms = _bench(lambda c=config: fused_qkv.launch(x, w, None, cos, sin, H, c))
+        except Exception as e:  # out of shared memory
+            results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            continue
+        results.append({"config": config, "fwd_ms": ms, "TFLOPs": round(2 * T * C * 3 * C / ms / 1e9, 1)})
+    return sorted(results, key=lambda r: r.get("fwd_ms", float("inf")))
 
 
 def sweep_joint(T: int, C: int, p: float) -> list[dict]:
@@ -132,9 +189,13 @@ def main(argv=None) -> int:
             print(f"joint C={C} p={p}: {res[f'joint_C{C}_p{p}']}", flush=True)
         res[f"gate_N{N}"] = bench_gate(T, N)
         print(f"gate N={N}: {res[f'gate_N{N}']}", flush=True)
+        res[f"qkv_C{C}"] = bench_qkv(T, C, C // 64)
+        print(f"qkv C={C}: {res[f'qkv_C{C}']}", flush=True)
         if args.sweep and C == 768:  # the tile defaults are chosen on ModernBERT-base
             res[f"sweep_C{C}"] = sweep = sweep_joint(T, C, 0.1)
             print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)
+            res[f"sweep_qkv_C{C}"] = sweep = sweep_qkv(T, C, C // 64)
+            print(f"sweep qkv C={C}, best 8 of {len(sweep)}: {sweep[:8]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 import triton
+from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
@@ -32,12 +34,11 @@ from flex_bert.kernels import (
     fused_cross_entropy,
     fused_glu,
     fused_norm,
+    fused_qkv,
     fused_rotary,
 )
 
-MODULES = (fused_norm, fused_glu, fused_rotary, fused_cross_entropy, band_attention)
-TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32",
-         torch.int64: "i64", torch.bool: "i1"}  # fmt: skip
+MODULES = (fused_norm, fused_glu, fused_rotary, fused_qkv, fused_cross_entropy, band_attention)
 # ModernBERT-base: tokens, hidden, GLU width, heads, head dim, vocabulary (masked rows)
 T, C, N, H, D, V, ROWS = 512, 768, 1152, 12, 64, 50368, 64
 
@@ -66,6 +67,8 @@ def run_ops() -> None:
     qkv = torch.randn(T, 3, H, D, dtype=torch.bfloat16, **req)
     cos, sin = torch.randn(T, D), torch.randn(T, D)
     sum(x.float().sum() for x in fused_rotary.rotary_qkv(qkv, cos, sin)).backward()
+    x, w = torch.randn(T, C, dtype=torch.bfloat16, **req), torch.randn(3 * C, C, dtype=torch.bfloat16, **req)
+    sum(y.float().sum() for y in fused_qkv.qkv_rotary(x, w, None, cos, sin, H)).backward()
     logits = torch.randn(ROWS, V, dtype=torch.bfloat16, **req)
     fused_cross_entropy.cross_entropy(logits, torch.randint(0, V, (ROWS,))).backward()
     cu = torch.tensor([0, 100, 400, T], dtype=torch.int32)
@@ -93,30 +96,27 @@ def record() -> list[tuple]:
 
 
 def specialise(fn: JITFunction, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
-    """(signature, constexprs, attributes, compile options) of one launch. The attributes are the alignment
-    Triton's JIT specialises on at a launch (a pointer or integer divisible by 16): without them the compiler
-    can vectorise no load and pipeline no copy, and the registers counted here would be a different kernel's."""
+    """(signature, constexprs, attributes, compile options) of one launch, by the function Triton's JIT
+    specialises a launch's arguments with: types (a tensor descriptor's box included), the integer 1 as a
+    constant, and the alignment attributes (a pointer or integer divisible by 16). Without those the compiler
+    can vectorise no load and pipeline no copy, and the registers counted here would be another kernel's."""
     names = [p.name for p in fn.params]
     values = {**dict(zip(names, args, strict=False)), **{k: v for k, v in kwargs.items() if k in names}}
     options = {k: v for k, v in kwargs.items() if k not in names}
     signature, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(fn.params):
         value = values[p.name]
-        if p.is_constexpr or value is None:
+        if p.is_constexpr:
             signature[p.name], constexprs[p.name] = "constexpr", value
             continue
-        if isinstance(value, torch.Tensor):
-            signature[p.name] = "*" + TYPES[value.dtype]
-            aligned = value.data_ptr() % 16 == 0
-        elif isinstance(value, bool):
-            signature[p.name], aligned = "i1", False
-        elif isinstance(value, int):
-            signature[p.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            aligned = value % 16 == 0
-        else:
-            signature[p.name], aligned = "fp32", False
-        if aligned and not p.do_not_specialize:
-            attrs[(i,)] = [["tt.divisibility", 16]]
+        kind, spec = native_specialize_impl(
+            CUDABackend, value, False, not p.do_not_specialize, not p.do_not_specialize_on_alignment
+        )
+        signature[p.name] = kind
+        if kind == "constexpr":
+            constexprs[p.name] = value
+        elif spec:
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
     return signature, constexprs, attrs, options
 
 

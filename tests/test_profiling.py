@@ -51,6 +51,7 @@ def test_union_and_difference_match_a_brute_force_count(seed):
         ),  # not "eager ... norm"
         ("_gelu_gate_fwd", "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)"),
         ("_rotary_qkv_bwd", "FlexBERT's Triton kernels (residual joints, GLU gate, rotary)"),
+        ("_qkv_rotary_fwd", "matrix products"),  # the QKV projection with its rotary epilogue
         ("_band_fwd", "attention forward"),
         ("_band_bwd", "attention backward"),
         ("_band_bwd_dq", "attention backward"),

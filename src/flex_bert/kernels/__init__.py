@@ -1,11 +1,20 @@
 """FlexBERT's kernels behind one door: the fused-or-plain operations the model calls (`add_norm`, `gelu_gate`,
-`rotary_qkv`, `cross_entropy`, ops.py), the attention backends by name (`BACKENDS`, backends.py), the policy
+`qkv_rotary`, `rotary_qkv`, `cross_entropy`, ops.py), the attention backends by name (`BACKENDS`, backends.py), the policy
 that decides where each kernel runs (policy.py) and the one way a kernel becomes an autograd op (op.py).
 
 Nothing here imports the model, train/ or composer.
 """
 
 from .backends import BACKENDS, Backend, get_backend
-from .ops import add_norm, cross_entropy, gelu_gate, rotary_qkv
+from .ops import add_norm, cross_entropy, gelu_gate, qkv_rotary, rotary_qkv
 
-__all__ = ["BACKENDS", "Backend", "add_norm", "cross_entropy", "gelu_gate", "get_backend", "rotary_qkv"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "add_norm",
+    "cross_entropy",
+    "gelu_gate",
+    "get_backend",
+    "qkv_rotary",
+    "rotary_qkv",
+]

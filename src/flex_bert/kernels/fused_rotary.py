@@ -109,7 +109,7 @@ def _fwd_fake(qkv, cos, sin):
     return tuple(qkv.new_empty((T, H, D)) for _ in range(3))
 
 
-def _bwd(
+def rotary_qkv_backward(
     dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> torch.Tensor:
     T, H, D = dq.shape
@@ -124,7 +124,12 @@ def _bwd_fake(dq, dk, dv, cos, sin):
 
 
 _fwd, _bwd = autograd_op(
-    "rotary_qkv", _fwd, _fwd_fake, _bwd, _bwd_fake, save=lambda inputs, outputs: (inputs[1:], ())
+    "rotary_qkv",
+    _fwd,
+    _fwd_fake,
+    rotary_qkv_backward,
+    _bwd_fake,
+    save=lambda inputs, outputs: (inputs[1:], ()),
 )
 
 

@@ -51,6 +51,22 @@ def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
     return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
 
 
+def qkv_rotary(
+    x_TC: torch.Tensor, proj: nn.Linear, cos_TD: torch.Tensor, sin_TD: torch.Tensor, heads: int, fused: bool
+):
+    """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
+    `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
+    if fused and x_TC.is_cuda:
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x_TC.dtype
+        x, weight = x_TC.to(dtype), proj.weight.to(dtype)
+        kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
+        if kernel is not None:
+            bias = None if proj.bias is None else proj.bias.to(dtype)
+            return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
+    T = x_TC.shape[0]
+    return rotary_qkv(proj(x_TC).view(T, 3, heads, -1), cos_TD, sin_TD, fused)
+
+
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int, fused: bool):
     """Mean cross-entropy in fp32 over labels != ignore_index. Fused: `fused_cross_entropy`."""
     kernel = policy.kernel("cross_entropy", logits_NV, enabled=fused)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import get_backend, rotary_qkv
+from flex_bert.kernels import get_backend, qkv_rotary
 
 from .config import FlexBertConfig
 
@@ -31,11 +31,9 @@ class Attention(nn.Module):
         self.fused = config.fused_kernels
 
     def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
-        T = x_TC.shape[0]
-        qkv = self.Wqkv(x_TC).view(T, 3, self.num_heads, self.head_dim)
-        q, k, v = rotary_qkv(qkv, *rope, fused=self.fused)
+        q, k, v = qkv_rotary(x_TC, self.Wqkv, *rope, self.num_heads, self.fused)
         out_THD = self.backend(q, k, v, cu_seqlens, max_seqlen, self.window)
-        return self.Wo(out_THD.reshape(T, -1))
+        return self.Wo(out_THD.reshape(x_TC.shape[0], -1))
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, window={self.window}, backend={self.backend_name}"

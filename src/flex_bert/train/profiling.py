@@ -44,7 +44,10 @@ def kernel_categories() -> tuple[tuple[str, str], ...]:
         # every backend's kernels (kernels.BACKENDS), backward first: a backward name may contain a forward pattern
         ("attention backward", "|".join(b.backward_kernels for b in BACKENDS.values())),
         ("attention forward", "|".join(b.forward_kernels for b in BACKENDS.values())),
-        ("matrix products", r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_"),
+        (
+            "matrix products",
+            r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_|^_qkv_rotary_",
+        ),  # the last: fused_qkv
         ("optimizer", r"stableadamw|adam"),
         ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
         ("Inductor fused (head norm, loss, ...)", r"^triton_"),

@@ -1,0 +1,104 @@
+"""The QKV projection with rotary in its epilogue (kernels/fused_qkv.py) against a float64 reference: the
+projection, split into heads, q and k rotated (rotate-half), forward and gradients by autograd. On the CPU the
+kernel runs in Triton's interpreter (tests/conftest.py), in fp32 and fp16 (its bf16 products are wrong there)."""
+
+import pytest
+import torch
+
+from flex_bert.kernels import fused_qkv
+from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
+from flex_bert.model.padding import cu_seqlens_from_lengths
+
+
+def _reference(x, weight, bias, cos, sin, H):
+    """float64: x @ weight.T + bias as (T, 3, H, D); x * cos + cat(-x2, x1) * sin on q and k."""
+    T = x.shape[0]
+    qkv = (x @ weight.t() + (0 if bias is None else bias)).view(T, 3, H, -1)
+
+    def rotate(z):
+        z1, z2 = z.chunk(2, dim=-1)
+        return z * cos[:, None] + torch.cat((-z2, z1), dim=-1) * sin[:, None]
+
+    return rotate(qkv[:, 0]), rotate(qkv[:, 1]), qkv[:, 2]
+
+
+def _check(lengths, H, D, C, bias, dtype, device, tol, config=None):
+    cu = cu_seqlens_from_lengths(torch.tensor(lengths))
+    T = int(cu[-1])
+    cos, sin = rotary_cos_sin(positions_from_cu_seqlens(cu, T), D, 10000.0)
+    cos, sin = cos.to(device), sin.to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(T, C, generator=g).to(device, dtype).requires_grad_(True)
+    w = (torch.randn(3 * H * D, C, generator=g) / C**0.5).to(device, dtype).requires_grad_(True)
+    b = torch.randn(3 * H * D, generator=g).to(device, dtype).requires_grad_(True) if bias else None
+    grads = [torch.randn(T, H, D, generator=g).to(device, dtype) for _ in range(3)]
+    if device == "cuda":
+        assert fused_qkv.fits(x, w, cos, H)
+    if config is not None:  # the forward kernel alone, in another tile configuration
+        outs = fused_qkv.launch(
+            x.detach(), w.detach(), None if b is None else b.detach(), cos, sin, H, config
+        )
+    else:
+        outs = fused_qkv.qkv_rotary(x, w, b, cos, sin, H)
+        torch.autograd.backward(outs, grads)
+    assert all(o.shape == (T, H, D) and o.dtype == dtype and o.is_contiguous() for o in outs)
+    leaves = [t.detach().double().requires_grad_(True) for t in (x, w) + ((b,) if bias else ())]
+    x64, w64, b64 = leaves[0], leaves[1], leaves[2] if bias else None
+    want = _reference(x64, w64, b64, cos.double(), sin.double(), H)
+    for got, ref in zip(outs, want):
+        torch.testing.assert_close(got.double(), ref.detach(), rtol=tol, atol=tol)
+    if config is None:
+        torch.autograd.backward(want, [gr.double() for gr in grads])
+        for got, ref in zip((x, w, b), leaves):
+            # sums over T (weight, bias) or 3 H D (x) products, rounded once to the dtype: against the largest
+            err = (got.grad.double() - ref.grad).abs().max().item()
+            assert err <= tol / 2 * ref.grad.abs().max().item()
+
+
+INTERPRETER_CASES = [  # ragged token tiles, one and several heads per tile, with and without bias; tiles
+    # narrower than a GPU's matrix product takes (`fits` keeps those from the GPU) run in the interpreter
+    ([5, 17, 1, 9], 3, 8, 64, True),
+    ([40, 30], 4, 16, 64, False),
+    ([70], 2, 32, 128, True),
+]
+
+
+def _interpreter_only():
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernel)")
+
+
+@pytest.mark.parametrize("lengths, H, D, C, bias", INTERPRETER_CASES)
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
+def test_qkv_rotary_matches_float64_reference_in_the_interpreter(lengths, H, D, C, bias, dtype, tol):
+    _interpreter_only()
+    _check(lengths, H, D, C, bias, dtype, "cpu", tol)
+
+
+@pytest.mark.parametrize(
+    "config", [(16, 2, 32, 1, 4, 2, 0), (32, 1, 64, 2, 4, 3, 1), (32, 2, 64, 2, 4, 3, 2)]
+)  # GROUP_M 1 and 2, persistent, warp-specialised
+def test_qkv_rotary_forward_in_other_tiles_in_the_interpreter(config):
+    _interpreter_only()
+    _check([33, 7, 60], 4, 16, 64, True, torch.float32, "cpu", 1e-5, config)
+
+
+def test_fits_refuses_what_the_kernel_cannot_take():
+    cos = torch.zeros(4, 64)
+    x, w = torch.zeros(4, 768, dtype=torch.bfloat16), torch.zeros(3 * 768, 768, dtype=torch.bfloat16)
+    assert fused_qkv.fits(x, w, cos, 12)
+    assert not fused_qkv.fits(x.float(), w.float(), cos, 12)  # fp32 runs the composition on a GPU
+    assert not fused_qkv.fits(x, w.half(), cos, 12)  # mixed dtypes
+    assert not fused_qkv.fits(x, w, cos.bfloat16(), 12)  # bf16 tables
+    assert not fused_qkv.fits(x, w, cos, 8)  # head dim 96: not a power of two
+    x16, w16 = torch.zeros(4, 64, dtype=torch.bfloat16), torch.zeros(3 * 64, 64, dtype=torch.bfloat16)
+    assert fused_qkv.fits(x16, w16, cos, 4) and not fused_qkv.fits(x16, w16, cos, 16)  # tiles 32 and 8 wide
+    assert not fused_qkv.fits(x[:, :720], w[:, :720], cos, 12)  # C not a multiple of BLOCK_K
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H, bias", [(12, False), (16, True)])  # ModernBERT-base and -large, head dim 64
+def test_qkv_rotary_matches_float64_reference_on_gpu(H, bias):
+    _check([600, 1024, 77, 3000, 1], H, 64, 64 * H, bias, torch.bfloat16, "cuda", 2e-2)
