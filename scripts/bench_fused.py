@@ -174,7 +174,9 @@ def sweep_joint(T: int, C: int, p: float) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=98_304)
-    ap.add_argument("--sweep", action="store_true", help="time the joint's kernels over tile shapes")
+    ap.add_argument(
+        "--sweep", action="store_true", help="time the joint's and fused_qkv's kernels over tile shapes"
+    )
     ap.add_argument("--json", metavar="OUT")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

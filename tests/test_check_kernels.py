@@ -20,7 +20,7 @@ def launched_kernels() -> set[str]:
     names = set()
     for path in (ROOT / "src/flex_bert/kernels").glob("*.py"):
         source = path.read_text()
-        for name in re.findall(r"@triton\.jit\s*\ndef (\w+)\(", source):
+        for name in re.findall(r"@triton\.jit(?:\(.*\))?[^\n]*\ndef (\w+)\(", source):
             if len(re.findall(rf"\b{name}\(", source)) == 1:  # its def only
                 names.add(name)
     return names

@@ -10,7 +10,8 @@ from flex_bert.train.compilation import compile_layers
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["varlen", "auto"])  # auto: the Triton band kernel on local layers too
 def test_fused_model_matches_the_composition_on_gpu(backend):
-    """A bf16-autocast FlexBERT with `fused_kernels` (residual joints, GLU gate, rotary, loss) against the same
+    """A bf16-autocast FlexBERT with `fused_kernels` (residual joints, GLU gate, QKV projection with rotary,
+    loss) against the same
     weights with the PyTorch composition and varlen attention (dropout 0): loss and every gradient within bf16
     tolerance, eager and with compile_layers (the kernels inside Inductor's graphs, forward and backward)."""
     cfg = FlexBertConfig(

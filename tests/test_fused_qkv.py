@@ -78,8 +78,8 @@ def test_qkv_rotary_matches_float64_reference_in_the_interpreter(lengths, H, D, 
 
 
 @pytest.mark.parametrize(
-    "config", [(16, 2, 32, 1, 4, 2, 0), (32, 1, 64, 2, 4, 3, 1), (32, 2, 64, 2, 4, 3, 2)]
-)  # GROUP_M 1 and 2, persistent, warp-specialised
+    "config", [(16, 2, 32, 3, 4, 2, 0), (32, 1, 64, 2, 4, 3, 1), (32, 2, 64, 2, 4, 3, 2)]
+)  # a partial last group of 3 token tiles, persistent, warp-specialised
 def test_qkv_rotary_forward_in_other_tiles_in_the_interpreter(config):
     _interpreter_only()
     _check([33, 7, 60], 4, 16, 64, True, torch.float32, "cpu", 1e-5, config)
@@ -95,6 +95,9 @@ def test_fits_refuses_what_the_kernel_cannot_take():
     assert not fused_qkv.fits(x, w, cos, 8)  # head dim 96: not a power of two
     x16, w16 = torch.zeros(4, 64, dtype=torch.bfloat16), torch.zeros(3 * 64, 64, dtype=torch.bfloat16)
     assert fused_qkv.fits(x16, w16, cos, 4) and not fused_qkv.fits(x16, w16, cos, 16)  # tiles 32 and 8 wide
+    w512 = torch.zeros(3 * 1024, 256, dtype=torch.bfloat16)  # head dim 512: one head is a 256-wide tile
+    assert not fused_qkv.fits(x[:, :256], w512, cos, 2)
+    assert fused_qkv._heads_per_tile(8, 128, 4) == 2  # head dim 128: 2 heads make the widest tile, 128
     assert not fused_qkv.fits(x[:, :720], w[:, :720], cos, 12)  # C not a multiple of BLOCK_K
 
 
@@ -102,3 +105,45 @@ def test_fits_refuses_what_the_kernel_cannot_take():
 @pytest.mark.parametrize("H, bias", [(12, False), (16, True)])  # ModernBERT-base and -large, head dim 64
 def test_qkv_rotary_matches_float64_reference_on_gpu(H, bias):
     _check([600, 1024, 77, 3000, 1], H, 64, 64 * H, bias, torch.bfloat16, "cuda", 2e-2)
+
+
+def test_awkward_inputs_in_the_interpreter():
+    """A bias that is a strided view, a weight 4 bytes off the 16-byte boundary a TMA box needs (one head per
+    tile, where the weight is not copied), no tokens, and an output that reaches no loss."""
+    _interpreter_only()
+    g = torch.Generator().manual_seed(0)
+    T, C, H, D = 37, 64, 3, 16
+    cos, sin = rotary_cos_sin(torch.arange(T) % 11, D, 10000.0)
+    x = torch.randn(T, C, generator=g)
+    storage = torch.randn(3 * H * D * C + 1, generator=g) / C**0.5
+    w = storage[1:].view(3 * H * D, C)  # starts 4 bytes into its storage
+    b = torch.randn(3 * H * D, 2, generator=g)[:, 1]  # stride 2
+    assert w.data_ptr() % 16 and not b.is_contiguous()
+    want = _reference(x.double(), w.double(), b.double(), cos.double(), sin.double(), H)
+    for got, ref in zip(fused_qkv.qkv_rotary(x, w, b, cos, sin, H), want):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    empty = fused_qkv.qkv_rotary(x[:0], w, b, cos[:0], sin[:0], H)
+    assert all(o.shape == (0, H, D) for o in empty)
+    xg = x.clone().requires_grad_(True)
+    q, k, v = fused_qkv.qkv_rotary(xg, w, None, cos, sin, H)
+    (q.sum() + k.sum()).backward()  # v reaches no loss: its gradient is zero, not an error
+    x64 = x.double().requires_grad_(True)
+    q64, k64, _ = _reference(x64, w.double(), None, cos.double(), sin.double(), H)
+    (q64.sum() + k64.sum()).backward()
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("major, runs", [(8, False), (9, True), (10, True)])
+def test_policy_runs_it_on_hopper_and_newer_only(monkeypatch, major, runs):
+    """`policy.kernel` keeps a kernel off GPUs below its module's MIN_CAPABILITY (CPU test: stand-ins for the
+    CUDA tensors and the GPU's generation)."""
+    from types import SimpleNamespace
+
+    from flex_bert.kernels import policy
+
+    monkeypatch.setattr(policy, "_major", lambda device_index: major)
+    cuda0 = torch.device("cuda", 0)
+    x = SimpleNamespace(is_cuda=True, device=cuda0, dtype=torch.bfloat16, shape=(8, 768))
+    w = SimpleNamespace(dtype=torch.bfloat16, shape=(3 * 768, 768))
+    cos = SimpleNamespace(dtype=torch.float32)
+    assert (policy.kernel("qkv_rotary", x, w, cos, 12) is fused_qkv) == runs

@@ -1,6 +1,7 @@
 """FlexBERT's kernels behind one door: the fused-or-plain operations the model calls (`add_norm`, `gelu_gate`,
-`qkv_rotary`, `rotary_qkv`, `cross_entropy`, ops.py), the attention backends by name (`BACKENDS`, backends.py), the policy
-that decides where each kernel runs (policy.py) and the one way a kernel becomes an autograd op (op.py).
+`qkv_rotary`, `cross_entropy`; `rotary_qkv`, its fallback; ops.py), the attention backends by name (`BACKENDS`,
+backends.py), the policy that decides where each kernel runs (policy.py) and the one way a kernel becomes an
+autograd op (op.py).
 
 Nothing here imports the model, train/ or composer.
 """

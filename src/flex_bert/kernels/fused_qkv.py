@@ -8,8 +8,8 @@ and wrote the whole projection once more.
 Each tile is BLOCK_M tokens x HEADS heads, computed as two accumulators: the heads' first halves (d < D/2) and
 their second halves, so the rotation pairs elements at the same place of the two, in registers. x and the
 weight are read by TMA boxes; the weight's rows are reordered for that on each call (`_tile_rows`, a copy of
-the weight). The products accumulate in fp32 and are rotated in fp32 before the one rounding to x's dtype (the
-unfused path rounds the projection, then the rotation). The tables hold equal halves (`rotary.rotary_cos_sin`):
+the weight where a tile holds more than one head). The products accumulate in fp32 and are rotated in fp32
+before the one rounding to x's dtype (the unfused path rounds the projection, then the rotation). The tables hold equal halves (`rotary.rotary_cos_sin`):
 only their first D/2 columns are read, once per token and tile, for all the tile's heads.
 
 Backward: `fused_rotary`'s kernel (inverse rotation of dq, dk, with dv, into the projection's gradient), then
@@ -37,7 +37,7 @@ def _tile(t, T, num_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
     return first_m + (t % per_group) % group_m, (t % per_group) // group_m
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "PROGRAMS"])  # no recompilation as the token count changes
 def _qkv_rotary_fwd(
     x_desc,
     w_desc,
@@ -124,9 +124,16 @@ def _qkv_rotary_fwd(
 CONFIG = (128, 4, 64, 8, 8, 4, 0)
 
 
-def _heads_per_tile(H: int, wanted: int) -> int:
-    """The most heads up to `wanted`, a power of two (a tile's width) that divides H (a tile in one part)."""
-    return max(h for h in (1, 2, 4, 8, 16) if h <= wanted and H % h == 0)
+MIN_CAPABILITY = 9  # TMA boxes and the tile were chosen and measured on Hopper (docs/PERFORMANCE.md)
+MAX_TILE_WIDTH = 128  # columns of each accumulator: wider tiles need more shared memory than an H100 has
+
+
+def _heads_per_tile(H: int, D: int, wanted: int) -> int:
+    """The most heads up to `wanted`, a power of two (a tile's width) that divides H (a tile in one part), in a
+    tile at most MAX_TILE_WIDTH wide (1 if even one head is wider; `fits` refuses that)."""
+    return max(
+        h for h in (1, 2, 4, 8, 16) if h <= wanted and H % h == 0 and (h == 1 or h * D // 2 <= MAX_TILE_WIDTH)
+    )
 
 
 def _tile_rows(weight: torch.Tensor, H: int, tile_heads: int) -> torch.Tensor:
@@ -143,15 +150,16 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
 
     T, C = x.shape
     D = weight.shape[0] // (3 * heads)
-    x = x if x.data_ptr() % 16 == 0 else x.clone()  # a TMA box starts at a 16-byte boundary
     q, k, v = _fwd_fake(x, weight, bias, cos, sin, heads)
+    if T == 0:  # a TMA descriptor takes no empty tensor
+        return q, k, v
     block_m, want_heads, block_k, group_m, warps, stages, persistent = config
-    tile_heads = _heads_per_tile(heads, want_heads)
+    tile_heads = _heads_per_tile(heads, D, want_heads)
     tiles = triton.cdiv(T, block_m) * (3 * heads // tile_heads)
     programs = min(tiles, _num_sms(x.device)) if persistent else tiles
-    x_desc = TensorDescriptor.from_tensor(x, [block_m, block_k])
+    x_desc = TensorDescriptor.from_tensor(_aligned(x), [block_m, block_k])
     w_desc = TensorDescriptor.from_tensor(
-        _tile_rows(weight, heads, tile_heads), [tile_heads * D // 2, block_k]
+        _aligned(_tile_rows(weight, heads, tile_heads)), [tile_heads * D // 2, block_k]
     )
     _qkv_rotary_fwd[(programs,)](
         x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
@@ -160,6 +168,11 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
         num_stages=stages,
     )  # fmt: skip
     return q, k, v
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it where its start is not at the 16-byte boundary a TMA box needs."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _num_sms(device: torch.device) -> int:
@@ -183,9 +196,9 @@ def _fwd_fake(x, weight, bias, cos, sin, heads):
 
 
 def _bwd(
-    dq: torch.Tensor,
-    dk: torch.Tensor,
-    dv: torch.Tensor,
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
+    dv: torch.Tensor | None,
     x: torch.Tensor,
     weight: torch.Tensor,
     cos: torch.Tensor,
@@ -214,8 +227,8 @@ _fwd, _bwd = autograd_op(
 
 def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -> bool:
     """What the kernel takes: half-precision x and weight of one dtype, the weight a (3 H D, C) projection
-    with a power-of-two head dim, tiles at least 16 wide (a GPU matrix product's least), C a multiple of
-    BLOCK_K, and fp32 tables."""
+    with a power-of-two head dim, tiles 16 (a GPU matrix product's least) to MAX_TILE_WIDTH wide, C a multiple
+    of BLOCK_K, and fp32 tables. The GPU: `MIN_CAPABILITY` (policy.py reads it)."""
     D = weight.shape[0] // (3 * heads)
     return (
         x.dtype in (torch.float16, torch.bfloat16)
@@ -223,7 +236,7 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
         and weight.shape == (3 * heads * D, x.shape[-1])
         and D >= 2
         and D & (D - 1) == 0
-        and _heads_per_tile(heads, CONFIG[1]) * D // 2 >= 16
+        and 16 <= _heads_per_tile(heads, D, CONFIG[1]) * D // 2 <= MAX_TILE_WIDTH
         and x.shape[-1] % CONFIG[2] == 0
         and cos.dtype == torch.float32
     )
@@ -231,4 +244,5 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
 
 def qkv_rotary(x_TC, weight, bias, cos_TD, sin_TD, heads: int):
     """(q, k, v): the projection `x @ weight.T (+ bias)` split into heads, q and k rotated."""
+    bias = None if bias is None else bias.contiguous()
     return _fwd(x_TC.contiguous(), weight.contiguous(), bias, cos_TD.contiguous(), sin_TD.contiguous(), heads)

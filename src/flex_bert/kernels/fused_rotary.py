@@ -1,8 +1,10 @@
 """Rotary embedding of the fused QKV projection in one Triton kernel each way (CUDA).
 
 `rotary_qkv(qkv_T3HD, cos_TD, sin_TD) -> (q, k, v)`: q and k rotated (rotate-half layout, fp32 arithmetic,
-as `rotary.apply_rotary`), v copied, each a contiguous (T, H, D) tensor in qkv's dtype. Backward: one kernel
-reads dq, dk, dv and writes the (T, 3, H, D) gradient of qkv with the inverse rotation.
+as `rotary.apply_rotary`), v copied, each a contiguous (T, H, D) tensor in qkv's dtype. Backward
+(`rotary_qkv_backward`): one kernel reads dq, dk, dv and writes the (T, 3, H, D) gradient of qkv with the
+inverse rotation. The model's projection usually rotates in its own epilogue (`fused_qkv`, which uses this
+backward); the forward here runs where that kernel does not take the shapes.
 
 Unfused, the backward is one Inductor kernel (rotation of dq and dk, stack with dv) well below the GPU's
 bandwidth (docs/PERFORMANCE.md). The forward also copies v (the unfused forward leaves it a strided view of
@@ -110,8 +112,15 @@ def _fwd_fake(qkv, cos, sin):
 
 
 def rotary_qkv_backward(
-    dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
+    dv: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
 ) -> torch.Tensor:
+    """The (T, 3, H, D) gradient of the projection from those of q, k, v (None: an output no loss reached)."""
+    some = next(g for g in (dq, dk, dv) if g is not None)
+    dq, dk, dv = (torch.zeros_like(some) if g is None else g for g in (dq, dk, dv))
     T, H, D = dq.shape
     dqkv = _bwd_fake(dq, dk, dv, cos, sin)
     _launch(_rotary_qkv_bwd, T, H, D, dq, dk, dv, cos, sin, dqkv)
@@ -119,8 +128,9 @@ def rotary_qkv_backward(
 
 
 def _bwd_fake(dq, dk, dv, cos, sin):
-    T, H, D = dq.shape
-    return dq.new_empty((T, 3, H, D))
+    some = next(g for g in (dq, dk, dv) if g is not None)
+    T, H, D = some.shape
+    return some.new_empty((T, 3, H, D))
 
 
 _fwd, _bwd = autograd_op(

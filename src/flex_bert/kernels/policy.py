@@ -1,8 +1,8 @@
 """Where FlexBERT's own kernels run: the one place that decides between a kernel and the PyTorch composition.
 
 A Triton kernel runs when the caller asks for it (the config's `fused_kernels`; the `band` and `auto` attention
-backends ask always), Triton is installed, the tensors are on a CUDA device and the kernel takes them (its
-module's `fits`). Everywhere else the composition runs: the same computation (another dropout mask), as on the
+backends ask always), Triton is installed, the tensors are on a CUDA device (of at least the compute capability
+the module names as `MIN_CAPABILITY`, if it names one) and the kernel takes them (its module's `fits`). Everywhere else the composition runs: the same computation (another dropout mask), as on the
 CPU. FlashAttention-4 (not Triton) runs where `fa4_usable` says: its package imports and the GPU is a
 generation its backend supports.
 """
@@ -35,12 +35,25 @@ else:  # pragma: no cover
 
 
 def kernel(name: str, *tensors, enabled: bool = True) -> ModuleType | None:
-    """The kernel module `name` if it runs on these tensors (the first one's device decides), else None: the
-    caller runs the PyTorch composition."""
+    """The kernel module `name` if it runs on these tensors (the first one's device decides: CUDA, of at least the
+    module's `MIN_CAPABILITY` where it names one), else None: the caller runs the PyTorch composition."""
     module = KERNELS.get(name)
     if not enabled or module is None or not tensors[0].is_cuda:
         return None
+    need = getattr(module, "MIN_CAPABILITY", 0)
+    if need and _major(tensors[0].device.index or 0) < need:
+        return None
     return module if module.fits(*tensors) else None
+
+
+@torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant
+def _major(device_index: int) -> int:
+    return _major_of(device_index)
+
+
+@functools.cache
+def _major_of(device_index: int) -> int:
+    return torch.cuda.get_device_capability(device_index)[0]
 
 
 @functools.cache
