@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .op import autograd_op
+from .op import autocast_dtype, autograd_op
 
 _MAX_HIDDEN = 8192  # one row lives in registers: beyond this the kernels would spill
 _BWD_PROGRAMS_PER_SM = 4
@@ -236,7 +236,7 @@ def add_dropout_layer_norm(
     """(x + dropout_p(branch), norm(that)) for (tokens, hidden) tensors; `p` is the dropout probability in
     effect (0 in eval). `out_dtype` defaults to the CUDA autocast dtype when autocast is on, else x's dtype."""
     if out_dtype is None:
-        out_dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        out_dtype = autocast_dtype(x)
     seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64) if p > 0 else None
     x_new, out, _, _ = _fwd(
         x.contiguous(), branch.contiguous(), norm.weight, norm.bias, seed, float(p), norm.eps, out_dtype

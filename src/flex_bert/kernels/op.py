@@ -1,4 +1,5 @@
-"""`autograd_op`: the one way a kernel becomes an op that autograd, torch.compile and FakeTensorMode all see.
+"""`autograd_op`: the one way a kernel becomes an op that autograd, torch.compile and FakeTensorMode all see; and
+`autocast_dtype`, the dtype the kernels that stand for a matrix product's input or output write.
 
 A kernel module gives four functions: `forward` and `backward` (they launch the kernels; typed, as
 `torch.library.custom_op` infers each op's schema from the annotations) and their fakes (the shapes and dtypes
@@ -85,6 +86,11 @@ def autograd_op(
         return fwd(*inputs)
 
     return call, bwd
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matrix product of x runs in: CUDA autocast's where it is on, else x's."""
+    return torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
 
 
 def _plain_eager(inputs: tuple) -> bool:

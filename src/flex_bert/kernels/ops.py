@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import policy
+from .op import autocast_dtype
 from .rotary import apply_rotary
 
 
@@ -57,7 +58,7 @@ def qkv_rotary(
     """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
     `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
     if fused and x_TC.is_cuda:
-        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x_TC.dtype
+        dtype = autocast_dtype(x_TC)
         x, weight = x_TC.to(dtype), proj.weight.to(dtype)
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
         if kernel is not None:

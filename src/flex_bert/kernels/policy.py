@@ -48,12 +48,7 @@ def kernel(name: str, *tensors, enabled: bool = True) -> ModuleType | None:
 
 @torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant
 def _major(device_index: int) -> int:
-    return _major_of(device_index)
-
-
-@functools.cache
-def _major_of(device_index: int) -> int:
-    return torch.cuda.get_device_capability(device_index)[0]
+    return torch.cuda.get_device_capability(device_index)[0]  # torch caches the device's properties
 
 
 @functools.cache
