@@ -144,8 +144,10 @@ def compile_all(calls: list[tuple], arch: int) -> list[dict]:
     results, seen = [], set()
     for fn, args, kwargs in calls:
         signature, constexprs, attrs, options = specialise(fn, args, kwargs)
-        key = (
+        key = (  # what makes two launches two compiled kernels
             fn.__name__,
+            tuple(signature.items()),
+            tuple(sorted(attrs)),
             tuple(sorted((k, repr(v)) for k, v in constexprs.items())),
             tuple(sorted(options.items())),
         )
