@@ -5,7 +5,8 @@ For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the re
 `gelu(a) * g` (bf16) against Inductor's compiled composition, in ms (triton.testing.do_bench, median) and in
 TB/s of the bytes each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes
 per gate element); the QKV projection with rotary in its epilogue (`fused_qkv`) against cuBLAS's projection +
-the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s.
+the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s;
+a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel.
 All forward and backward. `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps,
 backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width,
 to choose the defaults.
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.kernels import fused_glu, fused_norm, fused_qkv, fused_rotary
+from flex_bert.kernels import band_attention, fused_glu, fused_norm, fused_qkv, fused_qkv_band, fused_rotary
 from flex_bert.kernels.rotary import rotary_cos_sin
 
 # the recipe's two joints: attention output (attn_out_dropout_prob 0.1) and MLP output (mlp_dropout_prob 0.0)
@@ -121,6 +122,25 @@ def bench_qkv(T: int, C: int, H: int) -> dict:
     return res
 
 
+def bench_qkv_band(T: int, C: int, H: int) -> dict:
+    """A local layer's attention from its input (window 128, documents of 1024 tokens): `fused_qkv_band`, one op
+    whose band backward writes the projection's gradient, against `fused_qkv` then the band kernel; the rates are
+    the projection's TFLOP/s."""
+    x, w, cos, sin = qkv_inputs(T, C, H)
+    cu = torch.arange(0, T + 1, 1024, device="cuda", dtype=torch.int32)
+
+    def one_op(x, w):
+        return fused_qkv_band.qkv_band_attention(x, w, None, cos, sin, cu, H, 128)
+
+    def two_ops(x, w):
+        return band_attention.band_attention(*fused_qkv.qkv_rotary(x, w, None, cos, sin, H), cu, 128)
+
+    flops = 2 * T * C * 3 * C
+    res = _compare((("one_op", one_op), ("fused_qkv+band", two_ops)), (x, w), flops, 2 * flops, "TFLOPs")
+    res["max_abs_difference"] = (one_op(x, w).float() - two_ops(x, w).float()).abs().max().item()
+    return res
+
+
 # `fused_qkv`'s tile configurations to time (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): those
 # that compile for sm_90 without spills (scripts/check_kernels.py), around the default
 QKV_SWEEP = [
@@ -193,6 +213,8 @@ def main(argv=None) -> int:
         print(f"gate N={N}: {res[f'gate_N{N}']}", flush=True)
         res[f"qkv_C{C}"] = bench_qkv(T, C, C // 64)
         print(f"qkv C={C}: {res[f'qkv_C{C}']}", flush=True)
+        res[f"qkv_band_C{C}"] = bench_qkv_band(T, C, C // 64)
+        print(f"qkv+band C={C}: {res[f'qkv_band_C{C}']}", flush=True)
         if args.sweep and C == 768:  # the tile defaults are chosen on ModernBERT-base
             res[f"sweep_C{C}"] = sweep = sweep_joint(T, C, 0.1)
             print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)

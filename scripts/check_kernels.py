@@ -35,6 +35,7 @@ from flex_bert.kernels import (
     fused_glu,
     fused_norm,
     fused_qkv,
+    fused_qkv_band,
     fused_rotary,
 )
 
@@ -55,7 +56,8 @@ class Recorder:
 
 def run_ops() -> None:
     """Every kernel op forward and backward, as the model calls them (both dropouts of the joint, the joint's
-    backward with and without the residual's gradient, both backwards of the band kernel)."""
+    backward with and without the residual's gradient, both backwards of the band kernel, alone and with the
+    projection's rotary folded in)."""
     req = dict(requires_grad=True)
     for p, both in ((0.1, True), (0.0, False)):
         x, br = torch.randn(T, C, **req), torch.randn(T, C, dtype=torch.bfloat16, **req)
@@ -76,6 +78,7 @@ def run_ops() -> None:
         torch.use_deterministic_algorithms(deterministic)
         q, k, v = (torch.randn(T, H, D, dtype=torch.bfloat16, **req) for _ in range(3))
         band_attention.band_attention(q, k, v, cu, 128).float().sum().backward()
+        fused_qkv_band.qkv_band_attention(x, w, None, cos, sin, cu, H, 128).float().sum().backward()
     torch.use_deterministic_algorithms(False)
 
 

@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(params=[False, True], ids=["one-pass", "split"])
+def backward_path(request):
+    """The band kernel's two backwards: one pass with atomic dQ (default), and the split, atomic-free one that
+    `torch.use_deterministic_algorithms(True)` selects."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(request.param)
+    yield request.param
+    torch.use_deterministic_algorithms(before)
+
+
 @pytest.fixture(autouse=True)
 def release_streaming_shared_memory(monkeypatch):
     """Free the shared memory of the StreamingDatasets a test created, when the test ends.

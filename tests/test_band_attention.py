@@ -4,33 +4,10 @@ kernels run in Triton's interpreter (tests/conftest.py)."""
 
 import pytest
 import torch
+from _attention_references import band_attention_reference
 
 from flex_bert.kernels import band_attention
 from flex_bert.model.padding import cu_seqlens_from_lengths
-
-
-def _reference(q, k, v, lengths, half):
-    """float64, one document at a time: softmax(q k^T / sqrt(D) + band mask) v."""
-    outs, start = [], 0
-    for L in lengths:
-        sl = slice(start, start + L)
-        qd, kd, vd = (x[sl].transpose(0, 1) for x in (q, k, v))  # (H, L, D)
-        s = qd @ kd.transpose(1, 2) / q.shape[-1] ** 0.5
-        i = torch.arange(L)
-        s = s.masked_fill((i[:, None] - i[None, :]).abs() > half, float("-inf"))
-        outs.append((s.softmax(-1) @ vd).transpose(0, 1))
-        start += L
-    return torch.cat(outs)
-
-
-@pytest.fixture(params=[False, True], ids=["one-pass", "split"])
-def backward_path(request):
-    """The band kernel's two backwards: one pass with atomic dQ (default), and the split, atomic-free one that
-    `torch.use_deterministic_algorithms(True)` selects."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(request.param)
-    yield request.param
-    torch.use_deterministic_algorithms(before)
 
 
 def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
@@ -46,7 +23,7 @@ def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
     assert out.shape == (T, H, D) and out.dtype == dtype
     out.backward(grad)
     ref64 = [x.detach().cpu().double().requires_grad_(True) for x in (q, k, v)]
-    want = _reference(*ref64, lengths, window // 2)
+    want = band_attention_reference(*ref64, lengths, window // 2)
     want.backward(grad.cpu().double())
     torch.testing.assert_close(out.detach().cpu().double(), want.detach(), rtol=tol, atol=tol)
     for got, ref in zip((q, k, v), ref64):

@@ -37,8 +37,14 @@ def test_every_launched_kernel_compiles_for_sm90(tmp_path):
     assert not [r for r in results if "error" in r]
     assert {r["kernel"] for r in results} == launched_kernels() and len(launched_kernels()) >= 12
     assert all(0 < r["registers"] <= 255 for r in results)  # read back from each cubin
-    # both backwards of the band kernel and both dropouts of the joint were compiled
-    assert {r["constexprs"]["ATOMIC_DQ"] for r in results if r["kernel"] == "_band_bwd"} == {True, False}
+    # both backwards of the band kernel, each with and without the rotary fold, and both dropouts of the joint
+    band = {
+        (r["constexprs"]["ATOMIC_DQ"], r["constexprs"]["ROTARY"])
+        for r in results
+        if r["kernel"] == "_band_bwd"
+    }
+    assert band == {(True, False), (False, False), (True, True), (False, True)}
+    assert {r["constexprs"]["ROTARY"] for r in results if r["kernel"] == "_band_bwd_dq"} == {True, False}
     assert {r["constexprs"]["DROPOUT"] for r in results if r["kernel"] == "_add_norm_fwd"} == {True, False}
 
 

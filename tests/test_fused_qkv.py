@@ -4,22 +4,11 @@ kernel runs in Triton's interpreter (tests/conftest.py), in fp32 and fp16 (its b
 
 import pytest
 import torch
+from _attention_references import qkv_rotary_reference
 
 from flex_bert.kernels import fused_qkv
 from flex_bert.kernels.rotary import positions_from_cu_seqlens, rotary_cos_sin
 from flex_bert.model.padding import cu_seqlens_from_lengths
-
-
-def _reference(x, weight, bias, cos, sin, H):
-    """float64: x @ weight.T + bias as (T, 3, H, D); x * cos + cat(-x2, x1) * sin on q and k."""
-    T = x.shape[0]
-    qkv = (x @ weight.t() + (0 if bias is None else bias)).view(T, 3, H, -1)
-
-    def rotate(z):
-        z1, z2 = z.chunk(2, dim=-1)
-        return z * cos[:, None] + torch.cat((-z2, z1), dim=-1) * sin[:, None]
-
-    return rotate(qkv[:, 0]), rotate(qkv[:, 1]), qkv[:, 2]
 
 
 def _check(lengths, H, D, C, bias, dtype, device, tol, config=None):
@@ -44,7 +33,7 @@ def _check(lengths, H, D, C, bias, dtype, device, tol, config=None):
     assert all(o.shape == (T, H, D) and o.dtype == dtype and o.is_contiguous() for o in outs)
     leaves = [t.detach().double().requires_grad_(True) for t in (x, w) + ((b,) if bias else ())]
     x64, w64, b64 = leaves[0], leaves[1], leaves[2] if bias else None
-    want = _reference(x64, w64, b64, cos.double(), sin.double(), H)
+    want = qkv_rotary_reference(x64, w64, b64, cos.double(), sin.double(), H)
     for got, ref in zip(outs, want):
         torch.testing.assert_close(got.double(), ref.detach(), rtol=tol, atol=tol)
     if config is None:
@@ -119,7 +108,7 @@ def test_awkward_inputs_in_the_interpreter():
     w = storage[1:].view(3 * H * D, C)  # starts 4 bytes into its storage
     b = torch.randn(3 * H * D, 2, generator=g)[:, 1]  # stride 2
     assert w.data_ptr() % 16 and not b.is_contiguous()
-    want = _reference(x.double(), w.double(), b.double(), cos.double(), sin.double(), H)
+    want = qkv_rotary_reference(x.double(), w.double(), b.double(), cos.double(), sin.double(), H)
     for got, ref in zip(fused_qkv.qkv_rotary(x, w, b, cos, sin, H), want):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
     empty = fused_qkv.qkv_rotary(x[:0], w, b, cos[:0], sin[:0], H)
@@ -128,7 +117,7 @@ def test_awkward_inputs_in_the_interpreter():
     q, k, v = fused_qkv.qkv_rotary(xg, w, None, cos, sin, H)
     (q.sum() + k.sum()).backward()  # v reaches no loss: its gradient is zero, not an error
     x64 = x.double().requires_grad_(True)
-    q64, k64, _ = _reference(x64, w.double(), None, cos.double(), sin.double(), H)
+    q64, k64, _ = qkv_rotary_reference(x64, w.double(), None, cos.double(), sin.double(), H)
     (q64.sum() + k64.sum()).backward()
     torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
 

@@ -1,5 +1,5 @@
 """FlexBERT's kernels behind one door: the fused-or-plain operations the model calls (`add_norm`, `gelu_gate`,
-`qkv_rotary`, `cross_entropy`; `rotary_qkv`, its fallback; ops.py), the attention backends by name (`BACKENDS`,
+`qkv_attention`, `cross_entropy`; ops.py), the attention backends by name (`BACKENDS`,
 backends.py), the policy that decides where each kernel runs (policy.py) and the one way a kernel becomes an
 autograd op (op.py).
 
@@ -7,7 +7,7 @@ Nothing here imports the model, train/ or composer.
 """
 
 from .backends import BACKENDS, Backend, get_backend
-from .ops import add_norm, cross_entropy, gelu_gate, qkv_rotary, rotary_qkv
+from .ops import add_norm, cross_entropy, gelu_gate, qkv_attention
 
 __all__ = [
     "BACKENDS",
@@ -16,6 +16,5 @@ __all__ = [
     "cross_entropy",
     "gelu_gate",
     "get_backend",
-    "qkv_rotary",
-    "rotary_qkv",
+    "qkv_attention",
 ]

@@ -169,6 +169,16 @@ def auto_kernel(q: torch.Tensor, window: int | None) -> AttentionFn:
     return varlen_attention
 
 
+def runs_band(name: str, q: torch.Tensor) -> bool:
+    """Whether backend `name` runs the band kernel on a local layer's q (q's device, dtype and head dim decide)."""
+    if name == "band":
+        return policy.kernel("band_attention", q) is not None
+    return name == "auto" and auto_kernel(q, LOCAL) is band_backend
+
+
+LOCAL = 128  # a local layer's window where only "local or global" matters
+
+
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):
     """The fastest kernels where they run (`auto_kernel`); the exact SDPA reference elsewhere."""
     return auto_kernel(q, window)(q, k, v, cu_seqlens, max_seqlen, window)

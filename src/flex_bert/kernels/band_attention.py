@@ -51,11 +51,35 @@ def _rows(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h):
 
 
 @triton.jit
-def _store_rows(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h, value):
-    """Store a (len(offs), D) tile as rows `offs` of head h, in X's dtype."""
+def _store_rows(X, offs, in_range, STRIDE: tl.constexpr, D: tl.constexpr, h, value):
+    """Store a (len(offs), D) tile as rows `offs` of head h of X (STRIDE elements from one token to the next),
+    in X's dtype."""
     d = tl.arange(0, D)
-    row = offs.to(tl.int64) * (H * D) + h * D
+    row = offs.to(tl.int64) * STRIDE + h * D
     tl.store(X + row[:, None] + d[None, :], value.to(X.dtype.element_ty), mask=in_range[:, None])
+
+
+@triton.jit
+def _store_grad(
+    X, offs, in_range, STRIDE: tl.constexpr, D: tl.constexpr, h, g, COS, SIN, BLOCK: tl.constexpr,
+    ROTARY: tl.constexpr,
+):  # fmt: skip
+    """Store a (BLOCK, D) float32 gradient tile as `_store_rows` does. ROTARY: g is the gradient of a rotated q
+    or k; store that of the tensor before the rotation, (g1 cos + g2 sin, g2 cos - g1 sin) with g1, g2 its
+    halves and the tables' first D/2 columns (`fused_rotary`'s backward, here in registers)."""
+    if ROTARY:
+        HALF: tl.constexpr = D // 2
+        g1, g2 = tl.split(tl.permute(tl.reshape(g, (BLOCK, 2, HALF)), (0, 2, 1)))
+        dd = tl.arange(0, HALF)
+        tok = offs.to(tl.int64)
+        cs = tok[:, None] * D + dd[None, :]
+        c = tl.load(COS + cs, mask=in_range[:, None], other=0.0)
+        s = tl.load(SIN + cs, mask=in_range[:, None], other=0.0)
+        out = X + (tok * STRIDE + h * D)[:, None] + dd[None, :]
+        tl.store(out, (g1 * c + g2 * s).to(X.dtype.element_ty), mask=in_range[:, None])
+        tl.store(out + HALF, (g2 * c - g1 * s).to(X.dtype.element_ty), mask=in_range[:, None])
+    else:
+        _store_rows(X, offs, in_range, STRIDE, D, h, g)
 
 
 @triton.jit
@@ -127,7 +151,7 @@ def _band_fwd(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)  # rows past T only
-    _store_rows(OUT, offs_m, in_m, H, D, h, acc / l_safe[:, None])
+    _store_rows(OUT, offs_m, in_m, H * D, D, h, acc / l_safe[:, None])
     tl.store(LSE + offs_m * H + h, m_i + tl.math.log2(l_safe), mask=in_m)
 
 
@@ -155,12 +179,16 @@ def _band_bwd(
     DQ,
     DK,
     DV,
+    COS,
+    SIN,
     T,
     H: tl.constexpr,
     D: tl.constexpr,
     HALF: tl.constexpr,
     QK_SCALE: tl.constexpr,
     SM_SCALE: tl.constexpr,
+    GRAD_STRIDE: tl.constexpr,
+    ROTARY: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
@@ -169,7 +197,9 @@ def _band_bwd(
     tiles: rows are keys). With ATOMIC_DQ (the one-pass backward) also each query tile's share of dQ,
     scale * dS K, added to the float32 DQ with atomics (a query tile gets shares from the few key tiles of its
     band): scores and dP are computed once, not once per kernel. Without, DQ is not touched (`_band_bwd_dq`
-    computes dQ) and q is loaded transposed, the layout the split path's tiles were tuned for."""
+    computes dQ) and q is loaded transposed, the layout the split path's tiles were tuned for. dK and dV are
+    stored GRAD_STRIDE elements from one token to the next (H D, or 3 H D into a projection's gradient), dK with
+    the inverse rotation where ROTARY (`_store_grad`)."""
     h = tl.program_id(1)
     n0 = tl.program_id(0) * BLOCK_N
     offs_n, in_n, lo, hi, first, last = _span(n0, BLOCK_N, LO, HI, T, HALF, BLOCK_N, BLOCK_M)
@@ -199,8 +229,8 @@ def _band_bwd(
             dq = tl.dot(tl.trans(dsT), k) * SM_SCALE
             row = offs_m.to(tl.int64) * (H * D) + h * D
             tl.atomic_add(DQ + row[:, None] + d[None, :], dq, mask=in_m[:, None], sem="relaxed")
-    _store_rows(DK, offs_n, in_n, H, D, h, dk * SM_SCALE)
-    _store_rows(DV, offs_n, in_n, H, D, h, dv)
+    _store_grad(DK, offs_n, in_n, GRAD_STRIDE, D, h, dk * SM_SCALE, COS, SIN, BLOCK_N, ROTARY)
+    _store_rows(DV, offs_n, in_n, GRAD_STRIDE, D, h, dv)
 
 
 @triton.jit
@@ -214,16 +244,20 @@ def _band_bwd_dq(
     LO,
     HI,
     DQ,
+    COS,
+    SIN,
     T,
     H: tl.constexpr,
     D: tl.constexpr,
     HALF: tl.constexpr,
     QK_SCALE: tl.constexpr,
     SM_SCALE: tl.constexpr,
+    GRAD_STRIDE: tl.constexpr,
+    ROTARY: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One query tile: dQ = scale * sum dS K over the key tiles of its band."""
+    """One query tile: dQ = scale * sum dS K over the key tiles of its band, stored as `_band_bwd` stores dK."""
     h = tl.program_id(1)
     m0 = tl.program_id(0) * BLOCK_M
     offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
@@ -241,7 +275,21 @@ def _band_bwd_dq(
         p = tl.where(_allowed(offs_m, offs_n, lo, hi, HALF), tl.math.exp2(s - lse[:, None]), 0.0)
         ds = p * (tl.dot(do, vT) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    _store_rows(DQ, offs_m, in_m, H, D, h, dq * SM_SCALE)
+    _store_grad(DQ, offs_m, in_m, GRAD_STRIDE, D, h, dq * SM_SCALE, COS, SIN, BLOCK_M, ROTARY)
+
+
+@triton.jit
+def _band_dq_store(
+    DQ32, DQ, COS, SIN, T, H: tl.constexpr, D: tl.constexpr, GRAD_STRIDE: tl.constexpr, ROTARY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The one-pass backward's float32 dQ, stored as `_band_bwd` stores dK."""
+    h = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < T
+    _store_grad(
+        DQ, offs, in_range, GRAD_STRIDE, D, h, _rows(DQ32, offs, in_range, H, D, h), COS, SIN, BLOCK, ROTARY
+    )
 
 
 def _scales(D: int) -> tuple[float, float]:
@@ -250,9 +298,10 @@ def _scales(D: int) -> tuple[float, float]:
     return LOG2E / math.sqrt(D), 1.0 / math.sqrt(D)
 
 
-def _fwd(
+def forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, half: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): the attention and each row's log-sum-exp (base 2), what `gradients` needs besides q, k, v."""
     T, H, D = q.shape
     o, lse = _fwd_fake(q, k, v, lo, hi, half)
     grid = (triton.cdiv(T, FWD["BLOCK_M"]), H)
@@ -262,6 +311,38 @@ def _fwd(
 
 def _fwd_fake(q, k, v, lo, hi, half):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+def gradients(
+    do, q, k, v, o, lse, lo, hi, half: int, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+):
+    """(dq, dk, dv), the gradients of q, k, v. With `rotary`, the (cos, sin) tables q and k were rotated with:
+    one (T, 3, H, D) tensor instead, the gradient of the projection q, k, v were rotated from (q, k, v along
+    dim 1), which the kernels write directly: no separate rotary backward reads dq, dk, dv again."""
+    T, H, D = q.shape
+    delta = lse.new_empty((T, H))
+    _band_delta[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
+    if rotary is None:
+        dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+        cos = sin = lse  # not read
+    else:
+        dqkv = q.new_empty((T, 3, H, D))
+        dq, dk, dv = dqkv.unbind(1)
+        cos, sin = rotary
+    stride = dq.stride(0)
+    args = (T, H, D, half, *_scales(D), stride, rotary is not None)
+    if not torch.are_deterministic_algorithms_enabled():
+        dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        grid = (triton.cdiv(T, BWD["BLOCK_N"]), H)
+        _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, cos, sin, *args, ATOMIC_DQ=True, **BWD)
+        grid = (triton.cdiv(T, 64), H)
+        _band_dq_store[grid](dq32, dq, cos, sin, T, H, D, stride, rotary is not None, BLOCK=64)
+    else:
+        grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
+        _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, cos, sin, *args, ATOMIC_DQ=False, **DKDV)
+        grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
+        _band_bwd_dq[grid](q, k, v, do, lse, delta, lo, hi, dq, cos, sin, *args, **DQ)
+    return (dq, dk, dv) if rotary is None else dqkv
 
 
 def _bwd(
@@ -275,22 +356,7 @@ def _bwd(
     hi: torch.Tensor,
     half: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    T, H, D = q.shape
-    delta = lse.new_empty((T, H))
-    _band_delta[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
-    args = (T, H, D, half, *_scales(D))
-    if not torch.are_deterministic_algorithms_enabled():
-        dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(T, BWD["BLOCK_N"]), H)
-        _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, *args, ATOMIC_DQ=True, **BWD)
-        return dq32.to(q.dtype), dk, dv
-    dq = torch.empty_like(q)
-    grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
-    _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, *args, ATOMIC_DQ=False, **DKDV)
-    grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
-    _band_bwd_dq[grid](q, k, v, do, lse, delta, lo, hi, dq, *args, **DQ)
-    return dq, dk, dv
+    return gradients(do, q, k, v, o, lse, lo, hi, half)
 
 
 def _bwd_fake(do, q, k, v, o, lse, lo, hi, half):
@@ -303,7 +369,9 @@ def _save(inputs, outputs):
     return (q, k, v, o, lse, lo, hi), (half,)
 
 
-_fwd, _bwd = autograd_op("band_attention", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,))
+_fwd, _bwd = autograd_op(
+    "band_attention", forward, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,)
+)
 
 
 def fits(q: torch.Tensor) -> bool:

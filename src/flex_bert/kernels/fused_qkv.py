@@ -205,8 +205,15 @@ def _bwd(
     sin: torch.Tensor,
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    T = x.shape[0]
-    dqkv = fused_rotary.rotary_qkv_backward(dq, dk, dv, cos, sin).view(T, -1)
+    return projection_gradients(fused_rotary.rotary_qkv_backward(dq, dk, dv, cos, sin), x, weight, has_bias)
+
+
+def projection_gradients(
+    dqkv: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) of the projection `x @ weight.T (+ bias)` from its output's gradient, any shape of
+    (T, 3 H D) elements (cuBLAS); dbias empty without a bias."""
+    dqkv = dqkv.view(x.shape[0], -1)
     d_bias = dqkv.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else dqkv.new_empty(0)
     return dqkv @ weight, dqkv.t() @ x, d_bias
 

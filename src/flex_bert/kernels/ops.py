@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import policy
+from . import backends, policy
 from .op import autocast_dtype
 from .rotary import apply_rotary
 
@@ -58,14 +58,44 @@ def qkv_rotary(
     """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
     `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
     if fused and x_TC.is_cuda:
-        dtype = autocast_dtype(x_TC)
-        x, weight = x_TC.to(dtype), proj.weight.to(dtype)
+        x, weight, bias = _projection_operands(x_TC, proj)
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
         if kernel is not None:
-            bias = None if proj.bias is None else proj.bias.to(dtype)
             return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
     T = x_TC.shape[0]
     return rotary_qkv(proj(x_TC).view(T, 3, heads, -1), cos_TD, sin_TD, fused)
+
+
+def qkv_attention(
+    x_TC: torch.Tensor,
+    proj: nn.Linear,
+    cos_TD: torch.Tensor,
+    sin_TD: torch.Tensor,
+    heads: int,
+    backend: str,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    window: int | None,
+    fused: bool,
+) -> torch.Tensor:
+    """The attention backend `backend` (`BACKENDS`) of `qkv_rotary`'s q, k, v: (T, H, D). Fused, on a local
+    layer (a window) that the backend runs the band kernel on: `fused_qkv_band`, the two as one op, whose
+    backward writes the projection's gradient directly."""
+    if fused and window is not None and x_TC.is_cuda:
+        x, weight, bias = _projection_operands(x_TC, proj)
+        kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
+        q_like = x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
+        if kernel is not None and backends.runs_band(backend, q_like):
+            return kernel.qkv_band_attention(x, weight, bias, cos_TD, sin_TD, cu_seqlens, heads, window)
+    q, k, v = qkv_rotary(x_TC, proj, cos_TD, sin_TD, heads, fused)
+    return backends.get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)
+
+
+def _projection_operands(x_TC: torch.Tensor, proj: nn.Linear):
+    """(x, weight, bias) in the dtype the projection runs in (autocast's), as its kernels take them."""
+    dtype = autocast_dtype(x_TC)
+    bias = None if proj.bias is None else proj.bias.to(dtype)
+    return x_TC.to(dtype), proj.weight.to(dtype), bias
 
 
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int, fused: bool):

@@ -20,13 +20,22 @@ from . import fa4_attention
 TRITON = importlib.util.find_spec("triton") is not None  # on Linux it ships with torch
 
 if TRITON:
-    from . import band_attention, fused_cross_entropy, fused_glu, fused_norm, fused_qkv, fused_rotary
+    from . import (
+        band_attention,
+        fused_cross_entropy,
+        fused_glu,
+        fused_norm,
+        fused_qkv,
+        fused_qkv_band,
+        fused_rotary,
+    )
 
     KERNELS: dict[str, ModuleType] = {
         "add_norm": fused_norm,
         "gelu_gate": fused_glu,
         "rotary_qkv": fused_rotary,
         "qkv_rotary": fused_qkv,
+        "qkv_band_attention": fused_qkv_band,
         "cross_entropy": fused_cross_entropy,
         "band_attention": band_attention,
     }

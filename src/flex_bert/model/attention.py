@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import get_backend, qkv_rotary
+from flex_bert.kernels import qkv_attention
 
 from .config import FlexBertConfig
 
@@ -27,12 +27,13 @@ class Attention(nn.Module):
         self.Wqkv = nn.Linear(H, 3 * H, bias=config.attn_qkv_bias)
         self.Wo = nn.Linear(H, H, bias=config.attn_out_bias)  # its dropout is the layer's (add_norm)
         self.backend_name = config.attention_backend
-        self.backend = get_backend(config.attention_backend)
         self.fused = config.fused_kernels
 
     def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
-        q, k, v = qkv_rotary(x_TC, self.Wqkv, *rope, self.num_heads, self.fused)
-        out_THD = self.backend(q, k, v, cu_seqlens, max_seqlen, self.window)
+        out_THD = qkv_attention(
+            x_TC, self.Wqkv, *rope, self.num_heads, self.backend_name, cu_seqlens, max_seqlen, self.window,
+            self.fused,
+        )  # fmt: skip
         return self.Wo(out_THD.reshape(x_TC.shape[0], -1))
 
     def extra_repr(self) -> str:
