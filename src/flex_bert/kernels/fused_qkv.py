@@ -47,6 +47,9 @@ def _qkv_rotary_fwd(
     Q,
     K,
     V,
+    q_desc,
+    k_desc,
+    v_desc,
     T,
     C: tl.constexpr,
     H: tl.constexpr,
@@ -57,12 +60,17 @@ def _qkv_rotary_fwd(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PROGRAMS,
+    PERSISTENT: tl.constexpr,
     SPECIALISE: tl.constexpr,
+    STORE_BOXES: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """x_desc: (T, C) in (BLOCK_M, BLOCK_K) boxes; w_desc: the weight with its rows in tile order (`_tile_rows`),
     (3 H D, C) in (BLOCK_N, BLOCK_K) boxes. PROGRAMS: each program runs tiles pid, pid + PROGRAMS, ...
-    SPECIALISE: Triton's warp specialisation of that loop (loads, products and epilogue in separate warps)."""
+    PERSISTENT: that loop flattened with the product's, so that the next tile's loads overlap this tile's epilogue
+    (Triton's software pipelining); SPECIALISE: also warp-specialised (loads, products and epilogue in separate
+    warps). STORE_BOXES: q, k, v stored by TMA boxes (q_desc ...: (T, H, D) in (BLOCK_M, HEADS, D/2) boxes),
+    else by pointers."""
     HALF: tl.constexpr = D // 2
     BLOCK_N: tl.constexpr = HEADS * HALF
     num_n: tl.constexpr = 3 * H // HEADS
@@ -70,7 +78,7 @@ def _qkv_rotary_fwd(
     r = tl.arange(0, BLOCK_M)
     hh = tl.arange(0, HEADS)
     dd = tl.arange(0, HALF)
-    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=SPECIALISE, warp_specialize=SPECIALISE):
+    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=PERSISTENT, warp_specialize=SPECIALISE):
         pid_m, pid_n = _tile(t, T, num_n, BLOCK_M, GROUP_M)
         m0 = pid_m * BLOCK_M
         acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -102,26 +110,39 @@ def _qkv_rotary_fwd(
         else:
             out1 = acc1
             out2 = acc2
-        if part == 0:
-            base = Q
-        elif part == 1:
-            base = K
-        else:
-            base = V
         h0 = pid_n * HEADS - part * H
-        out = (
-            base
-            + m64 * (H * D)
-            + (r[:, None, None] * (H * D) + ((h0 + hh) * D)[None, :, None] + dd[None, None, :])
-        )
-        m_tok = (r < T - m0)[:, None, None]
-        tl.store(out, out1.to(Q.dtype.element_ty), mask=m_tok)
-        tl.store(out + HALF, out2.to(Q.dtype.element_ty), mask=m_tok)
+        out1 = out1.to(Q.dtype.element_ty)
+        out2 = out2.to(Q.dtype.element_ty)
+        if STORE_BOXES:  # the box clips the rows past T
+            if part == 0:
+                desc = q_desc
+            elif part == 1:
+                desc = k_desc
+            else:
+                desc = v_desc
+            desc.store([m0, h0, 0], out1)
+            desc.store([m0, h0, HALF], out2)
+        else:
+            if part == 0:
+                base = Q
+            elif part == 1:
+                base = K
+            else:
+                base = V
+            out = (
+                base
+                + m64 * (H * D)
+                + (r[:, None, None] * (H * D) + ((h0 + hh) * D)[None, :, None] + dd[None, None, :])
+            )
+            m_tok = (r < T - m0)[:, None, None]
+            tl.store(out, out1, mask=m_tok)
+            tl.store(out + HALF, out2, mask=m_tok)
 
 
-# (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): programs 0 one tile each, 1 one per SM (persistent),
-# 2 one per SM, warp-specialised. HEADS drops to a divisor of H where it must.
-CONFIG = (128, 4, 64, 8, 8, 4, 0)
+# (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs, store): programs 0 one tile each, 1 one per SM
+# (persistent), 2 one per SM, warp-specialised; store 0 by pointers, 1 by TMA boxes. HEADS drops to a divisor of H
+# where it must.
+CONFIG = (128, 4, 64, 8, 8, 4, 0, 0)
 
 
 MIN_CAPABILITY = 9  # TMA boxes and the tile were chosen and measured on Hopper (docs/PERFORMANCE.md)
@@ -153,7 +174,7 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
     q, k, v = _fwd_fake(x, weight, bias, cos, sin, heads)
     if T == 0:  # a TMA descriptor takes no empty tensor
         return q, k, v
-    block_m, want_heads, block_k, group_m, warps, stages, persistent = config
+    block_m, want_heads, block_k, group_m, warps, stages, persistent, store_boxes = config
     tile_heads = _heads_per_tile(heads, D, want_heads)
     tiles = triton.cdiv(T, block_m) * (3 * heads // tile_heads)
     programs = min(tiles, _num_sms(x.device)) if persistent else tiles
@@ -161,11 +182,14 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
     w_desc = TensorDescriptor.from_tensor(
         _aligned(_tile_rows(weight, heads, tile_heads)), [tile_heads * D // 2, block_k]
     )
+    outs = (q, k, v)
+    if store_boxes:
+        outs = tuple(TensorDescriptor.from_tensor(o, [block_m, tile_heads, D // 2]) for o in outs)
     _qkv_rotary_fwd[(programs,)](
-        x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
+        x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, *outs, T, C, heads, D,
         HAS_BIAS=bias is not None, HEADS=tile_heads, BLOCK_M=block_m, BLOCK_K=block_k, GROUP_M=group_m,
-        PROGRAMS=programs, SPECIALISE=persistent == 2, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps,
-        num_stages=stages,
+        PROGRAMS=programs, PERSISTENT=persistent > 0, SPECIALISE=persistent == 2, STORE_BOXES=bool(store_boxes),
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return q, k, v
 
