@@ -1,4 +1,5 @@
-"""The fused kernels (kernels/fused_norm.py, fused_glu.py, fused_qkv.py) against what they replace, alone.
+"""The fused kernels (kernels/fused_norm.py, fused_glu.py, fused_qkv.py, fused_qkv_band.py, fused_wi_glu.py) against
+what they replace, alone.
 
 For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the residual joint
 `x + dropout(branch)` -> LayerNorm (fp32 stream, bf16 branch and output, p = 0.1 and 0) and the GLU gate
@@ -6,10 +7,12 @@ For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the re
 TB/s of the bytes each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes
 per gate element); the QKV projection with rotary in its epilogue (`fused_qkv`) against cuBLAS's projection +
 the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s;
-a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel.
+a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel;
+the MLP's input projection with the gate in its epilogue (`fused_wi_glu`) against cuBLAS's projection + the gate
+kernel.
 All forward and backward. `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps,
-backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width,
-to choose the defaults.
+backward programs per SM) and `fused_qkv`'s and `fused_wi_glu`'s forwards over their tile configurations at
+ModernBERT-base's width, to choose the defaults.
 
 Usage (GPU): python scripts/bench_fused.py [--tokens 98304] [--sweep] [--json OUT]
 """
@@ -24,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.kernels import band_attention, fused_glu, fused_norm, fused_qkv, fused_qkv_band, fused_rotary
+from flex_bert.kernels import (
+    band_attention,
+    fused_glu,
+    fused_norm,
+    fused_qkv,
+    fused_qkv_band,
+    fused_rotary,
+    fused_wi_glu,
+)
 from flex_bert.kernels.rotary import rotary_cos_sin
 
 # the recipe's two joints: attention output (attn_out_dropout_prob 0.1) and MLP output (mlp_dropout_prob 0.0)
@@ -122,6 +133,24 @@ def bench_qkv(T: int, C: int, H: int) -> dict:
     return res
 
 
+def bench_wi_glu(T: int, C: int, N: int) -> dict:
+    """The MLP's input projection + GLU gate three ways; the rates are the projection's TFLOP/s (2 T C 2N)."""
+    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(2 * N, C, device="cuda") / C**0.5).to(torch.bfloat16).requires_grad_(True)
+
+    def fused(x, w):
+        return fused_wi_glu.wi_gelu_gate(x, w, None)
+
+    def unfused(x, w):
+        return fused_glu.gelu_gate(F.linear(x, w))
+
+    flops = 2 * T * C * 2 * N
+    fns = (("fused", fused), ("cublas+gate", unfused), ("cublas_only", F.linear))
+    res = _compare(fns, (x, w), flops, 2 * flops, "TFLOPs")
+    res["fused_vs_unfused_max_abs"] = (fused(x, w).float() - unfused(x, w).float()).abs().max().item()
+    return res
+
+
 def bench_qkv_band(T: int, C: int, H: int) -> dict:
     """A local layer's attention from its input (window 128, documents of 1024 tokens): `fused_qkv_band`, one op
     whose band backward writes the projection's gradient, against `fused_qkv` then the band kernel; the rates are
@@ -163,6 +192,29 @@ def sweep_qkv(T: int, C: int, H: int) -> list[dict]:
             results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
             continue
         results.append({"config": config, "fwd_ms": ms, "TFLOPs": round(2 * T * C * 3 * C / ms / 1e9, 1)})
+    return sorted(results, key=lambda r: r.get("fwd_ms", float("inf")))
+
+
+# `fused_wi_glu`'s tile configurations to time (`fused_wi_glu.CONFIG`'s fields); 4 stages of 128 x 128 tiles and
+# the epilogue's boxes need more shared memory than an H100 has
+WI_GLU_SWEEP = [(128, 128, 64, 8, 8, 3, programs) for programs in (0, 1, 2)] + [
+    (128, 128, 64, 8, 8, 2, 1), (128, 64, 64, 8, 4, 4, 0), (128, 64, 64, 8, 4, 4, 1), (64, 128, 64, 8, 4, 4, 1),
+]  # fmt: skip
+
+
+def sweep_wi_glu(T: int, C: int, N: int) -> list[dict]:
+    """`fused_wi_glu`'s forward over `WI_GLU_SWEEP`; a configuration that fails to launch is listed with its
+    error."""
+    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(2 * N, C, device="cuda") / C**0.5).to(torch.bfloat16)
+    results = []
+    for config in WI_GLU_SWEEP:
+        try:
+            ms = _bench(lambda c=config: fused_wi_glu.launch(x, w, None, c))
+        except Exception as e:  # out of shared memory
+            results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
+            continue
+        results.append({"config": config, "fwd_ms": ms, "TFLOPs": round(2 * T * C * 2 * N / ms / 1e9, 1)})
     return sorted(results, key=lambda r: r.get("fwd_ms", float("inf")))
 
 
@@ -212,6 +264,8 @@ def main(argv=None) -> int:
             print(f"joint C={C} p={p}: {res[f'joint_C{C}_p{p}']}", flush=True)
         res[f"gate_N{N}"] = bench_gate(T, N)
         print(f"gate N={N}: {res[f'gate_N{N}']}", flush=True)
+        res[f"wi_glu_N{N}"] = bench_wi_glu(T, C, N)
+        print(f"wi+gate N={N}: {res[f'wi_glu_N{N}']}", flush=True)
         res[f"qkv_C{C}"] = bench_qkv(T, C, C // 64)
         print(f"qkv C={C}: {res[f'qkv_C{C}']}", flush=True)
         res[f"qkv_band_C{C}"] = bench_qkv_band(T, C, C // 64)
@@ -221,6 +275,8 @@ def main(argv=None) -> int:
             print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)
             res[f"sweep_qkv_C{C}"] = sweep = sweep_qkv(T, C, C // 64)
             print(f"sweep qkv C={C}, best 8 of {len(sweep)}: {sweep[:8]}", flush=True)
+            res[f"sweep_wi_glu_N{N}"] = sweep = sweep_wi_glu(T, C, N)
+            print(f"sweep wi+gate N={N}: {sweep}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -52,6 +52,17 @@ def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
     return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
 
 
+def wi_gelu_gate(x_TC: torch.Tensor, proj: nn.Linear, fused: bool) -> torch.Tensor:
+    """`gelu_gate(proj(x))`: the MLP's input projection and its GLU gate. Fused: `fused_wi_glu`, the projection
+    with the gate in its epilogue, in the dtype `proj` runs in (autocast's)."""
+    if fused and x_TC.is_cuda:
+        x, weight, bias = _projection_operands(x_TC, proj)
+        kernel = policy.kernel("wi_gelu_gate", x, weight)
+        if kernel is not None:
+            return kernel.wi_gelu_gate(x, weight, bias)
+    return gelu_gate(proj(x_TC), fused)
+
+
 def qkv_rotary(
     x_TC: torch.Tensor, proj: nn.Linear, cos_TD: torch.Tensor, sin_TD: torch.Tensor, heads: int, fused: bool
 ):
