@@ -99,3 +99,25 @@ def test_fits_needs_both_kernels():
     assert not fused_qkv_band.fits(x.float(), w.float(), cos, 12)  # neither kernel takes fp32 on a GPU
     x64, w64 = torch.zeros(4, 64, dtype=torch.bfloat16), torch.zeros(3 * 64, 64, dtype=torch.bfloat16)
     assert not fused_qkv_band.fits(x64, w64, cos, 8)  # head dim 8: fused_qkv takes it, the band kernel not
+
+
+@pytest.mark.gpu
+def test_deterministic_backward_is_bitwise_reproducible_on_gpu(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) (the band kernel's split backward, no atomics), two backwards
+    of the same inputs give the same bits."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as composer's deterministic mode sets it
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            cu = cu_seqlens_from_lengths(torch.tensor([600, 77, 3000])).cuda()
+            cos, sin = (t.cuda() for t in rotary_cos_sin(positions_from_cu_seqlens(cu.cpu(), 3677), 64, 1e4))
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(3677, 768, generator=g).cuda().bfloat16().requires_grad_()
+            w = (torch.randn(2304, 768, generator=g) / 28).cuda().bfloat16().requires_grad_()
+            fused_qkv_band.qkv_band_attention(x, w, None, cos, sin, cu, 12, 128).sum().backward()
+            grads.append([x.grad, w.grad])
+        for a, b in zip(*grads):
+            assert torch.equal(a, b)
+    finally:
+        torch.use_deterministic_algorithms(False)

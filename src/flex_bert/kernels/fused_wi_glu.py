@@ -128,13 +128,14 @@ _fwd, _bwd = autograd_op("wi_gelu_gate", _fwd, _fwd_fake, _bwd, _bwd_fake, save=
 
 
 def fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """What the kernel takes: half-precision x and weight of one dtype, the weight a (2 N, C) projection, C a
-    multiple of BLOCK_K. The GPU: `MIN_CAPABILITY` (policy.py reads it)."""
+    """What the kernel takes: half-precision x and weight of one dtype, the weight a (2 N, C) projection with N a
+    multiple of 8 (the rows of h and z then start 16-byte aligned, as TMA boxes need), C a multiple of BLOCK_K. The
+    GPU: `MIN_CAPABILITY` (policy.py reads it)."""
     return (
         x.dtype in (torch.float16, torch.bfloat16)
         and weight.dtype == x.dtype
         and weight.dim() == 2
-        and weight.shape[0] % 2 == 0
+        and weight.shape[0] % 16 == 0
         and weight.shape[1] == x.shape[-1]
         and x.shape[-1] % CONFIG[2] == 0
     )

@@ -50,8 +50,8 @@ def descriptors(x: torch.Tensor, weight: torch.Tensor, block_m: int, block_n: in
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return (
-        TensorDescriptor.from_tensor(_aligned(x), [block_m, block_k]),
-        TensorDescriptor.from_tensor(_aligned(weight), [block_n, block_k]),
+        TensorDescriptor.from_tensor(aligned(x), [block_m, block_k]),
+        TensorDescriptor.from_tensor(aligned(weight), [block_n, block_k]),
     )
 
 
@@ -71,7 +71,7 @@ def launch_options(mode: int, warps: int, stages: int, dtype: torch.dtype) -> di
     )
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
+def aligned(t: torch.Tensor) -> torch.Tensor:
     """t, or a copy of it where its start is not at the 16-byte boundary a TMA box needs."""
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
