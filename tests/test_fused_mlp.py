@@ -87,3 +87,63 @@ def test_fits_refuses_what_the_kernels_cannot_take():
 @pytest.mark.parametrize("C, N, bias", [(768, 1152, False), (1024, 2624, True)])  # ModernBERT-base, -large
 def test_mlp_matches_float64_reference_on_gpu(C, N, bias):
     _check(5000, C, N, bias, torch.bfloat16, "cuda", 2e-2)
+
+
+@pytest.mark.parametrize(
+    "dropout, training, one_op",
+    [(0.0, True, True), (0.1, False, True), (0.1, True, False), (0.0, False, True)],
+)
+def test_glu_mlp_runs_the_one_op_only_where_no_dropout_applies(monkeypatch, dropout, training, one_op):
+    """`ops.glu_mlp` routes to `fused_mlp` (no dropout between the gate and Wo) only where dropout is a no-op
+    (CPU test: a stand-in for the kernel module the policy would give on a GPU)."""
+    from types import SimpleNamespace
+
+    from flex_bert.kernels import ops, policy
+
+    calls = []
+    stub = SimpleNamespace(mlp=lambda x, *args: calls.append("mlp") or torch.zeros_like(x))
+    monkeypatch.setattr(
+        policy, "kernel", lambda name, *tensors, enabled=True: stub if name == "mlp" else None
+    )
+    wi, wo = torch.nn.Linear(8, 32), torch.nn.Linear(16, 8)
+    x = torch.randn(5, 8)
+    out = ops.glu_mlp(x, wi, dropout, wo, training, fused=True)
+    assert (calls == ["mlp"]) == one_op
+    if not one_op:  # the composition, with its dropout
+        assert out.shape == (5, 8) and not torch.equal(out, torch.zeros_like(out))
+
+
+def test_no_tokens_backward_in_the_interpreter():
+    """T = 0 forward and backward: empty outputs, zero-size input gradients, zero weight gradients."""
+    _interpreter_only()
+    from flex_bert.kernels import fused_wi_glu
+
+    x = torch.randn(0, 64, requires_grad=True)
+    wi, wo = torch.randn(48, 64, requires_grad=True), torch.randn(64, 24, requires_grad=True)
+    for out in (fused_mlp.mlp(x, wi, None, wo, None), fused_wi_glu.wi_gelu_gate(x, wi, None)):
+        out.sum().backward()
+        assert out.shape[0] == 0 and x.grad.shape == (0, 64) and not wi.grad.any()
+
+
+def test_backward_runs_three_cublas_products_in_the_interpreter():
+    """Wo's input gradient is the kernel's: the backward leaves cuBLAS only dWo, dx and dWi (a fourth product would
+    compute the gradient of the gate's output the kernel exists not to write)."""
+    _interpreter_only()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountProducts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                self.shapes.append(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(37, 64, requires_grad=True)
+    wi, wo = torch.randn(48, 64, requires_grad=True), torch.randn(64, 24, requires_grad=True)
+    y = fused_mlp.mlp(x, wi, None, wo, None)
+    with CountProducts() as products:
+        y.sum().backward()
+    assert len(products.shapes) == 3, products.shapes

@@ -121,3 +121,23 @@ def test_deterministic_backward_is_bitwise_reproducible_on_gpu(monkeypatch):
             assert torch.equal(a, b)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_no_tokens_backward_in_the_interpreter():
+    """T = 0 forward and backward: empty outputs, zero-size input gradients, zero weight gradients."""
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
+    from flex_bert.kernels import fused_qkv
+
+    x = torch.randn(0, 64, requires_grad=True)
+    w = torch.randn(3 * 64, 64, requires_grad=True)
+    cos, sin = torch.zeros(0, 16), torch.zeros(0, 16)
+    cu = torch.zeros(1, dtype=torch.int32)
+    outs = (
+        fused_qkv_band.qkv_band_attention(x, w, None, cos, sin, cu, 4, 32),
+        *fused_qkv.qkv_rotary(x, w, None, cos, sin, 4),
+    )
+    sum(o.sum() for o in outs).backward()
+    assert all(o.shape == (0, 4, 16) for o in outs) and x.grad.shape == (0, 64) and not w.grad.any()

@@ -193,7 +193,9 @@ class Backend:
 
 _FLASH = Backend(varlen_attention, r"flash.*fwd", r"flash.*bwd")  # PyTorch's and Dao-AILab's flash kernels
 _BAND = Backend(
-    band_backend, r"^_band_fwd|" + _FLASH.forward_kernels, r"^_band_(bwd|delta)|" + _FLASH.backward_kernels
+    band_backend,
+    r"^_band_fwd|" + _FLASH.forward_kernels,
+    r"^_band_(bwd|delta|dq_store)|" + _FLASH.backward_kernels,
 )
 _FA4 = Backend(fa4_backend, r"flash.*(fwd|forward)", r"flash.*(bwd|backward)")  # CuTe DSL kernel names
 _SDPA = Backend(sdpa_attention, r"fmha.*(fwd|cutlassF)|attn.*fwd", r"fmha.*(bwd|cutlassB)|attn.*bwd")

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from . import fused_wi_glu, tma_product
 from .op import autograd_op
-from .tma_product import launch_options, linear_gradients, programs, tile_coords
+from .tma_product import launch_options, linear_gradients, programs, tile_coords, weight_gradients
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -119,7 +119,7 @@ def _bwd(
     has_bi: bool,
     has_bo: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    _, d_wo, d_bo = linear_gradients(dy, z, wo, has_bo)
+    d_wo, d_bo = weight_gradients(dy, z, wo, has_bo)  # Wo's input gradient is the kernel's
     dx, d_wi, d_bi = linear_gradients(gate_input_gradient(dy, wo, h), x, wi, has_bi)
     return dx, d_wi, d_bi, d_wo, d_bo
 

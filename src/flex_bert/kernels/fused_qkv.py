@@ -237,6 +237,7 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
         and D >= 2
         and D & (D - 1) == 0
         and 16 <= _heads_per_tile(heads, D, CONFIG[1]) * D // 2 <= MAX_TILE_WIDTH
+        and (not CONFIG[7] or D // 2 * x.element_size() >= 16)  # a store box's rows: 16 bytes at least
         and x.shape[-1] % CONFIG[2] == 0
         and cos.dtype == torch.float32
     )

@@ -57,7 +57,7 @@ def glu_mlp(
 ) -> torch.Tensor:
     """`wo(dropout(gelu(a) * g))` for `a, g = wi(x).chunk(2, -1)`. Fused, where no dropout applies: `fused_mlp`,
     one op whose backward computes the gate's gradient in the epilogue of Wo's; else `wi_gelu_gate`, then Wo."""
-    if fused and x_TC.is_cuda and (dropout == 0 or not training):
+    if fused and (dropout == 0 or not training):
         x, (w_i, b_i), (w_o, b_o) = _operands(x_TC, wi, wo)
         kernel = policy.kernel("mlp", x, w_i, w_o)
         if kernel is not None:
@@ -68,7 +68,7 @@ def glu_mlp(
 def wi_gelu_gate(x_TC: torch.Tensor, proj: nn.Linear, fused: bool) -> torch.Tensor:
     """`gelu_gate(proj(x))`: the MLP's input projection and its GLU gate. Fused: `fused_wi_glu`, the projection
     with the gate in its epilogue, in the dtype `proj` runs in (autocast's)."""
-    if fused and x_TC.is_cuda:
+    if fused:
         x, (weight, bias) = _operands(x_TC, proj)
         kernel = policy.kernel("wi_gelu_gate", x, weight)
         if kernel is not None:
@@ -81,7 +81,7 @@ def qkv_rotary(
 ):
     """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
     `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
-    if fused and x_TC.is_cuda:
+    if fused:
         x, (weight, bias) = _operands(x_TC, proj)
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
         if kernel is not None:
@@ -105,11 +105,12 @@ def qkv_attention(
     """The attention backend `backend` (`BACKENDS`) of `qkv_rotary`'s q, k, v: (T, H, D). Fused, on a local
     layer (a window) that the backend runs the band kernel on: `fused_qkv_band`, the two as one op, whose
     backward writes the projection's gradient directly."""
-    if fused and window is not None and x_TC.is_cuda:
+    if fused and window is not None:
         x, (weight, bias) = _operands(x_TC, proj)
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
-        q_like = x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
-        if kernel is not None and backends.runs_band(backend, q_like):
+        if kernel is not None and backends.runs_band(
+            backend, x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
+        ):
             return kernel.qkv_band_attention(x, weight, bias, cos_TD, sin_TD, cu_seqlens, heads, window)
     q, k, v = qkv_rotary(x_TC, proj, cos_TD, sin_TD, heads, fused)
     return backends.get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)

@@ -85,6 +85,14 @@ def linear_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias) of the product `x @ weight.T (+ bias)` from its output's gradient, any shape of
     (T, rows) elements (cuBLAS); dbias empty without a bias."""
-    dy = dy.view(x.shape[0], -1)
+    dy = dy.reshape(x.shape[0], weight.shape[0])
+    return dy @ weight, *weight_gradients(dy, x, weight, has_bias)
+
+
+def weight_gradients(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dweight, dbias) alone, for a product whose input gradient is computed elsewhere."""
+    dy = dy.reshape(x.shape[0], weight.shape[0])
     d_bias = dy.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else dy.new_empty(0)
-    return dy @ weight, dy.t() @ x, d_bias
+    return dy.t() @ x, d_bias
