@@ -1,4 +1,4 @@
-"""The fused kernels (kernels/fused_*.py) against what they replace, alone.
+"""The fused kernels (kernels/fused_norm.py, fused_glu.py, fused_qkv.py) against what they replace, alone.
 
 For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the residual joint
 `x + dropout(branch)` -> LayerNorm (fp32 stream, bf16 branch and output, p = 0.1 and 0) and the GLU gate
@@ -6,12 +6,10 @@ For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the re
 TB/s of the bytes each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes
 per gate element); the QKV projection with rotary in its epilogue (`fused_qkv`) against cuBLAS's projection +
 the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s;
-a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel;
-the MLP's input projection with the gate in its epilogue (`fused_wi_glu`) against cuBLAS's projection + the gate
-kernel; the MLP as one op (`fused_mlp`, the gate's backward in the epilogue of Wo's input gradient).
+a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel.
 All forward and backward. `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps,
-backward programs per SM) and the matrix products with epilogues (`fused_qkv`'s, `fused_wi_glu`'s forwards,
-`fused_mlp`'s backward) over their tile configurations at ModernBERT-base's width, to choose the defaults.
+backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width,
+to choose the defaults.
 
 Usage (GPU): python scripts/bench_fused.py [--tokens 98304] [--sweep] [--json OUT]
 """
@@ -26,16 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.kernels import (
-    band_attention,
-    fused_glu,
-    fused_mlp,
-    fused_norm,
-    fused_qkv,
-    fused_qkv_band,
-    fused_rotary,
-    fused_wi_glu,
-)
+from flex_bert.kernels import band_attention, fused_glu, fused_norm, fused_qkv, fused_qkv_band, fused_rotary
 from flex_bert.kernels.rotary import rotary_cos_sin
 
 # the recipe's two joints: attention output (attn_out_dropout_prob 0.1) and MLP output (mlp_dropout_prob 0.0)
@@ -133,49 +122,6 @@ def bench_qkv(T: int, C: int, H: int) -> dict:
     return res
 
 
-def bench_wi_glu(T: int, C: int, N: int) -> dict:
-    """The MLP's input projection + GLU gate three ways; the rates are the projection's TFLOP/s (2 T C 2N)."""
-    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (torch.randn(2 * N, C, device="cuda") / C**0.5).to(torch.bfloat16).requires_grad_(True)
-
-    def fused(x, w):
-        return fused_wi_glu.wi_gelu_gate(x, w, None)
-
-    def unfused(x, w):
-        return fused_glu.gelu_gate(F.linear(x, w))
-
-    flops = 2 * T * C * 2 * N
-    fns = (("fused", fused), ("cublas+gate", unfused), ("cublas_only", F.linear))
-    res = _compare(fns, (x, w), flops, 2 * flops, "TFLOPs")
-    res["fused_vs_unfused_max_abs"] = (fused(x, w).float() - unfused(x, w).float()).abs().max().item()
-    return res
-
-
-def bench_mlp(T: int, C: int, N: int) -> dict:
-    """The MLP (Wi, gate, Wo) as one op (`fused_mlp`) against `fused_wi_glu` then cuBLAS's Wo, and against
-    cuBLAS's Wi + the gate kernel + cuBLAS's Wo; the rates are the products' TFLOP/s (2 T C 3N)."""
-    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    wi = (torch.randn(2 * N, C, device="cuda") / C**0.5).to(torch.bfloat16).requires_grad_(True)
-    wo = (torch.randn(C, N, device="cuda") / N**0.5).to(torch.bfloat16).requires_grad_(True)
-
-    def one_op(x, wi, wo):
-        return fused_mlp.mlp(x, wi, None, wo, None)
-
-    def wi_glu_then_wo(x, wi, wo):
-        return F.linear(fused_wi_glu.wi_gelu_gate(x, wi, None), wo)
-
-    def unfused(x, wi, wo):
-        return F.linear(fused_glu.gelu_gate(F.linear(x, wi)), wo)
-
-    flops = 2 * T * C * 3 * N
-    fns = (("one_op", one_op), ("fused_wi_glu+cublas", wi_glu_then_wo), ("cublas+gate+cublas", unfused))
-    res = _compare(fns, (x, wi, wo), flops, 2 * flops, "TFLOPs")
-    res["one_op_vs_unfused_max_abs"] = (
-        (one_op(x, wi, wo).float() - unfused(x, wi, wo).float()).abs().max().item()
-    )
-    return res
-
-
 def bench_qkv_band(T: int, C: int, H: int) -> dict:
     """A local layer's attention from its input (window 128, documents of 1024 tokens): `fused_qkv_band`, one op
     whose band backward writes the projection's gradient, against `fused_qkv` then the band kernel; the rates are
@@ -195,15 +141,14 @@ def bench_qkv_band(T: int, C: int, H: int) -> dict:
     return res
 
 
-# `fused_qkv`'s tile configurations to time (`fused_qkv.CONFIG`'s fields): those that compile for sm_90 without
-# spills (scripts/check_kernels.py), around the default; a persistent 4-stage tile with boxed stores needs more
-# shared memory than an H100 has
+# `fused_qkv`'s tile configurations to time (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): those
+# that compile for sm_90 without spills (scripts/check_kernels.py), around the default
 QKV_SWEEP = [
-    (128, 4, 64, 8, 8, stages, programs, store)
+    (bm, heads, 64, 8, 8, stages, programs)
+    for bm, heads in ((128, 4), (128, 2), (256, 2))
     for stages in (3, 4)
     for programs in (0, 1, 2)
-    for store in (0, 1)
-] + [(256, 2, 64, 8, 8, 3, 1, store) for store in (0, 1)]  # fmt: skip
+] + [(128, 4, 32, 8, 8, 5, 2), (64, 4, 64, 8, 8, 4, 0), (128, 4, 64, 4, 8, 4, 0)]  # fmt: skip
 
 
 def sweep_qkv(T: int, C: int, H: int) -> list[dict]:
@@ -218,55 +163,6 @@ def sweep_qkv(T: int, C: int, H: int) -> list[dict]:
             continue
         results.append({"config": config, "fwd_ms": ms, "TFLOPs": round(2 * T * C * 3 * C / ms / 1e9, 1)})
     return sorted(results, key=lambda r: r.get("fwd_ms", float("inf")))
-
-
-# `fused_wi_glu`'s tile configurations to time (`fused_wi_glu.CONFIG`'s fields); 4 stages of 128 x 128 tiles and
-# the epilogue's boxes need more shared memory than an H100 has
-WI_GLU_SWEEP = [(128, 128, 64, 8, 8, 3, programs) for programs in (0, 1, 2)] + [
-    (128, 128, 64, 8, 8, 2, 1), (128, 64, 64, 8, 4, 4, 0), (128, 64, 64, 8, 4, 4, 1), (64, 128, 64, 8, 4, 4, 1),
-]  # fmt: skip
-
-
-def sweep_wi_glu(T: int, C: int, N: int) -> list[dict]:
-    """`fused_wi_glu`'s forward over `WI_GLU_SWEEP`; a configuration that fails to launch is listed with its
-    error."""
-    x = torch.randn(T, C, device="cuda", dtype=torch.bfloat16)
-    w = (torch.randn(2 * N, C, device="cuda") / C**0.5).to(torch.bfloat16)
-    results = []
-    for config in WI_GLU_SWEEP:
-        try:
-            ms = _bench(lambda c=config: fused_wi_glu.launch(x, w, None, c))
-        except Exception as e:  # out of shared memory
-            results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
-            continue
-        results.append({"config": config, "fwd_ms": ms, "TFLOPs": round(2 * T * C * 2 * N / ms / 1e9, 1)})
-    return sorted(results, key=lambda r: r.get("fwd_ms", float("inf")))
-
-
-# `fused_mlp`'s backward kernel's tile configurations to time (`fused_mlp.CONFIG`'s fields)
-MLP_SWEEP = [(128, 128, 64, 8, 8, stages, programs) for stages in (3, 4) for programs in (0, 1, 2)] + [
-    (128, 64, 64, 8, 4, 4, 0), (128, 256, 64, 8, 8, 3, 0), (64, 128, 64, 8, 4, 4, 0),
-]  # fmt: skip
-
-
-def sweep_mlp(T: int, C: int, N: int) -> list[dict]:
-    """`fused_mlp`'s backward kernel (Wo's input gradient with the gate's backward) over `MLP_SWEEP`, against
-    cuBLAS's product then the gate's backward kernel; a configuration that fails to launch is listed with its
-    error."""
-    dy = torch.randn(T, C, device="cuda", dtype=torch.bfloat16)
-    wo = (torch.randn(C, N, device="cuda") / N**0.5).to(torch.bfloat16)
-    h = torch.randn(T, 2 * N, device="cuda", dtype=torch.bfloat16)
-    flops = 2 * T * C * N
-    base = _bench(lambda: fused_glu.gate_backward(dy @ wo, h))
-    results = [{"config": "cublas+gate_backward", "ms": base, "TFLOPs": round(flops / base / 1e9, 1)}]
-    for config in MLP_SWEEP:
-        try:
-            ms = _bench(lambda c=config: fused_mlp.gate_input_gradient(dy, wo, h, c))
-        except Exception as e:  # out of shared memory
-            results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
-            continue
-        results.append({"config": config, "ms": ms, "TFLOPs": round(flops / ms / 1e9, 1)})
-    return sorted(results, key=lambda r: r.get("ms", float("inf")))
 
 
 def sweep_joint(T: int, C: int, p: float) -> list[dict]:
@@ -315,10 +211,6 @@ def main(argv=None) -> int:
             print(f"joint C={C} p={p}: {res[f'joint_C{C}_p{p}']}", flush=True)
         res[f"gate_N{N}"] = bench_gate(T, N)
         print(f"gate N={N}: {res[f'gate_N{N}']}", flush=True)
-        res[f"wi_glu_N{N}"] = bench_wi_glu(T, C, N)
-        print(f"wi+gate N={N}: {res[f'wi_glu_N{N}']}", flush=True)
-        res[f"mlp_N{N}"] = bench_mlp(T, C, N)
-        print(f"mlp N={N}: {res[f'mlp_N{N}']}", flush=True)
         res[f"qkv_C{C}"] = bench_qkv(T, C, C // 64)
         print(f"qkv C={C}: {res[f'qkv_C{C}']}", flush=True)
         res[f"qkv_band_C{C}"] = bench_qkv_band(T, C, C // 64)
@@ -328,10 +220,6 @@ def main(argv=None) -> int:
             print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)
             res[f"sweep_qkv_C{C}"] = sweep = sweep_qkv(T, C, C // 64)
             print(f"sweep qkv C={C}, best 8 of {len(sweep)}: {sweep[:8]}", flush=True)
-            res[f"sweep_wi_glu_N{N}"] = sweep = sweep_wi_glu(T, C, N)
-            print(f"sweep wi+gate N={N}: {sweep}", flush=True)
-            res[f"sweep_mlp_N{N}"] = sweep = sweep_mlp(T, C, N)
-            print(f"sweep mlp backward N={N}: {sweep}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

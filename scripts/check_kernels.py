@@ -33,24 +33,13 @@ from flex_bert.kernels import (
     band_attention,
     fused_cross_entropy,
     fused_glu,
-    fused_mlp,
     fused_norm,
     fused_qkv,
     fused_qkv_band,
     fused_rotary,
-    fused_wi_glu,
 )
 
-MODULES = (
-    fused_norm,
-    fused_glu,
-    fused_wi_glu,
-    fused_mlp,
-    fused_rotary,
-    fused_qkv,
-    fused_cross_entropy,
-    band_attention,
-)
+MODULES = (fused_norm, fused_glu, fused_rotary, fused_qkv, fused_cross_entropy, band_attention)
 # ModernBERT-base: tokens, hidden, GLU width, heads, head dim, vocabulary (masked rows)
 T, C, N, H, D, V, ROWS = 512, 768, 1152, 12, 64, 50368, 64
 
@@ -77,10 +66,6 @@ def run_ops() -> None:
         (out.float().sum() + (x_new.sum() if both else 0)).backward()
     h = torch.randn(T, 2 * N, dtype=torch.bfloat16, **req)
     fused_glu.gelu_gate(h).float().sum().backward()
-    x, wi = torch.randn(T, C, dtype=torch.bfloat16, **req), torch.randn(2 * N, C, dtype=torch.bfloat16, **req)
-    fused_wi_glu.wi_gelu_gate(x, wi, None).float().sum().backward()
-    wo = torch.randn(C, N, dtype=torch.bfloat16, **req)
-    fused_mlp.mlp(x, wi, None, wo, None).float().sum().backward()
     qkv = torch.randn(T, 3, H, D, dtype=torch.bfloat16, **req)
     cos, sin = torch.randn(T, D), torch.randn(T, D)
     sum(x.float().sum() for x in fused_rotary.rotary_qkv(qkv, cos, sin)).backward()

@@ -1,4 +1,4 @@
-"""FlexBERT's kernels behind one door: the fused-or-plain operations the model calls (`add_norm`, `glu_mlp`,
+"""FlexBERT's kernels behind one door: the fused-or-plain operations the model calls (`add_norm`, `gelu_gate`,
 `qkv_attention`, `cross_entropy`; ops.py), the attention backends by name (`BACKENDS`,
 backends.py), the policy that decides where each kernel runs (policy.py) and the one way a kernel becomes an
 autograd op (op.py).
@@ -7,14 +7,14 @@ Nothing here imports the model, train/ or composer.
 """
 
 from .backends import BACKENDS, Backend, get_backend
-from .ops import add_norm, cross_entropy, glu_mlp, qkv_attention
+from .ops import add_norm, cross_entropy, gelu_gate, qkv_attention
 
 __all__ = [
     "BACKENDS",
     "Backend",
     "add_norm",
     "cross_entropy",
-    "glu_mlp",
+    "gelu_gate",
     "get_backend",
     "qkv_attention",
 ]

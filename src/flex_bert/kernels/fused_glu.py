@@ -69,8 +69,7 @@ def _fwd_fake(h):
     return h.new_empty((h.shape[0], h.shape[1] // 2))
 
 
-def gate_backward(dz: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """dh (T, 2 N), the gradient of the gate's input h from that of its output dz (T, N)."""
+def _bwd(dz: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     T, N = dz.shape
     dh = _bwd_fake(dz, h)
     _gelu_gate_bwd[_grid(T, N)](dz, h, dh, T, N, BLOCK_R=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, num_warps=WARPS)
@@ -82,7 +81,7 @@ def _bwd_fake(dz, h):
 
 
 _fwd, _bwd = autograd_op(
-    "gelu_gate", _fwd, _fwd_fake, gate_backward, _bwd_fake, save=lambda inputs, outputs: (inputs, ())
+    "gelu_gate", _fwd, _fwd_fake, _bwd, _bwd_fake, save=lambda inputs, outputs: (inputs, ())
 )
 
 

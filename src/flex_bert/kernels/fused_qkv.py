@@ -22,16 +22,19 @@ import torch
 import triton
 import triton.language as tl
 
-from . import fused_rotary, tma_product
+from . import fused_rotary
 from .op import autograd_op
-from .tma_product import (
-    descriptors,
-    launch_options,
-    linear_gradients,
-    paired_product,
-    programs,
-    tile_coords,
-)
+
+
+@triton.jit
+def _tile(t, T, num_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile t -> (token tile, head tile), grouped: GROUP_M token tiles run through all head tiles together (their
+    rows of x stay in L2)."""
+    num_m = tl.cdiv(T, BLOCK_M)
+    per_group = GROUP_M * num_n
+    first_m = (t // per_group) * GROUP_M
+    group_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (t % per_group) % group_m, (t % per_group) // group_m
 
 
 @triton.jit(do_not_specialize=["T", "PROGRAMS"])  # no recompilation as the token count changes
@@ -44,9 +47,6 @@ def _qkv_rotary_fwd(
     Q,
     K,
     V,
-    q_desc,
-    k_desc,
-    v_desc,
     T,
     C: tl.constexpr,
     H: tl.constexpr,
@@ -57,15 +57,12 @@ def _qkv_rotary_fwd(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     PROGRAMS,
-    PERSISTENT: tl.constexpr,
     SPECIALISE: tl.constexpr,
-    STORE_BOXES: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     """x_desc: (T, C) in (BLOCK_M, BLOCK_K) boxes; w_desc: the weight with its rows in tile order (`_tile_rows`),
     (3 H D, C) in (BLOCK_N, BLOCK_K) boxes. PROGRAMS: each program runs tiles pid, pid + PROGRAMS, ...
-    PERSISTENT, SPECIALISE: `tma_product`'s programs modes. STORE_BOXES: q, k, v stored by TMA boxes (q_desc ...: (T, H, D) in (BLOCK_M, HEADS, D/2) boxes),
-    else by pointers."""
+    SPECIALISE: Triton's warp specialisation of that loop (loads, products and epilogue in separate warps)."""
     HALF: tl.constexpr = D // 2
     BLOCK_N: tl.constexpr = HEADS * HALF
     num_n: tl.constexpr = 3 * H // HEADS
@@ -73,23 +70,25 @@ def _qkv_rotary_fwd(
     r = tl.arange(0, BLOCK_M)
     hh = tl.arange(0, HEADS)
     dd = tl.arange(0, HALF)
-    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=PERSISTENT, warp_specialize=SPECIALISE):
-        pid_m, pid_n = tile_coords(t, T, num_n, BLOCK_M, GROUP_M)
+    for t in tl.range(tl.program_id(0), tiles, PROGRAMS, flatten=SPECIALISE, warp_specialize=SPECIALISE):
+        pid_m, pid_n = _tile(t, T, num_n, BLOCK_M, GROUP_M)
         m0 = pid_m * BLOCK_M
-        row1 = pid_n * 2 * BLOCK_N
-        acc1, acc2 = paired_product(
-            x_desc, w_desc, m0, row1, row1 + BLOCK_N, C, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION
-        )
+        acc1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, C, BLOCK_K):
+            a = x_desc.load([m0, k])
+            acc1 = tl.dot(a, w_desc.load([pid_n * 2 * BLOCK_N, k]).T, acc1, input_precision=PRECISION)
+            acc2 = tl.dot(
+                a, w_desc.load([pid_n * 2 * BLOCK_N + BLOCK_N, k]).T, acc2, input_precision=PRECISION
+            )
         # The epilogue sees the tile as (tokens, heads, HALF): a table row is loaded once and broadcast over the
         # tile's heads (fewer registers than a table entry per element).
         acc1 = tl.reshape(acc1, (BLOCK_M, HEADS, HALF))
         acc2 = tl.reshape(acc2, (BLOCK_M, HEADS, HALF))
+        row1 = (pid_n * HEADS + hh)[None, :, None] * D + dd[None, None, :]  # weight rows of the first halves
         if HAS_BIAS:
-            first = (pid_n * HEADS + hh)[None, :, None] * D + dd[
-                None, None, :
-            ]  # bias entries of the first halves
-            acc1 += tl.load(BIAS + first).to(tl.float32)
-            acc2 += tl.load(BIAS + first + HALF).to(tl.float32)
+            acc1 += tl.load(BIAS + row1).to(tl.float32)
+            acc2 += tl.load(BIAS + row1 + HALF).to(tl.float32)
         # 64-bit offset of the tile's first token, 32-bit offsets inside the tile (fewer registers)
         m64 = m0.to(tl.int64)
         part = (pid_n * HEADS) // H  # 0 q, 1 k, 2 v: H % HEADS == 0, so a tile lies in one part
@@ -103,40 +102,29 @@ def _qkv_rotary_fwd(
         else:
             out1 = acc1
             out2 = acc2
-        h0 = pid_n * HEADS - part * H
-        out1 = out1.to(Q.dtype.element_ty)
-        out2 = out2.to(Q.dtype.element_ty)
-        if STORE_BOXES:  # the box clips the rows past T
-            if part == 0:
-                desc = q_desc
-            elif part == 1:
-                desc = k_desc
-            else:
-                desc = v_desc
-            desc.store([m0, h0, 0], out1)
-            desc.store([m0, h0, HALF], out2)
+        if part == 0:
+            base = Q
+        elif part == 1:
+            base = K
         else:
-            if part == 0:
-                base = Q
-            elif part == 1:
-                base = K
-            else:
-                base = V
-            out = (
-                base
-                + m64 * (H * D)
-                + (r[:, None, None] * (H * D) + ((h0 + hh) * D)[None, :, None] + dd[None, None, :])
-            )
-            m_tok = (r < T - m0)[:, None, None]
-            tl.store(out, out1, mask=m_tok)
-            tl.store(out + HALF, out2, mask=m_tok)
+            base = V
+        h0 = pid_n * HEADS - part * H
+        out = (
+            base
+            + m64 * (H * D)
+            + (r[:, None, None] * (H * D) + ((h0 + hh) * D)[None, :, None] + dd[None, None, :])
+        )
+        m_tok = (r < T - m0)[:, None, None]
+        tl.store(out, out1.to(Q.dtype.element_ty), mask=m_tok)
+        tl.store(out + HALF, out2.to(Q.dtype.element_ty), mask=m_tok)
 
 
-# (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs, store): `tma_product`'s configuration with HEADS
-# heads a tile (BLOCK_N = HEADS D/2; HEADS drops to a divisor of H where it must), and q, k, v stored by pointers
-# (store 0) or by TMA boxes (1)
-CONFIG = (128, 4, 64, 8, 8, 4, 0, 0)
-MIN_CAPABILITY = tma_product.MIN_CAPABILITY  # policy.py reads it
+# (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): programs 0 one tile each, 1 one per SM (persistent),
+# 2 one per SM, warp-specialised. HEADS drops to a divisor of H where it must.
+CONFIG = (128, 4, 64, 8, 8, 4, 0)
+
+
+MIN_CAPABILITY = 9  # TMA boxes and the tile were chosen and measured on Hopper (docs/PERFORMANCE.md)
 MAX_TILE_WIDTH = 128  # columns of each accumulator: wider tiles need more shared memory than an H100 has
 
 
@@ -165,21 +153,30 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
     q, k, v = _fwd_fake(x, weight, bias, cos, sin, heads)
     if T == 0:  # a TMA descriptor takes no empty tensor
         return q, k, v
-    block_m, want_heads, block_k, group_m, warps, stages, mode, store_boxes = config
+    block_m, want_heads, block_k, group_m, warps, stages, persistent = config
     tile_heads = _heads_per_tile(heads, D, want_heads)
-    n = programs(triton.cdiv(T, block_m) * (3 * heads // tile_heads), mode, x.device)
-    x_desc, w_desc = descriptors(
-        x, _tile_rows(weight, heads, tile_heads), block_m, tile_heads * D // 2, block_k
+    tiles = triton.cdiv(T, block_m) * (3 * heads // tile_heads)
+    programs = min(tiles, _num_sms(x.device)) if persistent else tiles
+    x_desc = TensorDescriptor.from_tensor(_aligned(x), [block_m, block_k])
+    w_desc = TensorDescriptor.from_tensor(
+        _aligned(_tile_rows(weight, heads, tile_heads)), [tile_heads * D // 2, block_k]
     )
-    outs = (q, k, v)
-    if store_boxes:
-        outs = tuple(TensorDescriptor.from_tensor(o, [block_m, tile_heads, D // 2]) for o in outs)
-    _qkv_rotary_fwd[(n,)](
-        x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, *outs, T, C, heads, D,
+    _qkv_rotary_fwd[(programs,)](
+        x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
         HAS_BIAS=bias is not None, HEADS=tile_heads, BLOCK_M=block_m, BLOCK_K=block_k, GROUP_M=group_m,
-        PROGRAMS=n, STORE_BOXES=bool(store_boxes), **launch_options(mode, warps, stages, x.dtype),
+        PROGRAMS=programs, SPECIALISE=persistent == 2, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     return q, k, v
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it where its start is not at the 16-byte boundary a TMA box needs."""
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _fwd(
@@ -208,7 +205,17 @@ def _bwd(
     sin: torch.Tensor,
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return linear_gradients(fused_rotary.rotary_qkv_backward(dq, dk, dv, cos, sin), x, weight, has_bias)
+    return projection_gradients(fused_rotary.rotary_qkv_backward(dq, dk, dv, cos, sin), x, weight, has_bias)
+
+
+def projection_gradients(
+    dqkv: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, has_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias) of the projection `x @ weight.T (+ bias)` from its output's gradient, any shape of
+    (T, 3 H D) elements (cuBLAS); dbias empty without a bias."""
+    dqkv = dqkv.reshape(x.shape[0], weight.shape[0])
+    d_bias = dqkv.sum(0, dtype=torch.float32).to(weight.dtype) if has_bias else dqkv.new_empty(0)
+    return dqkv @ weight, dqkv.t() @ x, d_bias
 
 
 def _bwd_fake(dq, dk, dv, x, weight, cos, sin, has_bias):
@@ -237,7 +244,6 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
         and D >= 2
         and D & (D - 1) == 0
         and 16 <= _heads_per_tile(heads, D, CONFIG[1]) * D // 2 <= MAX_TILE_WIDTH
-        and (not CONFIG[7] or D // 2 * x.element_size() >= 16)  # a store box's rows: 16 bytes at least
         and x.shape[-1] % CONFIG[2] == 0
         and cos.dtype == torch.float32
     )

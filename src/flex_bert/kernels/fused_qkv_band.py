@@ -7,7 +7,7 @@ forward kernels. Why one op: the backward. As two ops, the band backward writes 
 `fused_rotary`'s backward reads them again to write the projection's (T, 3, H, D) gradient with the inverse
 rotation. As one, the band backward's kernels write that gradient directly, rotating dq and dk in the registers
 they store from (`band_attention.gradients` with `rotary`). Then cuBLAS computes the gradients of x, weight and
-bias (`tma_product.linear_gradients`). Saved for the backward: what the two ops save.
+bias (`fused_qkv.projection_gradients`). Saved for the backward: what the two ops save.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import torch
 
 from . import band_attention, fused_qkv
 from .op import autograd_op
-from .tma_product import linear_gradients
 
 MIN_CAPABILITY = fused_qkv.MIN_CAPABILITY
 
@@ -60,7 +59,7 @@ def _bwd(
     has_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dqkv = band_attention.gradients(do, q, k, v, out, lse, lo, hi, half, rotary=(cos, sin))
-    return linear_gradients(dqkv, x, weight, has_bias)
+    return fused_qkv.projection_gradients(dqkv, x, weight, has_bias)
 
 
 def _bwd_fake(do, x, weight, cos, sin, q, k, v, out, lse, lo, hi, half, has_bias):

@@ -52,37 +52,13 @@ def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
     return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
 
 
-def glu_mlp(
-    x_TC: torch.Tensor, wi: nn.Linear, dropout: float, wo: nn.Linear, training: bool, fused: bool
-) -> torch.Tensor:
-    """`wo(dropout(gelu(a) * g))` for `a, g = wi(x).chunk(2, -1)`. Fused, where no dropout applies: `fused_mlp`,
-    one op whose backward computes the gate's gradient in the epilogue of Wo's; else `wi_gelu_gate`, then Wo."""
-    if fused and (dropout == 0 or not training):
-        x, (w_i, b_i), (w_o, b_o) = _operands(x_TC, wi, wo)
-        kernel = policy.kernel("mlp", x, w_i, w_o)
-        if kernel is not None:
-            return kernel.mlp(x, w_i, b_i, w_o, b_o)
-    return wo(F.dropout(wi_gelu_gate(x_TC, wi, fused), dropout, training))
-
-
-def wi_gelu_gate(x_TC: torch.Tensor, proj: nn.Linear, fused: bool) -> torch.Tensor:
-    """`gelu_gate(proj(x))`: the MLP's input projection and its GLU gate. Fused: `fused_wi_glu`, the projection
-    with the gate in its epilogue, in the dtype `proj` runs in (autocast's)."""
-    if fused:
-        x, (weight, bias) = _operands(x_TC, proj)
-        kernel = policy.kernel("wi_gelu_gate", x, weight)
-        if kernel is not None:
-            return kernel.wi_gelu_gate(x, weight, bias)
-    return gelu_gate(proj(x_TC), fused)
-
-
 def qkv_rotary(
     x_TC: torch.Tensor, proj: nn.Linear, cos_TD: torch.Tensor, sin_TD: torch.Tensor, heads: int, fused: bool
 ):
     """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
     `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
-    if fused:
-        x, (weight, bias) = _operands(x_TC, proj)
+    if fused and x_TC.is_cuda:
+        x, weight, bias = _projection_operands(x_TC, proj)
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
         if kernel is not None:
             return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
@@ -105,8 +81,8 @@ def qkv_attention(
     """The attention backend `backend` (`BACKENDS`) of `qkv_rotary`'s q, k, v: (T, H, D). Fused, on a local
     layer (a window) that the backend runs the band kernel on: `fused_qkv_band`, the two as one op, whose
     backward writes the projection's gradient directly."""
-    if fused and window is not None:
-        x, (weight, bias) = _operands(x_TC, proj)
+    if fused and window is not None and x_TC.is_cuda:
+        x, weight, bias = _projection_operands(x_TC, proj)
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
         if kernel is not None and backends.runs_band(
             backend, x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
@@ -116,12 +92,11 @@ def qkv_attention(
     return backends.get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)
 
 
-def _operands(x_TC: torch.Tensor, *linears: nn.Linear):
-    """x, then each linear's (weight, bias), in the dtype the products run in (autocast's), as the kernels take them."""
+def _projection_operands(x_TC: torch.Tensor, proj: nn.Linear):
+    """(x, weight, bias) in the dtype the projection runs in (autocast's), as its kernels take them."""
     dtype = autocast_dtype(x_TC)
-    return x_TC.to(dtype), *(
-        (m.weight.to(dtype), None if m.bias is None else m.bias.to(dtype)) for m in linears
-    )
+    bias = None if proj.bias is None else proj.bias.to(dtype)
+    return x_TC.to(dtype), proj.weight.to(dtype), bias
 
 
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int, fused: bool):

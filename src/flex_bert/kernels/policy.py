@@ -24,19 +24,15 @@ if TRITON:
         band_attention,
         fused_cross_entropy,
         fused_glu,
-        fused_mlp,
         fused_norm,
         fused_qkv,
         fused_qkv_band,
         fused_rotary,
-        fused_wi_glu,
     )
 
     KERNELS: dict[str, ModuleType] = {
         "add_norm": fused_norm,
         "gelu_gate": fused_glu,
-        "wi_gelu_gate": fused_wi_glu,
-        "mlp": fused_mlp,
         "rotary_qkv": fused_rotary,
         "qkv_rotary": fused_qkv,
         "qkv_band_attention": fused_qkv_band,

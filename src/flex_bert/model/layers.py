@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import add_norm, glu_mlp
+from flex_bert.kernels import add_norm, gelu_gate
 
 from .attention import Attention
 from .config import FlexBertConfig
@@ -31,8 +31,8 @@ class Embeddings(nn.Module):
 
 
 class GLU(nn.Module):
-    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. The whole is
-    `kernels.glu_mlp` (Triton kernels where `config.fused_kernels` and the policy allow)."""
+    """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. The gate is
+    `kernels.gelu_gate` (a Triton kernel where `config.fused_kernels` and the policy allow)."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__()
@@ -42,7 +42,7 @@ class GLU(nn.Module):
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
 
     def forward(self, x_TC: torch.Tensor) -> torch.Tensor:
-        return glu_mlp(x_TC, self.Wi, self.drop.p, self.Wo, self.training, self.fused)
+        return self.Wo(self.drop(gelu_gate(self.Wi(x_TC), self.fused)))
 
 
 class EncoderLayer(nn.Module):

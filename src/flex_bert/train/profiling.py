@@ -46,7 +46,7 @@ def kernel_categories() -> tuple[tuple[str, str], ...]:
         ("attention forward", "|".join(b.forward_kernels for b in BACKENDS.values())),
         (
             "matrix products",
-            r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_|^_qkv_rotary_|^_wi_glu_|^_mlp_gate_",
+            r"gemm|nvjet|cutlass|xmma|cublas|wgmma|sm\d\d_|^_qkv_rotary_",
         ),  # the last: fused_qkv
         ("optimizer", r"stableadamw|adam"),
         ("copies and fills", r"memcpy|memset|copy_kernel|fill_kernel|FillFunctor|CatArrayBatched"),
