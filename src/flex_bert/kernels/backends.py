@@ -195,7 +195,7 @@ _FLASH = Backend(varlen_attention, r"flash.*fwd", r"flash.*bwd")  # PyTorch's an
 _BAND = Backend(
     band_backend,
     r"^_band_fwd|" + _FLASH.forward_kernels,
-    r"^_band_(bwd|delta|dq_store)|" + _FLASH.backward_kernels,
+    r"^_band_(bwd|delta|dq_rotate)|" + _FLASH.backward_kernels,
 )
 _FA4 = Backend(fa4_backend, r"flash.*(fwd|forward)", r"flash.*(bwd|backward)")  # CuTe DSL kernel names
 _SDPA = Backend(sdpa_attention, r"fmha.*(fwd|cutlassF)|attn.*fwd", r"fmha.*(bwd|cutlassB)|attn.*bwd")

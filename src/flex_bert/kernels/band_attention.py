@@ -279,17 +279,15 @@ def _band_bwd_dq(
 
 
 @triton.jit
-def _band_dq_store(
-    DQ32, DQ, COS, SIN, T, H: tl.constexpr, D: tl.constexpr, GRAD_STRIDE: tl.constexpr, ROTARY: tl.constexpr,
-    BLOCK: tl.constexpr,
-):  # fmt: skip
-    """The one-pass backward's float32 dQ, stored as `_band_bwd` stores dK."""
+def _band_dq_rotate(
+    DQ32, DQ, COS, SIN, T, H: tl.constexpr, D: tl.constexpr, GRAD_STRIDE: tl.constexpr, BLOCK: tl.constexpr
+):
+    """The one-pass backward's float32 dQ, inverse-rotated and stored as `_band_bwd` stores dK with ROTARY."""
     h = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < T
-    _store_grad(
-        DQ, offs, in_range, GRAD_STRIDE, D, h, _rows(DQ32, offs, in_range, H, D, h), COS, SIN, BLOCK, ROTARY
-    )
+    dq = _rows(DQ32, offs, in_range, H, D, h)
+    _store_grad(DQ, offs, in_range, GRAD_STRIDE, D, h, dq, COS, SIN, BLOCK, True)
 
 
 def _scales(D: int) -> tuple[float, float]:
@@ -322,21 +320,24 @@ def gradients(
     T, H, D = q.shape
     delta = lse.new_empty((T, H))
     _band_delta[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
+    one_pass = not torch.are_deterministic_algorithms_enabled()
     if rotary is None:
-        dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
+        dq = None if one_pass else torch.empty_like(q)  # one pass: cast from its float32 sum
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
         cos = sin = lse  # not read
     else:
         dqkv = q.new_empty((T, 3, H, D))
         dq, dk, dv = dqkv.unbind(1)
         cos, sin = rotary
-    stride = dq.stride(0)
+    stride = dk.stride(0)
     args = (T, H, D, half, *_scales(D), stride, rotary is not None)
-    if not torch.are_deterministic_algorithms_enabled():
+    if one_pass:
         dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         grid = (triton.cdiv(T, BWD["BLOCK_N"]), H)
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, cos, sin, *args, ATOMIC_DQ=True, **BWD)
-        grid = (triton.cdiv(T, 64), H)
-        _band_dq_store[grid](dq32, dq, cos, sin, T, H, D, stride, rotary is not None, BLOCK=64)
+        if rotary is None:
+            return dq32.to(q.dtype), dk, dv
+        _band_dq_rotate[(triton.cdiv(T, 64), H)](dq32, dq, cos, sin, T, H, D, stride, BLOCK=64)
     else:
         grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, cos, sin, *args, ATOMIC_DQ=False, **DKDV)

@@ -79,8 +79,8 @@ def qkv_attention(
     fused: bool,
 ) -> torch.Tensor:
     """The attention backend `backend` (`BACKENDS`) of `qkv_rotary`'s q, k, v: (T, H, D). Fused, on a local
-    layer (a window) that the backend runs the band kernel on: `fused_qkv_band`, the two as one op, whose
-    backward writes the projection's gradient directly."""
+    layer (a window) that the backend runs the band kernel on, where `policy.KERNELS` lists it: `fused_qkv_band`,
+    the two as one op, whose backward writes the projection's gradient directly."""
     if fused and window is not None and x_TC.is_cuda:
         x, weight, bias = _projection_operands(x_TC, proj)
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
