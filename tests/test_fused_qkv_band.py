@@ -87,9 +87,9 @@ def test_runs_band_follows_the_backends_choice(monkeypatch, backend, band_fits, 
     monkeypatch.setattr(policy, "fa4_usable", lambda q: True)
     layers = {"global", "local"} if fa4_on_local else {"global"}
     monkeypatch.setattr(backends, "AUTO_FA4_LAYERS", frozenset(layers))
-    assert backends.runs_band(backend, q) == runs
+    assert backends.runs_band(backend, q, 128) == runs and not backends.runs_band(backend, q, None)
     if backend == "auto":
-        assert (backends.auto_kernel(q, backends.LOCAL) is backends.band_backend) == runs
+        assert (backends.auto_kernel(q, 128) is backends.band_backend) == runs
 
 
 def test_fits_needs_both_kernels():

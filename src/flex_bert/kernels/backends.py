@@ -169,14 +169,14 @@ def auto_kernel(q: torch.Tensor, window: int | None) -> AttentionFn:
     return varlen_attention
 
 
-def runs_band(name: str, q: torch.Tensor) -> bool:
-    """Whether backend `name` runs the band kernel on a local layer's q (q's device, dtype and head dim decide)."""
+def runs_band(name: str, q: torch.Tensor, window: int | None) -> bool:
+    """Whether backend `name` runs the band kernel on a layer with `window` (None: global) for q (q's device, dtype
+    and head dim decide)."""
+    if window is None:
+        return False
     if name == "band":
         return policy.kernel("band_attention", q) is not None
-    return name == "auto" and auto_kernel(q, LOCAL) is band_backend
-
-
-LOCAL = 128  # a local layer's window where only "local or global" matters
+    return name == "auto" and auto_kernel(q, window) is band_backend
 
 
 def auto_attention(q, k, v, cu_seqlens, max_seqlen, window):

@@ -52,20 +52,6 @@ def rotary_qkv(qkv_T3HD: torch.Tensor, cos_TD: torch.Tensor, sin_TD: torch.Tenso
     return apply_rotary(q, cos_TD, sin_TD), apply_rotary(k, cos_TD, sin_TD), v
 
 
-def qkv_rotary(
-    x_TC: torch.Tensor, proj: nn.Linear, cos_TD: torch.Tensor, sin_TD: torch.Tensor, heads: int, fused: bool
-):
-    """(q, k, v) of the projection `proj(x)` split into `heads` heads of (T, H, D), q and k rotated. Fused:
-    `fused_qkv`, the projection with the rotation in its epilogue, in the dtype `proj` runs in (autocast's)."""
-    if fused and x_TC.is_cuda:
-        x, weight, bias = _projection_operands(x_TC, proj)
-        kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
-        if kernel is not None:
-            return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
-    T = x_TC.shape[0]
-    return rotary_qkv(proj(x_TC).view(T, 3, heads, -1), cos_TD, sin_TD, fused)
-
-
 def qkv_attention(
     x_TC: torch.Tensor,
     proj: nn.Linear,
@@ -78,18 +64,32 @@ def qkv_attention(
     window: int | None,
     fused: bool,
 ) -> torch.Tensor:
-    """The attention backend `backend` (`BACKENDS`) of `qkv_rotary`'s q, k, v: (T, H, D). Fused, on a local
-    layer (a window) that the backend runs the band kernel on, where `policy.KERNELS` lists it: `fused_qkv_band`,
-    the two as one op, whose backward writes the projection's gradient directly."""
-    if fused and window is not None and x_TC.is_cuda:
-        x, weight, bias = _projection_operands(x_TC, proj)
+    """The attention backend `backend` (`BACKENDS`) of the projection `proj(x)`'s q, k, v, split into `heads` heads
+    of (T, H, D), q and k rotated: (T, H, D). Fused: the projection is `fused_qkv` (the rotation in its epilogue,
+    in the dtype `proj` runs in, autocast's); on a local layer (a window) that the backend runs the band kernel on,
+    where `policy.KERNELS` lists it, `fused_qkv_band`: projection and attention as one op, whose backward writes
+    the projection's gradient directly."""
+    operands = _projection_operands(x_TC, proj) if fused and x_TC.is_cuda else None
+    if operands is not None and window is not None:
+        x, weight, bias = operands
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
-        if kernel is not None and backends.runs_band(
-            backend, x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
-        ):
+        q_like = x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
+        if kernel is not None and backends.runs_band(backend, q_like, window):
             return kernel.qkv_band_attention(x, weight, bias, cos_TD, sin_TD, cu_seqlens, heads, window)
-    q, k, v = qkv_rotary(x_TC, proj, cos_TD, sin_TD, heads, fused)
+    q, k, v = _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads, fused)
     return backends.get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)
+
+
+def _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads: int, fused: bool):
+    """(q, k, v) for `qkv_attention`: `fused_qkv` on `operands` (`_projection_operands`, None where not fused or
+    not on CUDA) where it takes them, else the projection then `rotary_qkv`."""
+    if operands is not None:
+        x, weight, bias = operands
+        kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
+        if kernel is not None:
+            return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
+    T = x_TC.shape[0]
+    return rotary_qkv(proj(x_TC).view(T, 3, heads, -1), cos_TD, sin_TD, fused)
 
 
 def _projection_operands(x_TC: torch.Tensor, proj: nn.Linear):
