@@ -67,8 +67,8 @@ def qkv_attention(
     """The attention backend `backend` (`BACKENDS`) of the projection `proj(x)`'s q, k, v, split into `heads` heads
     of (T, H, D), q and k rotated: (T, H, D). Fused: the projection is `fused_qkv` (the rotation in its epilogue,
     in the dtype `proj` runs in, autocast's); on a local layer (a window) that the backend runs the band kernel on,
-    where `policy.KERNELS` lists it, `fused_qkv_band`: projection and attention as one op, whose backward writes
-    the projection's gradient directly."""
+    `fused_qkv_band`: projection and attention as one op, whose backward writes the projection's gradient
+    directly."""
     operands = _projection_operands(x_TC, proj) if fused and x_TC.is_cuda else None
     if operands is not None and window is not None:
         x, weight, bias = operands

@@ -26,6 +26,7 @@ if TRITON:
         fused_glu,
         fused_norm,
         fused_qkv,
+        fused_qkv_band,
         fused_rotary,
     )
 
@@ -34,6 +35,7 @@ if TRITON:
         "gelu_gate": fused_glu,
         "rotary_qkv": fused_rotary,
         "qkv_rotary": fused_qkv,
+        "qkv_band_attention": fused_qkv_band,
         "cross_entropy": fused_cross_entropy,
         "band_attention": band_attention,
     }
