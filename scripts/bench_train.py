@@ -57,6 +57,11 @@ def parse_args(argv=None):
         default=True,
         help="FlexBERT: fused_kernels (FlexBERT's Triton kernels; default on)",
     )
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="FlexBERT: the encoder's training passes as CUDA graphs (train/cuda_graphs.pretraining_graphs)",
+    )
     ap.add_argument("--hf", action=argparse.BooleanOptionalAction, default=True, help="run the HF baselines")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--profile", metavar="DIR", help="torch.profiler trace of 3 FlexBERT steps per config")

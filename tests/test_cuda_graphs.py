@@ -10,10 +10,18 @@ import torch
 
 from flex_bert.model import FlexBertConfig
 from flex_bert.model.classification import TaskConfig, build_task_model
-from flex_bert.model.mlm import FlexBertModel
+from flex_bert.model.mlm import FlexBertForMaskedLM, FlexBertModel
 from flex_bert.model.padding import cu_seqlens_from_lengths
-from flex_bert.train.compilation import checkpoint_layers
-from flex_bert.train.cuda_graphs import OUTSIDE_BOUNDS, OVER_BUDGET, pad_to_bucket, use_cuda_graphs
+from flex_bert.train.compilation import checkpoint_layers, compile_layers
+from flex_bert.train.cuda_graphs import (
+    OUTSIDE_BOUNDS,
+    OVER_BUDGET,
+    PRETRAIN_MIN_DOCS,
+    doc_bucket,
+    pad_to_bucket,
+    pretraining_graphs,
+    use_cuda_graphs,
+)
 from flex_bert.train.finetune import run_graphs
 from flex_bert.train.finetune_config import load_finetune_config
 
@@ -34,13 +42,49 @@ def batch(lengths, device="cpu", seed=0):
 
 def test_pad_to_bucket_appends_one_padding_document_and_empty_ones():
     ids, cu, _, _ = batch([3, 4])
-    ids_b, cu_b = pad_to_bucket(ids, cu, pad_id=3, bucket_tokens=4, max_docs=4)
+    ids_b, cu_b = pad_to_bucket(ids, cu, pad_id=3, bucket_tokens=4, docs=4)
     assert ids_b.shape == (8,) and torch.equal(ids_b[:7], ids) and ids_b[7].item() == 3
-    assert cu_b.tolist() == [0, 3, 7, 8, 8, 8] and cu_b.dtype == cu.dtype  # max_docs + 2 entries
+    assert cu_b.tolist() == [0, 3, 7, 8, 8, 8] and cu_b.dtype == cu.dtype  # docs + 2 entries
     ids_b, cu_b = pad_to_bucket(ids[:4], cu_seqlens_from_lengths(torch.tensor([4])), 3, 4, 1)
     assert ids_b.shape == (4,) and cu_b.tolist() == [0, 4, 4]  # a full bucket: the padding document is empty
     with pytest.raises(ValueError, match="3 documents do not fit the static 2"):
         pad_to_bucket(ids, cu_seqlens_from_lengths(torch.tensor([2, 2, 3])), 3, 4, 2)
+
+
+def test_doc_bucket_rounds_the_count_up_to_three_significant_bits_within_the_bounds():
+    counts = (1, 3, 5, 8, 9, 17, 64, 65, 129, 153, 160, 161, 1000)
+    assert [doc_bucket(n, 1, 4096) for n in counts] == [1, 3, 5, 8, 10, 20, 64, 80, 160, 160, 160, 192, 1024]
+    assert [doc_bucket(n, 4, 64) for n in (1, 3, 4, 5, 17)] == [4, 4, 4, 5, 20]
+    assert [doc_bucket(n, 8, 8) for n in (1, 5, 8)] == [8, 8, 8]  # min_docs = max_docs: one bucket
+    assert doc_bucket(100, 4, 96) == 96  # capped at max_docs
+    for n in range(1, 5000):  # never fewer slots than documents, at most a quarter more beyond 8
+        assert n <= doc_bucket(n, 1, 10**6) <= max(n, 8) * 1.25
+
+
+def test_document_buckets_pad_cu_seqlens_to_their_count_and_key_the_graphs():
+    """With min_docs, a batch's documents are padded to its power-of-two bucket, not to max_docs (a budget of 0
+    bytes: nothing is captured, so this runs on the CPU)."""
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    graphed = use_cuda_graphs(model.bert, max_docs=64, max_seqlen=64, bucket_tokens=32, min_docs=4,
+                              memory_budget=0)  # fmt: skip
+    for lengths, docs in (([20, 33], 4), ([8] * 5, 5), ([1] * 33, 40)):
+        ids, cu, _, _ = batch(lengths)
+        ids_b, cu_b, graph = graphed.prepare(ids, cu)
+        assert graph is None and cu_b.shape == (docs + 2,) and cu_b[: len(lengths) + 1].equal(cu)
+        assert ids_b.shape[0] % 32 == 0 and torch.equal(ids_b[: ids.shape[0]], ids)
+    with pytest.raises(ValueError, match=r"min_docs \(65\) must be between 1 and max_docs \(64\)"):
+        use_cuda_graphs(model.bert, max_docs=64, max_seqlen=64, bucket_tokens=32, min_docs=65)
+
+
+def test_pretraining_graphs_take_one_token_bucket_a_row_and_document_buckets():
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    graphed = pretraining_graphs(model.bert, row_len=96 * 1024, max_seq_len=1024)
+    assert (graphed.max_docs, graphed.min_docs, graphed.max_seqlen, graphed.bucket_tokens) == (
+        96 * 1024, PRETRAIN_MIN_DOCS, 1024, 1024)  # fmt: skip
+    graphed.release()
+    graphed = pretraining_graphs(model.bert, row_len=32, max_seq_len=16)  # a row shorter than the bucket
+    assert (graphed.max_docs, graphed.min_docs) == (32, 32)
+    graphed.release()
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
@@ -56,7 +100,7 @@ def test_bucket_padding_changes_no_output_and_no_gradient(pooling):
         if padded:
 
             def forward(ids_T, cu_seqlens, max_seqlen, bert=model.bert):
-                ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, cfg.pad_token_id, bucket_tokens=44, max_docs=5)
+                ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, cfg.pad_token_id, bucket_tokens=44, docs=5)
                 assert ids_b.shape == (88,) and cu_b.shape == (7,)
                 return FlexBertModel.forward(bert, ids_b, cu_b, 44)[: ids_T.shape[0]]
 
@@ -206,7 +250,7 @@ def test_graphed_steps_match_eager_steps_on_the_same_padding(backend):
         for name, g in grads.items():
             err = ((g - grads_e[name]).norm() / (grads_e[name].norm() + 1e-12)).item()
             assert err < 1e-2, (i, name, err)
-    assert sorted(t for t, _ in graphed.graphs) == [256, 512, 768]
+    assert graphed.buckets() == [(256, 8), (512, 8), (768, 8)]
     assert graphed.eager_batches == {OUTSIDE_BOUNDS: 1, OVER_BUDGET: 0}
     assert "3 bucket(s) of [256, 512, 768] tokens captured in " in graphed.summary()
     model = models[0][0].eval()
@@ -230,7 +274,7 @@ def test_buckets_past_the_budget_run_eagerly_and_give_the_eager_loss():
     runs = []
     for lens in ([50, 60], [200, 150, 90], [200, 150, 90]):  # bucket 256, then 512 twice: past the budget
         if len(runs) == 2:  # the first two through the graphed encoder, the third through the plain model
-            assert sorted(t for t, _ in graphed.graphs) == [256]
+            assert graphed.buckets() == [(256, 8)]
             assert graphed.eager_batches == {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 1}
             assert "1 training batch(es) past the graph memory budget ran eagerly" in graphed.summary()
             graphed.release()
@@ -244,3 +288,42 @@ def test_buckets_past_the_budget_run_eagerly_and_give_the_eager_loss():
     torch.testing.assert_close(loss, loss_e, rtol=1e-5, atol=1e-6)
     for g, g_e in zip(grads, grads_e, strict=True):  # the same kernels; varlen's dQ atomics may reorder sums
         torch.testing.assert_close(g, g_e, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_pretraining_graphs_of_a_compiled_mlm_model_match_its_eager_steps():
+    """Pre-training's arrangement (`pretraining_graphs` over `compile_layers`, full rows of 512 tokens): two
+    equal bf16 MLM models trained with SGD over rows of 4, 8, 100 and 6 documents (document buckets 64, 64,
+    112, 64: each replayed after the other was captured); the graphed model's losses and gradients equal
+    those of the same compiled model run eagerly."""
+    cfg = FlexBertConfig(**{**CFG, "num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 384,
+                            "sliding_window": 32, "attention_backend": "auto"})  # fmt: skip
+    rows = [[128] * 4, [64] * 8, [5] * 99 + [17], [100, 100, 100, 100, 100, 12]]
+    models = []
+    for graphs in (True, False):
+        torch.manual_seed(0)
+        model = FlexBertForMaskedLM(cfg).cuda().train()
+        compile_layers(model)
+        graphed = pretraining_graphs(model.bert, row_len=512, max_seq_len=128) if graphs else None
+        models.append((model, torch.optim.SGD(model.parameters(), lr=0.5), graphed))
+    for i, lens in enumerate(rows):
+        ids, cu, max_len, _ = batch(lens, "cuda", seed=i)
+        g = torch.Generator().manual_seed(i)
+        labels = torch.where(torch.rand(ids.shape[0], generator=g) < 0.3, ids.cpu(), -100).cuda()
+        got = []
+        for model, opt, _ in models:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(ids, cu_seqlens=cu, max_seqlen=max_len, labels=labels).loss
+            loss.backward()
+            got.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        (loss, grads), (loss_e, grads_e) = got
+        torch.testing.assert_close(loss, loss_e, rtol=1e-3, atol=1e-4, msg=f"row {i}")
+        for name, g in grads.items():
+            err = ((g - grads_e[name]).norm() / (grads_e[name].norm() + 1e-12)).item()
+            assert err < 1e-2, (i, name, err)
+    graphed = models[0][2]
+    assert graphed.buckets() == [(512, 64), (512, 112)]
+    assert graphed.eager_batches == {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 0}
+    assert "2 bucket(s) of [(512, 64), (512, 112)] (tokens, documents) captured in " in graphed.summary()

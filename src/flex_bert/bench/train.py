@@ -24,6 +24,7 @@ import torch
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from flex_bert.train.compilation import compile_layers
 from flex_bert.train.composer_model import model_inputs
+from flex_bert.train.cuda_graphs import pretraining_graphs
 from flex_bert.train.optim import build_optimizer
 from flex_bert.train.profiling import kernel_summary
 
@@ -118,6 +119,8 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
         model = FlexBertForMaskedLM(cfg)
     opt = build_optimizer(model, OPTIMIZER)
     how = compile_flexbert(model, args.compile_tuning) if args.compile else "no compile"
+    graphs = pretraining_graphs(model.bert, bench.row_len, bench.max_seq_len) if args.cuda_graphs else None
+    how += ", CUDA graphs" if graphs else ""
     log(
         f"[{bench.name}] FlexBERT-{bench.size}: {model.num_parameters():,} parameters, backend "
         f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, {how}, rows of {bench.micro} x "
@@ -132,6 +135,9 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
         result.update(
             backend=cfg.attention_backend, fused=cfg.fused_kernels, compile=how, params=model.num_parameters()
         )
+        if graphs is not None:
+            result["cuda_graphs"] = graphs.summary()
+            log(f"[{bench.name}] {result['cuda_graphs']}")
         print_result(result)
         if args.profile:
             try:

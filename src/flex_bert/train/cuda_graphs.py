@@ -2,11 +2,15 @@
 (`torch.cuda.make_graphed_callables`) instead of about 30 kernel launches per layer issued from Python.
 
 A short step (fine-tuning: a few thousand tokens) is bound by those launches, not by the GPU; a graph replays
-them all in one call. A graph needs static shapes, so each batch of T tokens in n documents is padded to a
-*bucket*: T_b = ceil(T / bucket_tokens) * bucket_tokens tokens (the pad tokens form one padding document
-after the real ones) and `max_docs + 1` documents (empty ones after that), attended with the static
-`max_seqlen`. Documents do not see each other, so the real tokens' outputs are those of the batch as given;
-the padding rows are cut off before the head, and heads, losses and labels see the batch unchanged.
+them all in one call. A long one (pre-training) leaves the GPU idle where the host falls behind the kernels it
+launches (the start of the step, the forward's layers). A graph needs static shapes, so each batch of T tokens
+in n documents is padded to a *bucket*: T_b = ceil(T / bucket_tokens) * bucket_tokens tokens (the pad tokens
+form one padding document after the real ones) and D + 1 documents (empty ones after that), attended with
+the static `max_seqlen`. D is `max_docs` (fine-tuning: the micro-batch), or with `min_docs` n rounded up to
+three significant bits, between min_docs and max_docs (pre-training: a row holds tens to thousands of
+documents, and a global layer's attention launches work for each document slot). Documents do not see each other, so the
+real tokens' outputs are those of the batch as given; the padding rows are cut off before the head, and
+heads, losses and labels see the batch unchanged.
 
 One graph pair per bucket, captured at its first use (after `WARMUP` eager passes, in which compilation and
 autotuning happen). All buckets share one memory pool: every step replays one bucket's forward then its
@@ -37,6 +41,8 @@ from torch import nn
 from flex_bert.model.mlm import call_layer
 
 WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
+PRETRAIN_MIN_DOCS = 64  # the smallest document bucket of pre-training's rows (pretraining_graphs)
+DOC_BUCKET_BITS = 3  # document buckets: counts of 3 significant bits (doc_bucket)
 GRAPH_MEMORY_FRACTION = 0.25  # of the GPU's memory, for the graphs' static outputs and gradients
 OUTSIDE_BOUNDS, OVER_BUDGET = "outside the static bounds", "past the graph memory budget"
 # A DataLoader's pinning thread may call CUDA during a capture: only this thread's calls may not (where torch
@@ -69,6 +75,7 @@ class GraphedEncoder:
         max_docs: int,
         max_seqlen: int,
         bucket_tokens: int,
+        min_docs: int | None = None,
         memory_budget: int | None = None,
     ):
         if not 1 <= bucket_tokens <= max_seqlen:
@@ -78,12 +85,15 @@ class GraphedEncoder:
             )
         if max_docs < 1:
             raise ValueError(f"max_docs must be at least 1, got {max_docs}")
+        min_docs = max_docs if min_docs is None else min_docs
+        if not 1 <= min_docs <= max_docs:
+            raise ValueError(f"min_docs ({min_docs}) must be between 1 and max_docs ({max_docs})")
         if checkpointed(encoder):
             raise ValueError(
                 "CUDA graphs and gradient_checkpointing do not go together: graphs pay off for short steps, "
                 "checkpointing for memory; turn one off"
             )
-        self.encoder, self.max_docs, self.max_seqlen = encoder, max_docs, max_seqlen
+        self.encoder, self.max_docs, self.min_docs, self.max_seqlen = encoder, max_docs, min_docs, max_seqlen
         self.bucket_tokens, self.pad_id = bucket_tokens, encoder.config.pad_token_id
         self.graphs: dict[tuple, nn.Module] = {}
         self.pool = None
@@ -108,9 +118,10 @@ class GraphedEncoder:
         """(padded ids, padded cu_seqlens, the bucket's graph), capturing the graph if the bucket is new; the
         graph is None where a new bucket's static memory would pass the budget. The warm-up passes of a capture
         compute gradients without storing them: the model and its `.grad` do not change."""
-        ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, self.pad_id, self.bucket_tokens, self.max_docs)
+        docs = doc_bucket(cu_seqlens.shape[0] - 1, self.min_docs, self.max_docs)
+        ids_b, cu_b = pad_to_bucket(ids_T, cu_seqlens, self.pad_id, self.bucket_tokens, docs)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        key = (ids_b.shape[0], dtype)
+        key = (ids_b.shape[0], docs, dtype)
         if key not in self.graphs:
             if self.memory_budget is None:
                 total = torch.cuda.get_device_properties(ids_b.device).total_memory
@@ -156,15 +167,34 @@ class GraphedEncoder:
         if self.encoder.__dict__.get("forward") is self:
             del self.encoder.forward
 
+    def buckets(self) -> list[tuple[int, int]]:
+        """(tokens, documents) of each bucket captured, sorted."""
+        return sorted({(tokens, docs) for tokens, docs, _ in self.graphs})
+
     def summary(self) -> str:
-        sizes = sorted(t for t, _ in self.graphs)
+        sizes = self.buckets()
         eager = "; ".join(
             f"{n} training batch(es) {why} ran eagerly" for why, n in self.eager_batches.items()
         )
+        shown = [t for t, _ in sizes] if self.min_docs == self.max_docs else sizes
+        what = "tokens" if self.min_docs == self.max_docs else "(tokens, documents)"
         return (
-            f"CUDA graphs: {len(sizes)} bucket(s) of {sizes} tokens captured in {self.capture_seconds:.1f} s, "
+            f"CUDA graphs: {len(sizes)} bucket(s) of {shown} {what} captured in {self.capture_seconds:.1f} s, "
             f"{self.static_bytes / 2**30:.1f} of {(self.memory_budget or 0) / 2**30:.1f} GiB budget; {eager}"
         )
+
+
+def pretraining_graphs(encoder: nn.Module, row_len: int, max_seq_len: int) -> GraphedEncoder:
+    """CUDA graphs for pre-training's packed rows of `row_len` tokens (documents of at most max_seq_len): one
+    token bucket (a row is always full), document buckets (`doc_bucket`) from PRETRAIN_MIN_DOCS up to one a
+    token."""
+    return use_cuda_graphs(
+        encoder,
+        max_docs=row_len,
+        max_seqlen=max_seq_len,
+        bucket_tokens=max_seq_len,
+        min_docs=min(PRETRAIN_MIN_DOCS, row_len),
+    )
 
 
 def checkpointed(encoder: nn.Module) -> bool:
@@ -173,17 +203,25 @@ def checkpointed(encoder: nn.Module) -> bool:
     return encoder.call_layer is not call_layer
 
 
+def doc_bucket(n: int, min_docs: int, max_docs: int) -> int:
+    """The static document count for a batch of n documents: n rounded up to DOC_BUCKET_BITS significant bits
+    (at most a quarter more slots than documents: 129 -> 160, 153 -> 160, 161 -> 192), clamped to
+    [min_docs, max_docs] (max_docs where they are equal)."""
+    step = 1 << max((n - 1).bit_length() - DOC_BUCKET_BITS, 0)
+    return min(max_docs, max(min_docs, -(-n // step) * step))
+
+
 def pad_to_bucket(
-    ids_T: torch.Tensor, cu_seqlens: torch.Tensor, pad_id: int, bucket_tokens: int, max_docs: int
+    ids_T: torch.Tensor, cu_seqlens: torch.Tensor, pad_id: int, bucket_tokens: int, docs: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids_T, cu_seqlens) -> (ids padded to a multiple of bucket_tokens, cu_seqlens of length max_docs + 2):
+    """(ids_T, cu_seqlens) -> (ids padded to a multiple of bucket_tokens, cu_seqlens of length docs + 2):
     the pad tokens are one document after the real ones, and the documents after it are empty."""
     T, n = ids_T.shape[0], cu_seqlens.shape[0] - 1
-    if n > max_docs:
-        raise ValueError(f"{n} documents do not fit the static {max_docs}")
+    if n > docs:
+        raise ValueError(f"{n} documents do not fit the static {docs}")
     T_b = max(1, -(-T // bucket_tokens)) * bucket_tokens
     ids_b = torch.cat([ids_T, ids_T.new_full((T_b - T,), pad_id)])
-    cu_b = torch.cat([cu_seqlens, cu_seqlens.new_full((max_docs + 1 - n,), T_b)])
+    cu_b = torch.cat([cu_seqlens, cu_seqlens.new_full((docs + 1 - n,), T_b)])
     return ids_b, cu_b
 
 
@@ -193,6 +231,7 @@ def use_cuda_graphs(
     max_docs: int,
     max_seqlen: int,
     bucket_tokens: int,
+    min_docs: int | None = None,
     memory_budget: int | None = None,
 ) -> GraphedEncoder:
     """Make `encoder` (a FlexBertModel) run its training passes as CUDA graphs; returns the GraphedEncoder
@@ -202,6 +241,7 @@ def use_cuda_graphs(
         max_docs=max_docs,
         max_seqlen=max_seqlen,
         bucket_tokens=bucket_tokens,
+        min_docs=min_docs,
         memory_budget=memory_budget,
     )
     # make_graphed_callables warms up and captures on a side stream, and the captured autograd graph keeps the
