@@ -57,6 +57,27 @@ def test_bench_train_tiny(tmp_path):
     assert list(prof.glob("trace_flexbert_*.json")), "profiler trace missing"
 
 
+def test_bench_train_tiny_cuda_graphs_flag_reports_the_graphs(tmp_path):
+    """`--cuda-graphs` wraps the encoder in `pretraining_graphs`; on the CPU nothing is captured (the passes run
+    eagerly) and the result says so."""
+    out = tmp_path / "bench.json"
+    _run(
+        [
+            "scripts/bench_train.py",
+            "--tiny",
+            "--device",
+            "cpu",
+            "--no-hf",
+            "--cuda-graphs",
+            "--json",
+            str(out),
+        ]
+    )
+    flex = json.loads(out.read_text())["results"][0]
+    assert flex["compile"].endswith(", CUDA graphs") and flex["graph_captures_while_timed"] == 0
+    assert flex["cuda_graphs"].startswith("CUDA graphs: 0 bucket(s) of [] (tokens, documents) captured in ")
+
+
 def test_bench_finetune_tiny(tmp_path):
     """Packed FlexBERT fine-tuning against the HF Trainer (when accelerate is installed: the Trainer needs it)
     and a plain HF loop: same weights, data and steps, so in fp32 the losses agree to float precision."""

@@ -61,9 +61,9 @@ def test_doc_bucket_rounds_the_count_up_to_three_significant_bits_within_the_bou
         assert n <= doc_bucket(n, 1, 10**6) <= max(n, 8) * 1.25
 
 
-def test_document_buckets_pad_cu_seqlens_to_their_count_and_key_the_graphs():
-    """With min_docs, a batch's documents are padded to its power-of-two bucket, not to max_docs (a budget of 0
-    bytes: nothing is captured, so this runs on the CPU)."""
+def test_document_buckets_pad_cu_seqlens_to_their_count():
+    """With min_docs, a batch's documents are padded to its document bucket (`doc_bucket`), not to max_docs (a
+    budget of 0 bytes: nothing is captured, so this runs on the CPU)."""
     model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
     graphed = use_cuda_graphs(model.bert, max_docs=64, max_seqlen=64, bucket_tokens=32, min_docs=4,
                               memory_budget=0)  # fmt: skip
@@ -76,14 +76,29 @@ def test_document_buckets_pad_cu_seqlens_to_their_count_and_key_the_graphs():
         use_cuda_graphs(model.bert, max_docs=64, max_seqlen=64, bucket_tokens=32, min_docs=65)
 
 
+def test_buckets_and_the_summary_name_tokens_and_documents_where_documents_are_bucketed():
+    """The graphs are keyed by (tokens, documents, dtype): `buckets()` lists (tokens, documents) once per pair;
+    the summary names the pairs where documents are bucketed, the token counts where they are not."""
+    model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
+    graphed = use_cuda_graphs(model.bert, max_docs=64, max_seqlen=64, bucket_tokens=32, min_docs=4)
+    graphed.graphs = {(64, 8, torch.bfloat16): None, (64, 8, None): None, (32, 4, torch.bfloat16): None}
+    assert graphed.buckets() == [(32, 4), (64, 8)]
+    assert graphed.summary().startswith("CUDA graphs: 2 bucket(s) of [(32, 4), (64, 8)] (tokens, documents) ")
+    graphed.release()
+    graphed = use_cuda_graphs(model.bert, max_docs=8, max_seqlen=64, bucket_tokens=32)
+    graphed.graphs = {(64, 8, torch.bfloat16): None, (32, 8, torch.bfloat16): None}
+    assert graphed.summary().startswith("CUDA graphs: 2 bucket(s) of [32, 64] tokens captured in ")
+    graphed.release()
+
+
 def test_pretraining_graphs_take_one_token_bucket_a_row_and_document_buckets():
     model = build_task_model(FlexBertConfig(**CFG), TaskConfig("single_label", ["a", "b"]))
     graphed = pretraining_graphs(model.bert, row_len=96 * 1024, max_seq_len=1024)
     assert (graphed.max_docs, graphed.min_docs, graphed.max_seqlen, graphed.bucket_tokens) == (
         96 * 1024, PRETRAIN_MIN_DOCS, 1024, 1024)  # fmt: skip
     graphed.release()
-    graphed = pretraining_graphs(model.bert, row_len=32, max_seq_len=16)  # a row shorter than the bucket
-    assert (graphed.max_docs, graphed.min_docs) == (32, 32)
+    graphed = pretraining_graphs(model.bert, row_len=32, max_seq_len=16)  # row_len < PRETRAIN_MIN_DOCS
+    assert (graphed.max_docs, graphed.min_docs) == (32, 32)  # one document bucket: 32 slots
     graphed.release()
 
 
@@ -293,9 +308,9 @@ def test_buckets_past_the_budget_run_eagerly_and_give_the_eager_loss():
 @pytest.mark.gpu
 def test_pretraining_graphs_of_a_compiled_mlm_model_match_its_eager_steps():
     """Pre-training's arrangement (`pretraining_graphs` over `compile_layers`, full rows of 512 tokens): two
-    equal bf16 MLM models trained with SGD over rows of 4, 8, 100 and 6 documents (document buckets 64, 64,
-    112, 64: each replayed after the other was captured); the graphed model's losses and gradients equal
-    those of the same compiled model run eagerly."""
+    equal bf16 MLM models trained with SGD over rows of 4, 8, 100 and 6 documents (document buckets
+    PRETRAIN_MIN_DOCS, the same, 112, the same: each replayed after the other was captured); the graphed
+    model's losses and gradients equal those of the same compiled model run eagerly."""
     cfg = FlexBertConfig(**{**CFG, "num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 384,
                             "sliding_window": 32, "attention_backend": "auto"})  # fmt: skip
     rows = [[128] * 4, [64] * 8, [5] * 99 + [17], [100, 100, 100, 100, 100, 12]]
@@ -324,6 +339,7 @@ def test_pretraining_graphs_of_a_compiled_mlm_model_match_its_eager_steps():
             err = ((g - grads_e[name]).norm() / (grads_e[name].norm() + 1e-12)).item()
             assert err < 1e-2, (i, name, err)
     graphed = models[0][2]
-    assert graphed.buckets() == [(512, 64), (512, 112)]
+    buckets = [(512, PRETRAIN_MIN_DOCS), (512, doc_bucket(100, PRETRAIN_MIN_DOCS, 512))]
+    assert graphed.buckets() == buckets == [(512, 64), (512, 112)]
     assert graphed.eager_batches == {OUTSIDE_BOUNDS: 0, OVER_BUDGET: 0}
-    assert "2 bucket(s) of [(512, 64), (512, 112)] (tokens, documents) captured in " in graphed.summary()
+    assert f"2 bucket(s) of {buckets} (tokens, documents) captured in " in graphed.summary()

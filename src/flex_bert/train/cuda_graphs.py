@@ -6,11 +6,11 @@ them all in one call. A long one (pre-training) leaves the GPU idle where the ho
 launches (the start of the step, the forward's layers). A graph needs static shapes, so each batch of T tokens
 in n documents is padded to a *bucket*: T_b = ceil(T / bucket_tokens) * bucket_tokens tokens (the pad tokens
 form one padding document after the real ones) and D + 1 documents (empty ones after that), attended with
-the static `max_seqlen`. D is `max_docs` (fine-tuning: the micro-batch), or with `min_docs` n rounded up to
-three significant bits, between min_docs and max_docs (pre-training: a row holds tens to thousands of
-documents, and a global layer's attention launches work for each document slot). Documents do not see each other, so the
-real tokens' outputs are those of the batch as given; the padding rows are cut off before the head, and
-heads, losses and labels see the batch unchanged.
+the static `max_seqlen`. D is `max_docs` (fine-tuning: the micro-batch), or with `min_docs` n's document
+bucket (`doc_bucket`; pre-training: a row holds tens to thousands of documents, and a global layer's
+attention launches work for each document slot). Documents do not see each other, so the real tokens'
+outputs are those of the batch as given; the padding rows are cut off before the head, and heads, losses and
+labels see the batch unchanged.
 
 One graph pair per bucket, captured at its first use (after `WARMUP` eager passes, in which compilation and
 autotuning happen). All buckets share one memory pool: every step replays one bucket's forward then its
@@ -42,7 +42,7 @@ from flex_bert.model.mlm import call_layer
 
 WARMUP = 3  # eager passes before a capture (make_graphed_callables' default)
 PRETRAIN_MIN_DOCS = 64  # the smallest document bucket of pre-training's rows (pretraining_graphs)
-DOC_BUCKET_BITS = 3  # document buckets: counts of 3 significant bits (doc_bucket)
+DOC_BUCKET_BITS = 3  # significant bits a document bucket keeps (doc_bucket)
 GRAPH_MEMORY_FRACTION = 0.25  # of the GPU's memory, for the graphs' static outputs and gradients
 OUTSIDE_BOUNDS, OVER_BUDGET = "outside the static bounds", "past the graph memory budget"
 # A DataLoader's pinning thread may call CUDA during a capture: only this thread's calls may not (where torch
@@ -185,9 +185,9 @@ class GraphedEncoder:
 
 
 def pretraining_graphs(encoder: nn.Module, row_len: int, max_seq_len: int) -> GraphedEncoder:
-    """CUDA graphs for pre-training's packed rows of `row_len` tokens (documents of at most max_seq_len): one
-    token bucket (a row is always full), document buckets (`doc_bucket`) from PRETRAIN_MIN_DOCS up to one a
-    token."""
+    """CUDA graphs for pre-training's packed batches of one row of `row_len` tokens (documents of at most
+    max_seq_len; the packer's one row a micro-batch): one token bucket (a row is always full), document buckets
+    (`doc_bucket`) from PRETRAIN_MIN_DOCS (or row_len, if shorter) up to one a token."""
     return use_cuda_graphs(
         encoder,
         max_docs=row_len,
@@ -205,8 +205,8 @@ def checkpointed(encoder: nn.Module) -> bool:
 
 def doc_bucket(n: int, min_docs: int, max_docs: int) -> int:
     """The static document count for a batch of n documents: n rounded up to DOC_BUCKET_BITS significant bits
-    (at most a quarter more slots than documents: 129 -> 160, 153 -> 160, 161 -> 192), clamped to
-    [min_docs, max_docs] (max_docs where they are equal)."""
+    (never fewer slots than documents; with 3 bits at most a quarter more past 8: 129 -> 160, 161 -> 192),
+    clamped to [min_docs, max_docs] (max_docs where they are equal)."""
     step = 1 << max((n - 1).bit_length() - DOC_BUCKET_BITS, 0)
     return min(max_docs, max(min_docs, -(-n // step) * step))
 
