@@ -282,9 +282,11 @@ def _band_bwd_dq(
 def _band_dq_rotate(
     DQ32, DQ, COS, SIN, T, H: tl.constexpr, D: tl.constexpr, GRAD_STRIDE: tl.constexpr, BLOCK: tl.constexpr
 ):
-    """The one-pass backward's float32 dQ, inverse-rotated and stored as `_band_bwd` stores dK with ROTARY."""
-    h = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    """The one-pass backward's float32 dQ, inverse-rotated and stored as `_band_bwd` stores dK with ROTARY. One
+    program a (token tile, head), heads fastest: the H programs of a tile run together and share its rows of
+    the cos and sin tables in L2 (tiles first, each head's pass re-read the tables from memory)."""
+    h = tl.program_id(0) % H
+    offs = (tl.program_id(0) // H) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < T
     dq = _rows(DQ32, offs, in_range, H, D, h)
     _store_grad(DQ, offs, in_range, GRAD_STRIDE, D, h, dq, COS, SIN, BLOCK, True)
@@ -337,7 +339,7 @@ def gradients(
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, cos, sin, *args, ATOMIC_DQ=True, **BWD)
         if rotary is None:
             return dq32.to(q.dtype), dk, dv
-        _band_dq_rotate[(triton.cdiv(T, 64), H)](dq32, dq, cos, sin, T, H, D, stride, BLOCK=64)
+        _band_dq_rotate[(triton.cdiv(T, 64) * H,)](dq32, dq, cos, sin, T, H, D, stride, BLOCK=64)
     else:
         grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, cos, sin, *args, ATOMIC_DQ=False, **DKDV)
