@@ -143,11 +143,9 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
             backend=cfg.attention_backend, fused=cfg.fused_kernels, compile=how, params=model.num_parameters()
         )
         if graphs is not None:  # a capture in the timed steps (a new document bucket) is in their time
-            timed = buckets_after[-args.steps - 1 :]
-            result.update(cuda_graphs=graphs.summary(), graph_captures_while_timed=timed[-1] - timed[0])
-            log(
-                f"[{bench.name}] {result['cuda_graphs']}; {result['graph_captures_while_timed']} captured while timed"
-            )
+            captures = buckets_after[-1] - buckets_after[-args.steps - 1]
+            result.update(cuda_graphs=graphs.summary(), graph_captures_while_timed=captures)
+            log(f"[{bench.name}] {result['cuda_graphs']}; {captures} captured while timed")
         print_result(result)
         if args.profile:
             try:

@@ -164,8 +164,8 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
     _qkv_rotary_fwd[(programs,)](
         x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
         HAS_BIAS=bias is not None, HEADS=tile_heads, BLOCK_M=block_m, BLOCK_K=block_k, GROUP_M=group_m,
-        PROGRAMS=programs, SPECIALISE=persistent == 2, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps,
-        num_stages=stages,
+        PROGRAMS=programs, SPECIALISE=persistent == 2, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return q, k, v
 

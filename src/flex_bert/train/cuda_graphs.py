@@ -176,8 +176,11 @@ class GraphedEncoder:
         eager = "; ".join(
             f"{n} training batch(es) {why} ran eagerly" for why, n in self.eager_batches.items()
         )
-        shown = [t for t, _ in sizes] if self.min_docs == self.max_docs else sizes
-        what = "tokens" if self.min_docs == self.max_docs else "(tokens, documents)"
+        shown, what = (
+            (sizes, "(tokens, documents)")
+            if self.min_docs < self.max_docs
+            else ([t for t, _ in sizes], "tokens")
+        )
         return (
             f"CUDA graphs: {len(sizes)} bucket(s) of {shown} {what} captured in {self.capture_seconds:.1f} s, "
             f"{self.static_bytes / 2**30:.1f} of {(self.memory_budget or 0) / 2**30:.1f} GiB budget; {eager}"
