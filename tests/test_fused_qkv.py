@@ -136,3 +136,5 @@ def test_policy_runs_it_on_hopper_and_newer_only(monkeypatch, major, runs):
     w = SimpleNamespace(dtype=torch.bfloat16, shape=(3 * 768, 768))
     cos = SimpleNamespace(dtype=torch.float32)
     assert (policy.kernel("qkv_rotary", x, w, cos, 12) is fused_qkv) == runs
+    assert (policy.usable("qkv_rotary", x) is fused_qkv) == runs  # what qkv_attention asks before casting
+    assert policy.kernel("qkv_rotary", x, w, cos, 12, enabled=False) is None

@@ -69,7 +69,9 @@ def qkv_attention(
     in the dtype `proj` runs in, autocast's); on a local layer (a window) that the backend runs the band kernel on,
     `fused_qkv_band`: projection and attention as one op, whose backward writes the projection's gradient
     directly."""
-    operands = _projection_operands(x_TC, proj) if fused and x_TC.is_cuda else None
+    # cast only where fused_qkv (and fused_qkv_band, of the same generation) can run: elsewhere (a GPU before
+    # Hopper) the plain projection casts under autocast, and a cast here would be done twice
+    operands = _projection_operands(x_TC, proj) if fused and policy.usable("qkv_rotary", x_TC) else None
     if operands is not None and window is not None:
         x, weight, bias = operands
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
@@ -82,7 +84,7 @@ def qkv_attention(
 
 def _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads: int, fused: bool):
     """(q, k, v) for `qkv_attention`: `fused_qkv` on `operands` (`_projection_operands`, None where not fused or
-    not on CUDA) where it takes them, else the projection then `rotary_qkv`."""
+    where `fused_qkv` cannot run) where it takes them, else the projection then `rotary_qkv`."""
     if operands is not None:
         x, weight, bias = operands
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)

@@ -44,15 +44,20 @@ else:  # pragma: no cover
 
 
 def kernel(name: str, *tensors, enabled: bool = True) -> ModuleType | None:
-    """The kernel module `name` if it runs on these tensors (the first one's device decides: CUDA, of at least the
-    module's `MIN_CAPABILITY` where it names one), else None: the caller runs the PyTorch composition."""
+    """The kernel module `name` if it runs on these tensors (`usable` on the first one's device, and the module's
+    `fits`), else None: the caller runs the PyTorch composition."""
+    module = usable(name, tensors[0]) if enabled else None
+    return module if module is not None and module.fits(*tensors) else None
+
+
+def usable(name: str, tensor) -> ModuleType | None:
+    """The kernel module `name` if it can run on `tensor`'s device (CUDA, of at least the module's
+    `MIN_CAPABILITY` where it names one), whatever the tensors: what a caller asks before preparing operands."""
     module = KERNELS.get(name)
-    if not enabled or module is None or not tensors[0].is_cuda:
+    if module is None or not tensor.is_cuda:
         return None
     need = getattr(module, "MIN_CAPABILITY", 0)
-    if need and _major(tensors[0].device.index or 0) < need:
-        return None
-    return module if module.fits(*tensors) else None
+    return None if need and _major(tensor.device.index or 0) < need else module
 
 
 @torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant
