@@ -43,6 +43,15 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _tile_head(H: tl.constexpr):
+    """(tile, head) of this program. Grids are 1-D (`_grid`), heads fastest: the H programs of a token tile run
+    together and share in L2 what all heads read (the tile's document bounds, its rows of the rotary tables, the
+    contiguous H * D elements of each token)."""
+    pid = tl.program_id(0)
+    return pid // H, pid % H
+
+
+@triton.jit
 def _rows(X, offs, in_range, H: tl.constexpr, D: tl.constexpr, h):
     """Rows `offs` of head h of a contiguous (T, H, D) tensor, as (len(offs), D)."""
     d = tl.arange(0, D)
@@ -130,8 +139,8 @@ def _band_fwd(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    h = tl.program_id(1)
-    m0 = tl.program_id(0) * BLOCK_M
+    tile, h = _tile_head(H)
+    m0 = tile * BLOCK_M
     offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
     q = _rows(Q, offs_m, in_m, H, D, h)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: a fully masked tile adds exp2(-inf) = 0
@@ -158,8 +167,8 @@ def _band_fwd(
 @triton.jit
 def _band_delta(OUT, DO, DELTA, T, H: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr):
     """delta = rowsum(dO * O), (T, H) float32: the softmax backward's correction term."""
-    h = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tile, h = _tile_head(H)
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < T
     o = _rows(OUT, offs, in_range, H, D, h).to(tl.float32)
     do = _rows(DO, offs, in_range, H, D, h).to(tl.float32)
@@ -200,8 +209,8 @@ def _band_bwd(
     computes dQ) and q is loaded transposed, the layout the split path's tiles were tuned for. dK and dV are
     stored GRAD_STRIDE elements from one token to the next (H D, or 3 H D into a projection's gradient), dK with
     the inverse rotation where ROTARY (`_store_grad`)."""
-    h = tl.program_id(1)
-    n0 = tl.program_id(0) * BLOCK_N
+    tile, h = _tile_head(H)
+    n0 = tile * BLOCK_N
     offs_n, in_n, lo, hi, first, last = _span(n0, BLOCK_N, LO, HI, T, HALF, BLOCK_N, BLOCK_M)
     k = _rows(K, offs_n, in_n, H, D, h)
     v = _rows(V, offs_n, in_n, H, D, h)
@@ -258,8 +267,8 @@ def _band_bwd_dq(
     BLOCK_N: tl.constexpr,
 ):
     """One query tile: dQ = scale * sum dS K over the key tiles of its band, stored as `_band_bwd` stores dK."""
-    h = tl.program_id(1)
-    m0 = tl.program_id(0) * BLOCK_M
+    tile, h = _tile_head(H)
+    m0 = tile * BLOCK_M
     offs_m, in_m, lo, hi, first, last = _span(m0, BLOCK_M, LO, HI, T, HALF, BLOCK_M, BLOCK_N)
     q = _rows(Q, offs_m, in_m, H, D, h)
     do = _rows(DO, offs_m, in_m, H, D, h)
@@ -282,14 +291,17 @@ def _band_bwd_dq(
 def _band_dq_rotate(
     DQ32, DQ, COS, SIN, T, H: tl.constexpr, D: tl.constexpr, GRAD_STRIDE: tl.constexpr, BLOCK: tl.constexpr
 ):
-    """The one-pass backward's float32 dQ, inverse-rotated and stored as `_band_bwd` stores dK with ROTARY. One
-    program a (token tile, head), heads fastest: the H programs of a tile run together and share its rows of
-    the cos and sin tables in L2 (tiles first, each head's pass re-read the tables from memory)."""
-    h = tl.program_id(0) % H
-    offs = (tl.program_id(0) // H) * BLOCK + tl.arange(0, BLOCK)
+    """The one-pass backward's float32 dQ, inverse-rotated and stored as `_band_bwd` stores dK with ROTARY."""
+    tile, h = _tile_head(H)
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < T
     dq = _rows(DQ32, offs, in_range, H, D, h)
     _store_grad(DQ, offs, in_range, GRAD_STRIDE, D, h, dq, COS, SIN, BLOCK, True)
+
+
+def _grid(T: int, block: int, H: int) -> tuple[int]:
+    """The launch grid of a kernel with one program per (tile of `block` tokens, head): `_tile_head`'s order."""
+    return (triton.cdiv(T, block) * H,)
 
 
 def _scales(D: int) -> tuple[float, float]:
@@ -304,8 +316,7 @@ def forward(
     """(out, lse): the attention and each row's log-sum-exp (base 2), what `gradients` needs besides q, k, v."""
     T, H, D = q.shape
     o, lse = _fwd_fake(q, k, v, lo, hi, half)
-    grid = (triton.cdiv(T, FWD["BLOCK_M"]), H)
-    _band_fwd[grid](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
+    _band_fwd[_grid(T, FWD["BLOCK_M"], H)](q, k, v, o, lse, lo, hi, T, H, D, half, *_scales(D), **FWD)
     return o, lse
 
 
@@ -321,7 +332,7 @@ def gradients(
     dim 1), which the kernels write directly: no separate rotary backward reads dq, dk, dv again."""
     T, H, D = q.shape
     delta = lse.new_empty((T, H))
-    _band_delta[(triton.cdiv(T, 64), H)](o, do, delta, T, H, D, BLOCK=64)
+    _band_delta[_grid(T, 64, H)](o, do, delta, T, H, D, BLOCK=64)
     one_pass = not torch.are_deterministic_algorithms_enabled()
     if rotary is None:
         dq = None if one_pass else torch.empty_like(q)  # one pass: cast from its float32 sum
@@ -335,15 +346,15 @@ def gradients(
     args = (T, H, D, half, *_scales(D), stride, rotary is not None)
     if one_pass:
         dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        grid = (triton.cdiv(T, BWD["BLOCK_N"]), H)
+        grid = _grid(T, BWD["BLOCK_N"], H)
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq32, dk, dv, cos, sin, *args, ATOMIC_DQ=True, **BWD)
         if rotary is None:
             return dq32.to(q.dtype), dk, dv
-        _band_dq_rotate[(triton.cdiv(T, 64) * H,)](dq32, dq, cos, sin, T, H, D, stride, BLOCK=64)
+        _band_dq_rotate[_grid(T, 64, H)](dq32, dq, cos, sin, T, H, D, stride, BLOCK=64)
     else:
-        grid = (triton.cdiv(T, DKDV["BLOCK_N"]), H)
+        grid = _grid(T, DKDV["BLOCK_N"], H)
         _band_bwd[grid](q, k, v, do, lse, delta, lo, hi, dq, dk, dv, cos, sin, *args, ATOMIC_DQ=False, **DKDV)
-        grid = (triton.cdiv(T, DQ["BLOCK_M"]), H)
+        grid = _grid(T, DQ["BLOCK_M"], H)
         _band_bwd_dq[grid](q, k, v, do, lse, delta, lo, hi, dq, cos, sin, *args, **DQ)
     return (dq, dk, dv) if rotary is None else dqkv
 
