@@ -36,6 +36,19 @@ def test_bench_packing_tiny(tmp_path):
     assert "pack+mask" in proc.stdout
 
 
+def test_bench_fp8_tiny(tmp_path):
+    """The MLP block runs both ways; each FP8 product lies within e4m3's rounding (3 mantissa bits: about 4%
+    relative for random operands) of the fp32 product, not at a wrong transpose's or scale's ~100%."""
+    out = tmp_path / "fp8.json"
+    _run(["scripts/bench_fp8.py", "--device", "cpu", "--scale", "0.002", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert sorted(results) == ["base", "large"]
+    for r in results.values():
+        assert r["bf16_ms"] > 0 and r["fp8_ms"] > 0 and r["casts_ms"] > 0
+        errors = [r[f"{p}_rel_err"] for p in ("wi_forward", "wo_forward", "wi_input_grad")]
+        assert all(0.005 < e < 0.06 for e in errors), errors
+
+
 def test_bench_train_tiny(tmp_path):
     out = tmp_path / "bench.json"
     prof = tmp_path / "prof"

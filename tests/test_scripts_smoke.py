@@ -19,6 +19,7 @@ REAL_RUNS = {
     "bench_convert.py": "test_bench_convert_tiny_corpus",
     "bench_finetune.py": "tests/test_bench_smoke.py::test_bench_finetune_tiny",
     "bench_fused.py": "GPU only (Triton kernels)",
+    "bench_fp8.py": "tests/test_bench_smoke.py::test_bench_fp8_tiny",
     "bench_packing.py": "tests/test_bench_smoke.py::test_bench_packing_tiny",
     "bench_train.py": "tests/test_bench_smoke.py::test_bench_train_tiny",
     "check_compile.py": "test_check_compile_tiny_model_has_no_graph_break",

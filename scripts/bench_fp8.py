@@ -1,0 +1,136 @@
+"""FP8 matrix products in ModernBERT's MLP block against bf16: what an FP8 path could gain (issue 24).
+
+The MLP block's forward and backward, `h = x Wi^T; z = gelu(a) * g; y = z Wo^T` and `dz = dy Wo, dWo = dy^T z,
+dh = gate'(dz), dx = dh Wi, dWi = dh^T x`, for one micro-batch (base: 98,304 tokens, hidden 768,
+intermediate 1152; large: 57,344 tokens, 1024, 2624), timed (median ms) two ways with the same gate:
+  bf16  every product in bf16, as FlexBERT trains now;
+  fp8   Wi's and Wo's forward and Wi's input gradient as `torch._scaled_mm` on float8_e4m3fn operands scaled
+        per row (per token, per weight row; per input feature for Wi's gradient), cast before timing; the
+        weight gradients and Wo's input gradient stay bf16 (their operands would need column scales).
+So `fp8` is the block if the kernels that write those operands (the joint's LayerNorm, the gate forward and
+backward) wrote them in FP8 as well: what such a path can save at most. `casts` times the three activation
+casts as separate passes (amax, then scale and cast), what FP8 costs without that. `fp8_bytes_gb` is what
+writing the FP8 copies adds to those kernels (one byte an element). Accuracy: the relative (Frobenius) error of
+each FP8 product against fp32 products of the same bf16 operands.
+
+Usage (GPU): python scripts/bench_fp8.py [--json OUT]
+CPU smoke test: python scripts/bench_fp8.py --device cpu --scale 0.002 (the gate composed in PyTorch)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+SHAPES = {"base": (98_304, 768, 1152), "large": (57_344, 1024, 2624)}  # tokens, hidden, intermediate
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / s) in float8_e4m3fn and s (rows x 1, fp32), s = the row's amax / 448 (e4m3's largest value)."""
+    s = x.abs().amax(1, keepdim=True).float().clamp(min=1e-12) / torch.finfo(FP8).max
+    return (x.float() / s).to(FP8), s
+
+
+def scaled_mm(a: tuple, b: tuple) -> torch.Tensor:
+    """a b^T in bf16 from two row-quantized operands (`quantize_rows` of a and of b)."""
+    (a8, sa), (b8, sb) = a, b
+    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
+
+
+def gate_ops(device: torch.device):
+    """(forward, backward) of the GLU gate: FlexBERT's kernels on CUDA, the composition elsewhere."""
+    if device.type == "cuda":
+        from flex_bert.kernels import fused_glu
+
+        return fused_glu.gelu_gate, fused_glu._bwd
+
+    def backward(dz, h):
+        h = h.detach().requires_grad_(True)
+        a, g = h.chunk(2, dim=-1)
+        return torch.autograd.grad(F.gelu(a) * g, h, dz)[0]
+
+    return (lambda h: (lambda a, g: F.gelu(a) * g)(*h.chunk(2, dim=-1))), backward
+
+
+def timer(device: torch.device):
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+    def once(fn):
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+    return once
+
+
+def bench(T: int, C: int, N: int, device: torch.device) -> dict:
+    bf = dict(device=device, dtype=torch.bfloat16)
+    x, dy = torch.randn(T, C, **bf), torch.randn(T, C, **bf)
+    wi, wo = torch.randn(2 * N, C, **bf) / C**0.5, torch.randn(C, N, **bf) / N**0.5
+    gate, gate_bwd = gate_ops(device)
+    h = x @ wi.t()
+    z, dh = gate(h), gate_bwd(dy @ wo, h)
+    x8, z8, dh8 = quantize_rows(x), quantize_rows(z), quantize_rows(dh)
+    wi8, wo8, wi_t8 = quantize_rows(wi), quantize_rows(wo), quantize_rows(wi.t().contiguous())
+
+    def bf16():
+        h = x @ wi.t()
+        gate(h) @ wo.t()
+        dz = dy @ wo
+        dy.t() @ z, dh.t() @ x
+        gate_bwd(dz, h) @ wi
+
+    def fp8():
+        h = scaled_mm(x8, wi8)
+        gate(h)
+        scaled_mm(z8, wo8)
+        dz = dy @ wo
+        dy.t() @ z, dh.t() @ x
+        gate_bwd(dz, h)
+        scaled_mm(dh8, wi_t8)
+
+    def casts():
+        return quantize_rows(x), quantize_rows(z), quantize_rows(dh)
+
+    run = timer(device)
+    result = {
+        name: round(run(fn), 4) for name, fn in (("bf16_ms", bf16), ("fp8_ms", fp8), ("casts_ms", casts))
+    }
+    result["fp8_bytes_gb"] = round(T * (C + N + 2 * N) / 1e9, 3)
+    for name, (a, b, a8, b8) in {
+        "wi_forward": (x, wi, x8, wi8),
+        "wo_forward": (z, wo, z8, wo8),
+        "wi_input_grad": (dh, wi.t(), dh8, wi_t8),
+    }.items():
+        want = a.float() @ b.float().t()
+        result[f"{name}_rel_err"] = float((scaled_mm(a8, b8).float() - want).norm() / want.norm())
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of each shape's tokens (smoke tests)")
+    ap.add_argument("--json", metavar="OUT")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    results = {}
+    for name, (T, C, N) in SHAPES.items():
+        results[name] = bench(max(16, int(T * args.scale)), C, N, device)
+        print(name, json.dumps(results[name]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
