@@ -14,7 +14,7 @@ writing the FP8 copies adds to those kernels (one byte an element). Accuracy: th
 each FP8 product against fp32 products of the same bf16 operands.
 
 Usage (GPU): python scripts/bench_fp8.py [--json OUT]
-CPU smoke test: python scripts/bench_fp8.py --device cpu --scale 0.002 (the gate composed in PyTorch)
+CPU smoke test: python scripts/bench_fp8.py --device cpu --scale 0.002 (the gate computed in PyTorch)
 """
 
 from __future__ import annotations
@@ -25,37 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-FP8 = torch.float8_e4m3fn
+from flex_bert.kernels.fp8_mlp import gate, gate_backward, mm_rows, quantize_rows
+
 SHAPES = {"base": (98_304, 768, 1152), "large": (57_344, 1024, 2624)}  # tokens, hidden, intermediate
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / s) in float8_e4m3fn and s (rows x 1, fp32), s = the row's amax / 448 (e4m3's largest value)."""
-    s = x.abs().amax(1, keepdim=True).float().clamp(min=1e-12) / torch.finfo(FP8).max
-    return (x.float() / s).to(FP8), s
-
-
-def scaled_mm(a: tuple, b: tuple) -> torch.Tensor:
-    """a b^T in bf16 from two row-quantized operands (`quantize_rows` of a and of b)."""
-    (a8, sa), (b8, sb) = a, b
-    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
-
-
-def gate_ops(device: torch.device):
-    """(forward, backward) of the GLU gate: FlexBERT's kernels on CUDA, the composition elsewhere."""
-    if device.type == "cuda":
-        from flex_bert.kernels import fused_glu
-
-        return fused_glu.gelu_gate, fused_glu._bwd
-
-    def backward(dz, h):
-        h = h.detach().requires_grad_(True)
-        a, g = h.chunk(2, dim=-1)
-        return torch.autograd.grad(F.gelu(a) * g, h, dz)[0]
-
-    return (lambda h: (lambda a, g: F.gelu(a) * g)(*h.chunk(2, dim=-1))), backward
 
 
 def timer(device: torch.device):
@@ -76,27 +49,26 @@ def bench(T: int, C: int, N: int, device: torch.device) -> dict:
     bf = dict(device=device, dtype=torch.bfloat16)
     x, dy = torch.randn(T, C, **bf), torch.randn(T, C, **bf)
     wi, wo = torch.randn(2 * N, C, **bf) / C**0.5, torch.randn(C, N, **bf) / N**0.5
-    gate, gate_bwd = gate_ops(device)
     h = x @ wi.t()
-    z, dh = gate(h), gate_bwd(dy @ wo, h)
+    z, dh = gate(h, True), gate_backward(dy @ wo, h, True)
     x8, z8, dh8 = quantize_rows(x), quantize_rows(z), quantize_rows(dh)
     wi8, wo8, wi_t8 = quantize_rows(wi), quantize_rows(wo), quantize_rows(wi.t().contiguous())
 
     def bf16():
         h = x @ wi.t()
-        gate(h) @ wo.t()
+        gate(h, True) @ wo.t()
         dz = dy @ wo
         dy.t() @ z, dh.t() @ x
-        gate_bwd(dz, h) @ wi
+        gate_backward(dz, h, True) @ wi
 
     def fp8():
-        h = scaled_mm(x8, wi8)
-        gate(h)
-        scaled_mm(z8, wo8)
+        h = mm_rows(x8, wi8)
+        gate(h, True)
+        mm_rows(z8, wo8)
         dz = dy @ wo
         dy.t() @ z, dh.t() @ x
-        gate_bwd(dz, h)
-        scaled_mm(dh8, wi_t8)
+        gate_backward(dz, h, True)
+        mm_rows(dh8, wi_t8)
 
     def casts():
         return quantize_rows(x), quantize_rows(z), quantize_rows(dh)
@@ -112,7 +84,7 @@ def bench(T: int, C: int, N: int, device: torch.device) -> dict:
         "wi_input_grad": (dh, wi.t(), dh8, wi_t8),
     }.items():
         want = a.float() @ b.float().t()
-        result[f"{name}_rel_err"] = float((scaled_mm(a8, b8).float() - want).norm() / want.norm())
+        result[f"{name}_rel_err"] = float((mm_rows(a8, b8).float() - want).norm() / want.norm())
     return result
 
 

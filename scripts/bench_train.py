@@ -58,6 +58,11 @@ def parse_args(argv=None):
         help="FlexBERT: fused_kernels (FlexBERT's Triton kernels; default on)",
     )
     ap.add_argument(
+        "--fp8-mlp",
+        action="store_true",
+        help="FlexBERT: fp8_mlp (FP8 products in the MLP block, kernels/fp8_mlp.py; Hopper)",
+    )
+    ap.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="FlexBERT: the encoder's training passes as CUDA graphs (train/cuda_graphs.pretraining_graphs)",

@@ -56,9 +56,10 @@ TINY_MODEL = dict(
 )
 
 
-def flex_config(size: str, backend: str | None, fused: bool = True) -> FlexBertConfig:
+def flex_config(size: str, backend: str | None, fused: bool = True, fp8_mlp: bool = False) -> FlexBertConfig:
     over = {"attention_backend": backend} if backend else {}
     over["fused_kernels"] = fused
+    over["fp8_mlp"] = fp8_mlp
     if size == "tiny":
         return FlexBertConfig(**TINY_MODEL, **over)
     return FlexBertConfig.large(**over) if size == "large" else FlexBertConfig.base(**over)
@@ -111,7 +112,7 @@ def compile_flexbert(model: FlexBertForMaskedLM, tune: bool = False) -> str:
 
 
 def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dict]]:
-    cfg = flex_config(bench.size, args.backend, args.fused)
+    cfg = flex_config(bench.size, args.backend, args.fused, args.fp8_mlp)
     n_batches = 3 * args.warmup + args.steps + (PROFILE_STEPS if args.profile else 0) + 2
     loader = make_loader(bench, ids, n_batches, args.workers, pin=env.cuda)
     torch.manual_seed(0)
@@ -123,8 +124,8 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
     how += ", CUDA graphs" if graphs else ""
     log(
         f"[{bench.name}] FlexBERT-{bench.size}: {model.num_parameters():,} parameters, backend "
-        f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, {how}, rows of {bench.micro} x "
-        f"{bench.max_seq_len} = {bench.row_len:,} tokens, {args.workers} loader workers; warmup {args.warmup} "
+        f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, fp8_mlp {cfg.fp8_mlp}, {how}, rows of "
+        f"{bench.micro} x {bench.max_seq_len} = {bench.row_len:,} tokens, {args.workers} loader workers; warmup {args.warmup} "
         f"+ {args.steps} timed steps"
     )
     buckets_after = []  # graph buckets captured after each step (--cuda-graphs)
@@ -140,7 +141,11 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
         timing = run_timed(env, batches, step, args.warmup, args.steps)
         result = summarize("FlexBERT", bench, cfg, timing, [flex_stats(b) for b in timing.batches], env)
         result.update(
-            backend=cfg.attention_backend, fused=cfg.fused_kernels, compile=how, params=model.num_parameters()
+            backend=cfg.attention_backend,
+            fused=cfg.fused_kernels,
+            fp8_mlp=cfg.fp8_mlp,
+            compile=how,
+            params=model.num_parameters(),
         )
         if graphs is not None:  # a capture in the timed steps (a new document bucket) is in their time
             captures = buckets_after[-1] - buckets_after[-args.steps - 1]

@@ -58,7 +58,8 @@ def _grid(T: int, N: int) -> tuple[int, int]:
     return triton.cdiv(T, BLOCK_ROWS), triton.cdiv(N, BLOCK_COLS)
 
 
-def _fwd(h: torch.Tensor) -> torch.Tensor:
+def forward(h: torch.Tensor) -> torch.Tensor:
+    """gelu(a) * g of h = (a, g), the forward kernel (the op's forward, also called inside other ops)."""
     T, N = h.shape[0], h.shape[1] // 2
     z = _fwd_fake(h)
     _gelu_gate_fwd[_grid(T, N)](h, z, T, N, BLOCK_R=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, num_warps=WARPS)
@@ -69,7 +70,8 @@ def _fwd_fake(h):
     return h.new_empty((h.shape[0], h.shape[1] // 2))
 
 
-def _bwd(dz: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def backward(dz: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The gradient of h from the output's dz, the backward kernel."""
     T, N = dz.shape
     dh = _bwd_fake(dz, h)
     _gelu_gate_bwd[_grid(T, N)](dz, h, dh, T, N, BLOCK_R=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, num_warps=WARPS)
@@ -81,7 +83,7 @@ def _bwd_fake(dz, h):
 
 
 _fwd, _bwd = autograd_op(
-    "gelu_gate", _fwd, _fwd_fake, _bwd, _bwd_fake, save=lambda inputs, outputs: (inputs, ())
+    "gelu_gate", forward, _fwd_fake, backward, _bwd_fake, save=lambda inputs, outputs: (inputs, ())
 )
 
 

@@ -57,7 +57,12 @@ def usable(name: str, tensor) -> ModuleType | None:
     if module is None or not tensor.is_cuda:
         return None
     need = getattr(module, "MIN_CAPABILITY", 0)
-    return None if need and _major(tensor.device.index or 0) < need else module
+    return None if need and cuda_major(tensor) < need else module
+
+
+def cuda_major(tensor: torch.Tensor) -> int:
+    """The compute capability's major version of the CUDA device `tensor` lives on (9 for Hopper)."""
+    return _major(tensor.device.index or 0)
 
 
 @torch.compiler.assume_constant_result  # inside compiled layers: evaluated once while tracing, a constant

@@ -118,6 +118,9 @@ class FlexBertConfig:
     # rotary of QKV, the MLM loss. false: the PyTorch composition (the same computation, another dropout mask).
     # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend.)
     fused_kernels: bool = True
+    # FP8 (e4m3, scaled per row) for three of the MLP block's six matrix products: Wi's and Wo's forward and Wi's
+    # input gradient (kernels/fp8_mlp.py); opt-in. CUDA needs compute capability 9.0+ (Hopper).
+    fp8_mlp: bool = False
     max_position_embeddings: int = (
         CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
     )
@@ -255,3 +258,18 @@ class FlexBertConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be < vocab_size={self.vocab_size}")
         if min(self.vocab_size, self.num_hidden_layers, self.intermediate_size) <= 0:
             raise ValueError("vocab_size, num_hidden_layers and intermediate_size must be positive")
+        if self.fp8_mlp:
+            self._validate_fp8_mlp()
+
+    def _validate_fp8_mlp(self) -> None:
+        """What `fp8_mlp`'s block computes: no MLP biases or dropout, widths that FP8 products take."""
+        unsupported = {k: getattr(self, k) for k in ("mlp_in_bias", "mlp_out_bias", "mlp_dropout_prob")}
+        if any(unsupported.values()):
+            raise ValueError(
+                f"fp8_mlp needs mlp_in_bias, mlp_out_bias false and mlp_dropout_prob 0: {unsupported}"
+            )
+        if self.hidden_size % 16 or self.intermediate_size % 16:
+            raise ValueError(
+                f"fp8_mlp needs hidden_size ({self.hidden_size}) and intermediate_size ({self.intermediate_size}) "
+                "divisible by 16 (FP8 matrix products)"
+            )

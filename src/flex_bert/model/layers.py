@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import add_norm, gelu_gate
+from flex_bert.kernels import add_norm, fp8_glu, gelu_gate
 
 from .attention import Attention
 from .config import FlexBertConfig
@@ -32,16 +32,20 @@ class Embeddings(nn.Module):
 
 class GLU(nn.Module):
     """`Wo(drop(gelu(a) * g))` with `a, g = Wi(x).chunk(2)`; `Wi` maps hidden to 2 * intermediate. The gate is
-    `kernels.gelu_gate` (a Triton kernel where `config.fused_kernels` and the policy allow)."""
+    `kernels.gelu_gate` (a Triton kernel where `config.fused_kernels` and the policy allow). With
+    `config.fp8_mlp` the block is `kernels.fp8_glu` (FP8 products; no dropout or biases there)."""
 
     def __init__(self, config: FlexBertConfig):
         super().__init__()
         self.fused = config.fused_kernels
+        self.fp8 = config.fp8_mlp
         self.Wi = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_in_bias)
         self.drop = nn.Dropout(config.mlp_dropout_prob)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
 
     def forward(self, x_TC: torch.Tensor) -> torch.Tensor:
+        if self.fp8:
+            return fp8_glu(x_TC, self.Wi.weight, self.Wo.weight, self.fused)
         return self.Wo(self.drop(gelu_gate(self.Wi(x_TC), self.fused)))
 
 

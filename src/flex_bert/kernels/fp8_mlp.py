@@ -1,0 +1,130 @@
+"""The MLP block `Wo(gelu(a) * g)`, `a, g = Wi(x).chunk(2)`, with FP8 matrix products where the operands allow:
+the opt-in `fp8_mlp` path.
+
+FP8 is float8_e4m3fn scaled per row: a tensor's row r is stored as `x_r / s_r` rounded to e4m3 (round to
+nearest even), `s_r = amax(|x_r|) / 448` (e4m3's largest value) kept in fp32 (`quantize_rows`), and a product
+`a b^T` of two such tensors is `torch._scaled_mm` with the row scales of both (`mm_rows`): per token for the
+activations, per output row for the weights. Three of the block's six products run so:
+
+    forward:   h = x Wi^T       (x and Wi quantized per row)
+               y = z Wo^T       (z = gelu(a) * g and Wo quantized per row)
+    backward:  dx = dh Wi       (dh and Wi^T quantized per row)
+
+The others stay in the dtype the block runs in (bf16 under autocast): Wo's input gradient `dz = dy Wo` and the
+weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row scales would lie along the summed dimension.
+Quantizing needs a row's amax before its first element is written, so the cast costs a pass over the tensor
+unless the kernel that writes the tensor also writes its FP8 copy (`scripts/bench_fp8.py` measures both).
+
+The block is one op (`op.autograd_op`): its backward needs the FP8 copies of dh and of Wi^T, which autograd
+would not pass between separate ops. Saved for the backward: x, h, z and the weights, what the bf16 block's
+three ops save. The GELU gate runs as `fused_glu`'s kernels on CUDA, composed in PyTorch elsewhere (the CPU,
+where `torch._scaled_mm` also runs, slowly, for tests).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import policy
+from .op import autocast_dtype, autograd_op
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
+MIN_CAPABILITY = 9  # torch._scaled_mm with row scales: Hopper and newer
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x / s in float8_e4m3fn, s of shape (rows, 1) in fp32), s = each row's amax / 448. An all-zero row gets
+    the smallest normal fp32 scale (its FP8 values are zeros either way)."""
+    amax = x.abs().amax(dim=1, keepdim=True).float()
+    s = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+    return (x.float() / s).to(FP8), s
+
+
+def mm_rows(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """a b^T in bf16 from two `quantize_rows` results: (M, K) and (N, K) give (M, N)."""
+    (a8, sa), (b8, sb) = a, b
+    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
+
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def gate(h: torch.Tensor, fused: bool) -> torch.Tensor:
+    """gelu(a) * g of h = (a, g): `fused_glu`'s kernel where the policy runs it, else its computation in fp32."""
+    module = policy.kernel("gelu_gate", h, enabled=fused)
+    if module is not None:
+        return module.forward(h)
+    a, g = h.float().chunk(2, dim=-1)
+    return (F.gelu(a, approximate="none") * g).to(h.dtype)
+
+
+def gate_backward(dz: torch.Tensor, h: torch.Tensor, fused: bool) -> torch.Tensor:
+    """The gradient of h = (a, g) from dz: `fused_glu`'s backward kernel, else its computation in fp32."""
+    module = policy.kernel("gelu_gate", h, enabled=fused)
+    if module is not None:
+        return module.backward(dz, h)
+    a, g = h.float().chunk(2, dim=-1)
+    dz = dz.float()
+    cdf = 0.5 * (1.0 + torch.erf(a * _SQRT1_2))
+    pdf = torch.exp(-0.5 * a * a) * _INV_SQRT_2PI
+    return torch.cat([dz * g * (cdf + a * pdf), dz * a * cdf], dim=-1).to(h.dtype)
+
+
+def _fwd(
+    x: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads."""
+    h = mm_rows(quantize_rows(x), quantize_rows(wi)).to(x.dtype)
+    z = gate(h, fused)
+    return mm_rows(quantize_rows(z), quantize_rows(wo)).to(x.dtype), h, z
+
+
+def _fwd_fake(x, wi, wo, fused):
+    T = x.shape[0]
+    return x.new_empty((T, wo.shape[0])), x.new_empty((T, wi.shape[0])), x.new_empty((T, wo.shape[1]))
+
+
+def _bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    h: torch.Tensor,
+    z: torch.Tensor,
+    wi: torch.Tensor,
+    wo: torch.Tensor,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dWi, dWo)."""
+    dh = gate_backward(dy @ wo, h, fused)
+    dx = mm_rows(quantize_rows(dh), quantize_rows(wi.t().contiguous())).to(x.dtype)
+    return dx, dh.t() @ x, dy.t() @ z
+
+
+def _bwd_fake(dy, x, h, z, wi, wo, fused):
+    return torch.empty_like(x), torch.empty_like(wi), torch.empty_like(wo)
+
+
+def _save(inputs, outputs):
+    x, wi, wo, fused = inputs
+    _, h, z = outputs
+    return (x, h, z, wi, wo), (fused,)
+
+
+_glu, _ = autograd_op("fp8_glu", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,))
+
+
+def fp8_glu(x_TC: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool) -> torch.Tensor:
+    """`Wo(gelu(a) * g)` for `a, g = Wi(x).chunk(2)` with FP8 products as the module says; weights (2N, C) and
+    (C, N), no biases. Everything runs in the dtype the block runs in (autocast's: the weights are cast as a
+    linear layer casts them). `fused`: the gate's kernels where the policy allows. On CUDA, a GPU of compute
+    capability 9.0 or newer (Hopper: FP8 products with row scales)."""
+    if x_TC.is_cuda and policy.cuda_major(x_TC) < MIN_CAPABILITY:
+        raise ValueError(
+            f"fp8_mlp needs a GPU of compute capability {MIN_CAPABILITY}.0 or newer (Hopper); this one is "
+            f"{policy.cuda_major(x_TC)}.x: set model_config.fp8_mlp false"
+        )
+    dtype = autocast_dtype(x_TC)
+    x, wi, wo = (t.to(dtype).contiguous() for t in (x_TC, wi, wo))
+    return _glu(x, wi, wo, fused)[0]
