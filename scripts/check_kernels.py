@@ -56,8 +56,8 @@ class Recorder:
 
 def run_ops() -> None:
     """Every kernel op forward and backward, as the model calls them (both dropouts of the joint, the joint's
-    backward with and without the residual's gradient, both backwards of the band kernel, alone and with the
-    projection's rotary folded in)."""
+    backward with and without the residual's gradient, the gate with and without FP8 outputs, both backwards of
+    the band kernel, alone and with the projection's rotary folded in)."""
     req = dict(requires_grad=True)
     for p, both in ((0.1, True), (0.0, False)):
         x, br = torch.randn(T, C, **req), torch.randn(T, C, dtype=torch.bfloat16, **req)
@@ -66,6 +66,8 @@ def run_ops() -> None:
         (out.float().sum() + (x_new.sum() if both else 0)).backward()
     h = torch.randn(T, 2 * N, dtype=torch.bfloat16, **req)
     fused_glu.gelu_gate(h).float().sum().backward()
+    fused_glu.forward_fp8(h.detach(), torch.float8_e4m3fn)  # fp8_mlp's gate, both ways
+    fused_glu.backward_fp8(torch.randn(T, N, dtype=torch.bfloat16), h.detach(), torch.float8_e4m3fn)
     qkv = torch.randn(T, 3, H, D, dtype=torch.bfloat16, **req)
     cos, sin = torch.randn(T, D), torch.randn(T, D)
     sum(x.float().sum() for x in fused_rotary.rotary_qkv(qkv, cos, sin)).backward()

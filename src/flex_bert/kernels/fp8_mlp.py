@@ -13,7 +13,8 @@ activations, per output row for the weights. Three of the block's six products r
 The others stay in the dtype the block runs in (bf16 under autocast): Wo's input gradient `dz = dy Wo` and the
 weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row scales would lie along the summed dimension.
 Quantizing needs a row's amax before its first element is written, so the cast costs a pass over the tensor
-unless the kernel that writes the tensor also writes its FP8 copy (`scripts/bench_fp8.py` measures both).
+unless the kernel that writes the tensor also writes its FP8 copy: `fused_glu`'s FP8 kernels do so for z and dh
+(whole rows a program); x and the weights are cast here (`scripts/bench_fp8.py` measures what casts cost).
 
 The block is one op (`op.autograd_op`): its backward needs the FP8 copies of dh and of Wi^T, which autograd
 would not pass between separate ops. Saved for the backward: x, h, z and the weights, what the bf16 block's
@@ -73,13 +74,35 @@ def gate_backward(dz: torch.Tensor, h: torch.Tensor, fused: bool) -> torch.Tenso
     return torch.cat([dz * g * (cdf + a * pdf), dz * a * cdf], dim=-1).to(h.dtype)
 
 
+def gate_fp8(h: torch.Tensor, fused: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(z, quantize_rows(z)) for z = `gate(h)`: in one pass where `fused_glu`'s kernels run."""
+    module = policy.kernel("gelu_gate", h, enabled=fused)
+    if module is not None:
+        z, z8, s = module.forward_fp8(h, FP8)
+        return z, (z8, s)
+    z = gate(h, fused)
+    return z, quantize_rows(z)
+
+
+def gate_backward_fp8(
+    dz: torch.Tensor, h: torch.Tensor, fused: bool
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(dh, quantize_rows(dh)) for dh = `gate_backward(dz, h)`: in one pass where `fused_glu`'s kernels run."""
+    module = policy.kernel("gelu_gate", h, enabled=fused)
+    if module is not None:
+        dh, dh8, s = module.backward_fp8(dz, h, FP8)
+        return dh, (dh8, s)
+    dh = gate_backward(dz, h, fused)
+    return dh, quantize_rows(dh)
+
+
 def _fwd(
     x: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads."""
     h = mm_rows(quantize_rows(x), quantize_rows(wi)).to(x.dtype)
-    z = gate(h, fused)
-    return mm_rows(quantize_rows(z), quantize_rows(wo)).to(x.dtype), h, z
+    z, z_fp8 = gate_fp8(h, fused)
+    return mm_rows(z_fp8, quantize_rows(wo)).to(x.dtype), h, z
 
 
 def _fwd_fake(x, wi, wo, fused):
@@ -97,8 +120,8 @@ def _bwd(
     fused: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dWi, dWo)."""
-    dh = gate_backward(dy @ wo, h, fused)
-    dx = mm_rows(quantize_rows(dh), quantize_rows(wi.t().contiguous())).to(x.dtype)
+    dh, dh_fp8 = gate_backward_fp8(dy @ wo, h, fused)
+    dx = mm_rows(dh_fp8, quantize_rows(wi.t().contiguous())).to(x.dtype)
     return dx, dh.t() @ x, dy.t() @ z
 
 

@@ -54,6 +54,53 @@ def _gelu_gate_bwd(DZ, Hin, DH, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constex
     tl.store(DH + a_offs + N, (dz * a * cdf).to(DH.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _fp8_scale(amax, FP8_MAX: tl.constexpr):
+    """Row scales amax / FP8_MAX, rounded to nearest as `fp8_mlp.quantize_rows` (PyTorch) divides; an all-zero
+    row gets the smallest normal fp32 scale, as there."""
+    return tl.math.div_rn(tl.maximum(amax, 1.1754943508222875e-38), FP8_MAX)
+
+
+@triton.jit
+def _gelu_gate_fwd_fp8(
+    Hin, Z, Z8, ZS, T, N, FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr
+):  # fmt: skip
+    """`_gelu_gate_fwd` over whole rows, also writing z row-quantized to FP8 (Z8, scales ZS)."""
+    a, g, _, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
+    z = (0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g).to(Z.dtype.element_ty)
+    tl.store(Z + z_offs, z, mask=m)
+    z = z.to(tl.float32)
+    s = _fp8_scale(tl.max(tl.where(m, tl.abs(z), 0.0), axis=1), FP8_MAX)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    tl.store(ZS + rows, s, mask=rows < T)
+    tl.store(Z8 + z_offs, tl.math.div_rn(z, s[:, None]).to(Z8.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _gelu_gate_bwd_fp8(
+    DZ, Hin, DH, DH8, DHS, T, N, FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr
+):  # fmt: skip
+    """`_gelu_gate_bwd` over whole rows, also writing dh = (da, dg) row-quantized to FP8 (DH8, scales DHS): one
+    scale for both halves of a row."""
+    a, g, a_offs, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
+    dz = tl.load(DZ + z_offs, mask=m, other=0.0).to(tl.float32)
+    cdf = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2))
+    pdf = tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
+    da = (dz * g * (cdf + a * pdf)).to(DH.dtype.element_ty)
+    dg = (dz * a * cdf).to(DH.dtype.element_ty)
+    tl.store(DH + a_offs, da, mask=m)
+    tl.store(DH + a_offs + N, dg, mask=m)
+    da, dg = da.to(tl.float32), dg.to(tl.float32)
+    amax = tl.maximum(
+        tl.max(tl.where(m, tl.abs(da), 0.0), axis=1), tl.max(tl.where(m, tl.abs(dg), 0.0), axis=1)
+    )
+    s = _fp8_scale(amax, FP8_MAX)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    tl.store(DHS + rows, s, mask=rows < T)
+    tl.store(DH8 + a_offs, tl.math.div_rn(da, s[:, None]).to(DH8.dtype.element_ty), mask=m)
+    tl.store(DH8 + a_offs + N, tl.math.div_rn(dg, s[:, None]).to(DH8.dtype.element_ty), mask=m)
+
+
 def _grid(T: int, N: int) -> tuple[int, int]:
     return triton.cdiv(T, BLOCK_ROWS), triton.cdiv(N, BLOCK_COLS)
 
@@ -80,6 +127,38 @@ def backward(dz: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 def _bwd_fake(dz, h):
     return h.new_empty(h.shape)
+
+
+def _row_blocks(N: int) -> tuple[int, int]:
+    """(padded row width, warps) of the FP8 kernels, one row a program: 16 elements a thread up to 2048."""
+    block = triton.next_power_of_2(N)
+    return block, max(4, min(16, block // 512))
+
+
+def forward_fp8(h: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, z8, s): `forward(h)`, and z row-quantized to `fp8` with its (T, 1) fp32 scales, as
+    `fp8_mlp.quantize_rows(z)` computes them, in the same pass."""
+    T, N = h.shape[0], h.shape[1] // 2
+    z = _fwd_fake(h)
+    z8, zs = torch.empty_like(z, dtype=fp8), h.new_empty((T, 1), dtype=torch.float32)
+    block, warps = _row_blocks(N)
+    fp8_max = torch.finfo(fp8).max
+    _gelu_gate_fwd_fp8[(T, 1)](h, z, z8, zs, T, N, fp8_max, BLOCK_R=1, BLOCK_N=block, num_warps=warps)
+    return z, z8, zs
+
+
+def backward_fp8(
+    dz: torch.Tensor, h: torch.Tensor, fp8: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dh, dh8, s): `backward(dz, h)`, and dh row-quantized to `fp8` with its (T, 1) fp32 scales (one scale for
+    the whole row of 2N), as `fp8_mlp.quantize_rows(dh)` computes them, in the same pass."""
+    T, N = dz.shape
+    dh = _bwd_fake(dz, h)
+    dh8, dhs = torch.empty_like(dh, dtype=fp8), h.new_empty((T, 1), dtype=torch.float32)
+    block, warps = _row_blocks(N)
+    fp8_max = torch.finfo(fp8).max
+    _gelu_gate_bwd_fp8[(T, 1)](dz, h, dh, dh8, dhs, T, N, fp8_max, BLOCK_R=1, BLOCK_N=block, num_warps=warps)
+    return dh, dh8, dhs
 
 
 _fwd, _bwd = autograd_op(
