@@ -56,7 +56,7 @@ class Recorder:
 
 def run_ops() -> None:
     """Every kernel op forward and backward, as the model calls them (both dropouts of the joint, the joint's
-    backward with and without the residual's gradient, the gate with and without FP8 outputs, both backwards of
+    backward with and without the residual's gradient, the joint and the gate with and without FP8 outputs, both backwards of
     the band kernel, alone and with the projection's rotary folded in)."""
     req = dict(requires_grad=True)
     for p, both in ((0.1, True), (0.0, False)):
@@ -64,6 +64,7 @@ def run_ops() -> None:
         norm = torch.nn.LayerNorm(C, bias=False)
         x_new, out = fused_norm.add_dropout_layer_norm(x, br, norm, p, torch.bfloat16)
         (out.float().sum() + (x_new.sum() if both else 0)).backward()
+    fused_norm.add_dropout_layer_norm(x, br, norm, 0.1, torch.bfloat16, fp8_dtype=torch.float8_e4m3fn)  # fp8_mlp
     h = torch.randn(T, 2 * N, dtype=torch.bfloat16, **req)
     fused_glu.gelu_gate(h).float().sum().backward()
     fused_glu.forward_fp8(h.detach(), torch.float8_e4m3fn)  # fp8_mlp's gate, both ways

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from flex_bert.kernels import fused_glu
+from tests._fp8 import assert_fp8_rows
 
 
 def _check(T, N, dtype, device, tol):
@@ -40,12 +41,9 @@ def test_gelu_gate_matches_float64_reference_on_gpu(N):
 
 
 def _check_fp8(T, N, device, exact_fp8: bool):
-    """`forward_fp8` and `backward_fp8` against `forward`, `backward` and `fp8_mlp.quantize_rows` of their
-    outputs (PyTorch's amax, division and e4m3 rounding): the bf16 outputs and the scales bitwise, a zero row
-    too; the FP8 values bitwise where `exact_fp8`. Triton's interpreter mis-rounds values that round to a power
-    of two (it drops the carry into the exponent, triton-lang/triton#8322 and #11897): there, and only there,
-    its value may be off, by at most PyTorch's magnitude (mostly half of it)."""
-    from flex_bert.kernels.fp8_mlp import FP8, quantize_rows
+    """`forward_fp8` and `backward_fp8`: their bf16 outputs those of `forward` and `backward` bitwise, their FP8
+    copies `quantize_rows` of those (`assert_fp8_rows`), a zero row too."""
+    from flex_bert.kernels.fp8_mlp import FP8
 
     g = torch.Generator().manual_seed(0)
     h = (2 * torch.randn(T, 2 * N, generator=g)).to(device, torch.bfloat16)
@@ -56,17 +54,7 @@ def _check_fp8(T, N, device, exact_fp8: bool):
         (fused_glu.backward_fp8(dz, h, FP8), fused_glu.backward(dz, h)),
     ):
         assert torch.equal(out, want)
-        want8, want_scale = quantize_rows(want)
-        assert scale.shape == (T, 1) and torch.equal(scale, want_scale)
-        assert out8.dtype == FP8 and out8.shape == want.shape
-        got, ref = out8.float(), want8.float()
-        differ = got != ref
-        if not exact_fp8:
-            got, ref = got[differ], ref[differ]
-            assert torch.equal(ref.abs().log2(), ref.abs().log2().round())  # powers of two
-            assert ((got - ref).abs() <= ref.abs()).all() and differ.float().mean() < 0.1
-        else:
-            assert not differ.any()
+        assert_fp8_rows(out8, scale, want, exact_fp8)
 
 
 def test_gelu_gate_fp8_outputs_in_the_interpreter():

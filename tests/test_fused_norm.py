@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flex_bert.kernels import add_norm, fused_norm
+from flex_bert.kernels import add_norm, add_norm_fp8, fused_norm
+from flex_bert.kernels.fp8_mlp import FP8, quantize_rows
+from tests._fp8 import assert_fp8_rows
 
 
 @pytest.fixture
@@ -145,3 +147,44 @@ GPU_TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 @pytest.mark.parametrize("p", [0.0, 0.1])
 def test_kernels_match_float64_reference_on_gpu(C, p):
     _check(3000, C, p, torch.float32, torch.bfloat16, torch.bfloat16, False, "cuda", GPU_TOL)
+
+
+def _check_fp8(T, C, device, exact_fp8: bool):
+    """The joint with `fp8_dtype`: x_new and out bitwise those of the joint without (same dropout mask: same
+    seed), out's FP8 copy `quantize_rows(out)` (`assert_fp8_rows`), a zero row of out too; gradients equal."""
+    x, br, norm, d_out, d_x_new = _inputs(T, C, torch.float32, torch.bfloat16, device, bias=False)
+    with torch.no_grad():
+        norm.weight[:] = norm.weight.abs() + 0.1
+    x[3], br[3] = 0, 0  # a zero row: LayerNorm's output is zero there
+    runs = []
+    for fp8 in (None, FP8):
+        xs, brs = x.clone().requires_grad_(True), br.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        outs = fused_norm.add_dropout_layer_norm(xs, brs, norm, 0.1, torch.bfloat16, fp8_dtype=fp8)
+        ((outs[0] * d_x_new).sum() + (outs[1].float() * d_out).sum()).backward()
+        runs.append((outs, xs.grad, brs.grad))
+    (x_new, out), dx, dbr = runs[0]
+    (x_new8, out_, (out8, scale)), dx8, dbr8 = runs[1]
+    assert torch.equal(x_new8, x_new) and torch.equal(out_, out) and not out[3].any()
+    assert torch.equal(dx8, dx) and torch.equal(dbr8, dbr)
+    assert_fp8_rows(out8, scale, out, exact_fp8)
+
+
+def test_fp8_copy_of_the_output_in_the_interpreter(interpreted):
+    _check_fp8(9, 48, "cpu", exact_fp8=False)
+
+
+def test_add_norm_fp8_falls_back_to_the_composition_on_cpu():
+    """Without the kernel: `add_norm`'s outputs, and `quantize_rows` of norm(x)."""
+    x, br, norm, _, _ = _inputs(6, 32, torch.float32, torch.float32, "cpu", bias=True)
+    x_new, out, (out8, scale) = add_norm_fp8(x, br, norm, None, False, fused=False)
+    want_x, want_out = add_norm(x, br, norm, None, False, fused=False)
+    want8, want_scale = quantize_rows(want_out)
+    assert torch.equal(x_new, want_x) and torch.equal(out, want_out)
+    assert torch.equal(out8.float(), want8.float()) and torch.equal(scale, want_scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("C", [768, 1024])
+def test_fp8_copy_of_the_output_on_gpu(C):
+    _check_fp8(3000, C, "cuda", exact_fp8=True)

@@ -14,7 +14,8 @@ The others stay in the dtype the block runs in (bf16 under autocast): Wo's input
 weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row scales would lie along the summed dimension.
 Quantizing needs a row's amax before its first element is written, so the cast costs a pass over the tensor
 unless the kernel that writes the tensor also writes its FP8 copy: `fused_glu`'s FP8 kernels do so for z and dh
-(whole rows a program); x and the weights are cast here (`scripts/bench_fp8.py` measures what casts cost).
+(whole rows a program), and `fused_norm`'s for x (`ops.add_norm_fp8`, the joint before the block); the weights
+are cast here, small (`scripts/bench_fp8.py` measures what separate casts cost).
 
 The block is one op (`op.autograd_op`): its backward needs the FP8 copies of dh and of Wi^T, which autograd
 would not pass between separate ops. Saved for the backward: x, h, z and the weights, what the bf16 block's
@@ -97,15 +98,16 @@ def gate_backward_fp8(
 
 
 def _fwd(
-    x: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool
+    x: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, x8: torch.Tensor, x_scale: torch.Tensor, fused: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads."""
-    h = mm_rows(quantize_rows(x), quantize_rows(wi)).to(x.dtype)
+    """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads.
+    (x8, x_scale) is `quantize_rows(x)`."""
+    h = mm_rows((x8, x_scale), quantize_rows(wi)).to(x.dtype)
     z, z_fp8 = gate_fp8(h, fused)
     return mm_rows(z_fp8, quantize_rows(wo)).to(x.dtype), h, z
 
 
-def _fwd_fake(x, wi, wo, fused):
+def _fwd_fake(x, wi, wo, x8, x_scale, fused):
     T = x.shape[0]
     return x.new_empty((T, wo.shape[0])), x.new_empty((T, wi.shape[0])), x.new_empty((T, wo.shape[1]))
 
@@ -130,7 +132,7 @@ def _bwd_fake(dy, x, h, z, wi, wo, fused):
 
 
 def _save(inputs, outputs):
-    x, wi, wo, fused = inputs
+    x, wi, wo, _x8, _x_scale, fused = inputs
     _, h, z = outputs
     return (x, h, z, wi, wo), (fused,)
 
@@ -138,11 +140,18 @@ def _save(inputs, outputs):
 _glu, _ = autograd_op("fp8_glu", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0,))
 
 
-def fp8_glu(x_TC: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool) -> torch.Tensor:
+def fp8_glu(
+    x_TC: torch.Tensor,
+    wi: torch.Tensor,
+    wo: torch.Tensor,
+    fused: bool,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """`Wo(gelu(a) * g)` for `a, g = Wi(x).chunk(2)` with FP8 products as the module says; weights (2N, C) and
     (C, N), no biases. Everything runs in the dtype the block runs in (autocast's: the weights are cast as a
-    linear layer casts them). `fused`: the gate's kernels where the policy allows. On CUDA, a GPU of compute
-    capability 9.0 or newer (Hopper: FP8 products with row scales)."""
+    linear layer casts them). `x_fp8`: `quantize_rows` of x in that dtype where its producer wrote it
+    (`ops.add_norm_fp8`), else computed here. `fused`: the gate's kernels where the policy allows. On CUDA, a
+    GPU of compute capability 9.0 or newer (Hopper: FP8 products with row scales)."""
     if x_TC.is_cuda and policy.cuda_major(x_TC) < MIN_CAPABILITY:
         raise ValueError(
             f"fp8_mlp needs a GPU of compute capability {MIN_CAPABILITY}.0 or newer (Hopper); this one is "
@@ -150,4 +159,5 @@ def fp8_glu(x_TC: torch.Tensor, wi: torch.Tensor, wo: torch.Tensor, fused: bool)
         )
     dtype = autocast_dtype(x_TC)
     x, wi, wo = (t.to(dtype).contiguous() for t in (x_TC, wi, wo))
-    return _glu(x, wi, wo, fused)[0]
+    x8, x_scale = quantize_rows(x) if x_fp8 is None else x_fp8
+    return _glu(x, wi, wo, x8, x_scale, fused)[0]

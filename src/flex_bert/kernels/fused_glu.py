@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fp8_scale import row_scale
 from .op import autograd_op
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
@@ -55,13 +56,6 @@ def _gelu_gate_bwd(DZ, Hin, DH, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
-def _fp8_scale(amax, FP8_MAX: tl.constexpr):
-    """Row scales amax / FP8_MAX, rounded to nearest as `fp8_mlp.quantize_rows` (PyTorch) divides; an all-zero
-    row gets the smallest normal fp32 scale, as there."""
-    return tl.math.div_rn(tl.maximum(amax, 1.1754943508222875e-38), FP8_MAX)
-
-
-@triton.jit
 def _gelu_gate_fwd_fp8(
     Hin, Z, Z8, ZS, T, N, FP8_MAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr
 ):  # fmt: skip
@@ -70,7 +64,7 @@ def _gelu_gate_fwd_fp8(
     z = (0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g).to(Z.dtype.element_ty)
     tl.store(Z + z_offs, z, mask=m)
     z = z.to(tl.float32)
-    s = _fp8_scale(tl.max(tl.where(m, tl.abs(z), 0.0), axis=1), FP8_MAX)
+    s = row_scale(tl.max(tl.where(m, tl.abs(z), 0.0), axis=1), FP8_MAX)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     tl.store(ZS + rows, s, mask=rows < T)
     tl.store(Z8 + z_offs, tl.math.div_rn(z, s[:, None]).to(Z8.dtype.element_ty), mask=m)
@@ -94,7 +88,7 @@ def _gelu_gate_bwd_fp8(
     amax = tl.maximum(
         tl.max(tl.where(m, tl.abs(da), 0.0), axis=1), tl.max(tl.where(m, tl.abs(dg), 0.0), axis=1)
     )
-    s = _fp8_scale(amax, FP8_MAX)
+    s = row_scale(amax, FP8_MAX)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     tl.store(DHS + rows, s, mask=rows < T)
     tl.store(DH8 + a_offs, tl.math.div_rn(da, s[:, None]).to(DH8.dtype.element_ty), mask=m)

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fp8_scale import row_scale
 from .op import autocast_dtype, autograd_op
 
 _MAX_HIDDEN = 8192  # one row lives in registers: beyond this the kernels would spill
@@ -48,10 +49,13 @@ def _keep(seed, rows, p, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _add_norm_fwd(
-    X, BR, XNEW, OUT, W, B, MEAN, RSTD, SEED,
+    X, BR, XNEW, OUT, W, B, MEAN, RSTD, SEED, OUT8, OUT_SCALE,
     T, C, eps, p, scale,
     HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    FP8_OUT: tl.constexpr, FP8_MAX: tl.constexpr,
 ):  # fmt: skip
+    """FP8_OUT: also out row-quantized as `fp8_mlp.quantize_rows` computes it, to OUT8 (whose format's largest
+    value is FP8_MAX), with the row scales to OUT_SCALE (`fp8_scale.row_scale`)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     rmask, cmask = rows < T, cols < C
@@ -72,7 +76,13 @@ def _add_norm_fwd(
     out = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
         out += tl.load(B + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
-    tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=m)
+    out = out.to(OUT.dtype.element_ty)
+    tl.store(OUT + offs, out, mask=m)
+    if FP8_OUT:
+        out = out.to(tl.float32)
+        s = row_scale(tl.max(tl.where(m, tl.abs(out), 0.0), axis=1), FP8_MAX)
+        tl.store(OUT_SCALE + rows, s, mask=rmask)
+        tl.store(OUT8 + offs, tl.math.div_rn(out, s[:, None]).to(OUT8.dtype.element_ty), mask=m)
     tl.store(MEAN + rows, mean, mask=rmask)
     tl.store(RSTD + rows, rstd, mask=rmask)
 
@@ -143,7 +153,19 @@ def _bwd_programs(device: torch.device) -> int:
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
-def _fwd(
+def _launch_fwd(x, branch, weight, bias, seed, p, eps, x_new, out, mean, rstd, out8=None, out_scale=None):
+    T, C = x.shape
+    block_r, block_c, warps = _blocks(C)
+    _add_norm_fwd[(triton.cdiv(T, block_r),)](
+        x, branch, x_new, out, weight, bias, mean, rstd, seed, out8, out_scale,
+        T, C, eps, p, 1.0 / (1.0 - p),
+        HAS_BIAS=bias is not None, DROPOUT=seed is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+        FP8_OUT=out8 is not None, FP8_MAX=0.0 if out8 is None else torch.finfo(out8.dtype).max,
+        num_warps=warps,
+    )  # fmt: skip
+
+
+def forward(
     x: torch.Tensor,
     branch: torch.Tensor,
     weight: torch.Tensor,
@@ -153,15 +175,8 @@ def _fwd(
     eps: float,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    T, C = x.shape
     x_new, out, mean, rstd = _fwd_fake(x, branch, weight, bias, seed, p, eps, out_dtype)
-    block_r, block_c, warps = _blocks(C)
-    _add_norm_fwd[(triton.cdiv(T, block_r),)](
-        x, branch, x_new, out, weight, bias, mean, rstd, seed,
-        T, C, eps, p, 1.0 / (1.0 - p),
-        HAS_BIAS=bias is not None, DROPOUT=seed is not None, BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=warps,
-    )  # fmt: skip
+    _launch_fwd(x, branch, weight, bias, seed, p, eps, x_new, out, mean, rstd)
     return x_new, out, mean, rstd
 
 
@@ -171,7 +186,7 @@ def _fwd_fake(x, branch, weight, bias, seed, p, eps, out_dtype):
     return torch.empty_like(x), x.new_empty(x.shape, dtype=out_dtype), *stats
 
 
-def _bwd(
+def backward(
     d_x_new: torch.Tensor | None,
     d_out: torch.Tensor,
     x_new: torch.Tensor,
@@ -217,7 +232,46 @@ def _save(inputs, outputs):
 
 
 _fwd, _bwd = autograd_op(
-    "add_dropout_layer_norm", _fwd, _fwd_fake, _bwd, _bwd_fake, save=_save, differentiable=(0, 1)
+    "add_dropout_layer_norm", forward, _fwd_fake, backward, _bwd_fake, save=_save, differentiable=(0, 1)
+)
+
+
+def forward_fp8(
+    x: torch.Tensor,
+    branch: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    p: float,
+    eps: float,
+    out_dtype: torch.dtype,
+    fp8_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`forward`'s outputs, and out row-quantized to `fp8_dtype` with its (T, 1) fp32 scales."""
+    x_new, out, mean, rstd, out8, out_scale = _fwd_fp8_fake(
+        x, branch, weight, bias, seed, p, eps, out_dtype, fp8_dtype
+    )
+    _launch_fwd(x, branch, weight, bias, seed, p, eps, x_new, out, mean, rstd, out8, out_scale)
+    return x_new, out, mean, rstd, out8, out_scale
+
+
+def _fwd_fp8_fake(x, branch, weight, bias, seed, p, eps, out_dtype, fp8_dtype):
+    x_new, out, mean, rstd = _fwd_fake(x, branch, weight, bias, seed, p, eps, out_dtype)
+    return x_new, out, mean, rstd, torch.empty_like(out, dtype=fp8_dtype), mean.new_empty((x.shape[0], 1))
+
+
+def _save_fp8(inputs, outputs):
+    return _save(inputs[:-1], outputs[:4])
+
+
+_fwd_fp8, _ = autograd_op(
+    "add_dropout_layer_norm_fp8",
+    forward_fp8,
+    _fwd_fp8_fake,
+    backward,
+    _bwd_fake,
+    save=_save_fp8,
+    differentiable=(0, 1),
 )
 
 
@@ -232,13 +286,17 @@ def add_dropout_layer_norm(
     norm: torch.nn.LayerNorm,
     p: float,
     out_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fp8_dtype: torch.dtype | None = None,
+) -> tuple:
     """(x + dropout_p(branch), norm(that)) for (tokens, hidden) tensors; `p` is the dropout probability in
-    effect (0 in eval). `out_dtype` defaults to the CUDA autocast dtype when autocast is on, else x's dtype."""
+    effect (0 in eval). `out_dtype` defaults to the CUDA autocast dtype when autocast is on, else x's dtype.
+    With `fp8_dtype`, a third element: norm(that) row-quantized, (values, (T, 1) fp32 scales), as
+    `fp8_mlp.quantize_rows` computes them (no gradient flows through it)."""
     if out_dtype is None:
         out_dtype = autocast_dtype(x)
     seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64) if p > 0 else None
-    x_new, out, _, _ = _fwd(
-        x.contiguous(), branch.contiguous(), norm.weight, norm.bias, seed, float(p), norm.eps, out_dtype
-    )
-    return x_new, out
+    args = (x.contiguous(), branch.contiguous(), norm.weight, norm.bias, seed, float(p), norm.eps, out_dtype)
+    if fp8_dtype is None:
+        return _fwd(*args)[:2]
+    x_new, out, _, _, out8, out_scale = _fwd_fp8(*args, fp8_dtype)
+    return x_new, out, (out8, out_scale)

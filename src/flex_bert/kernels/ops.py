@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backends, policy
+from . import backends, fp8_mlp, policy
 from .op import autocast_dtype
 from .rotary import apply_rotary
 
@@ -32,6 +32,24 @@ def add_norm(
         branch_TC = F.dropout(branch_TC, dropout, training)
     x_TC = x_TC + branch_TC
     return x_TC, norm(x_TC)
+
+
+def add_norm_fp8(
+    x_TC: torch.Tensor,
+    branch_TC: torch.Tensor,
+    norm: nn.Module,
+    dropout: float | None,
+    training: bool,
+    fused: bool,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`add_norm`'s (x, norm(x)), and norm(x) row-quantized to FP8 (`fp8_mlp.quantize_rows`), the operand of
+    `fp8_glu`. Fused: `fused_norm` writes it in the same pass."""
+    kernel = policy.kernel("add_norm", x_TC, norm, enabled=fused)
+    if kernel is not None:
+        p = dropout if dropout is not None and training else 0.0
+        return kernel.add_dropout_layer_norm(x_TC, branch_TC, norm, p, fp8_dtype=fp8_mlp.FP8)
+    x_TC, h_TC = add_norm(x_TC, branch_TC, norm, dropout, training, fused)
+    return x_TC, h_TC, fp8_mlp.quantize_rows(h_TC.to(autocast_dtype(h_TC)))
 
 
 def gelu_gate(h_TN: torch.Tensor, fused: bool) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flex_bert.kernels import add_norm, fp8_glu, gelu_gate
+from flex_bert.kernels import add_norm, add_norm_fp8, fp8_glu, gelu_gate
 
 from .attention import Attention
 from .config import FlexBertConfig
@@ -43,9 +43,12 @@ class GLU(nn.Module):
         self.drop = nn.Dropout(config.mlp_dropout_prob)
         self.Wo = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_out_bias)
 
-    def forward(self, x_TC: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x_TC: torch.Tensor, x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """`x_fp8` (fp8_mlp only): x row-quantized to FP8 by the joint before the block, else computed here."""
         if self.fp8:
-            return fp8_glu(x_TC, self.Wi.weight, self.Wo.weight, self.fused)
+            return fp8_glu(x_TC, self.Wi.weight, self.Wo.weight, self.fused, x_fp8)
         return self.Wo(self.drop(gelu_gate(self.Wi(x_TC), self.fused)))
 
 
@@ -77,5 +80,9 @@ class EncoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x_TC, h_TC = add_norm(x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused)
         attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen)
-        x_TC, h_TC = add_norm(x_TC, attn_TC, self.mlp_norm, self.attn_out_dropout, self.training, self.fused)
+        joint = (x_TC, attn_TC, self.mlp_norm, self.attn_out_dropout, self.training, self.fused)
+        if self.mlp.fp8:  # the joint also writes the block's FP8 operand
+            x_TC, h_TC, h_fp8 = add_norm_fp8(*joint)
+            return x_TC, self.mlp(h_TC, h_fp8)
+        x_TC, h_TC = add_norm(*joint)
         return x_TC, self.mlp(h_TC)
