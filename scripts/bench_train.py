@@ -10,8 +10,8 @@ converter does. Baselines: HF full (full-length rows of random ids) and HF padde
 documents, padded per micro-batch). Tokens/s count real tokens; MFU's formula is printed first.
 
 Also printed: step time (mean, and median from CUDA events), peak memory, packing efficiency, data-loader
-stall, the last step's loss, and graphs compiled during the timed steps (should be 0: warm-up runs until a
-step compiles nothing, up to 3x --warmup; --log-recompiles says why).
+stall, the last step's loss (the JSON has each timed step's, `losses`), and graphs compiled during the timed
+steps (should be 0: warm-up runs until a step compiles nothing, up to 3x --warmup; --log-recompiles says why).
 
 Usage (GPU, everything):  python scripts/bench_train.py --json $OUT/bench.json
       subset / options: --configs base@1024,large@8192 --steps 20 --warmup 5 --no-compile --backend varlen

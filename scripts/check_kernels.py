@@ -64,7 +64,9 @@ def run_ops() -> None:
         norm = torch.nn.LayerNorm(C, bias=False)
         x_new, out = fused_norm.add_dropout_layer_norm(x, br, norm, p, torch.bfloat16)
         (out.float().sum() + (x_new.sum() if both else 0)).backward()
-    fused_norm.add_dropout_layer_norm(x, br, norm, 0.1, torch.bfloat16, fp8_dtype=torch.float8_e4m3fn)  # fp8_mlp
+    fused_norm.add_dropout_layer_norm(
+        x, br, norm, 0.1, torch.bfloat16, fp8_dtype=torch.float8_e4m3fn
+    )  # fp8_mlp
     h = torch.randn(T, 2 * N, dtype=torch.bfloat16, **req)
     fused_glu.gelu_gate(h).float().sum().backward()
     fused_glu.forward_fp8(h.detach(), torch.float8_e4m3fn)  # fp8_mlp's gate, both ways

@@ -94,7 +94,7 @@ def test_run_timed_warms_up_while_compiling_then_times_the_given_steps(monkeypat
     result = timing.run_timed(timing.Env(torch.device("cpu")), iter(range(10)), step, warmup=1, steps=4)
     assert result.warmup_steps == 3, "warm-up runs on (up to 3x) while the last step compiled"
     assert result.warmup_graphs == 2 and result.new_graphs == 0
-    assert result.batches == [3, 4, 5, 6] and result.loss == 6.0
+    assert result.batches == [3, 4, 5, 6] and result.losses == [3.0, 4.0, 5.0, 6.0]
     assert result.seconds > 0 and 0 <= result.waited <= result.seconds
 
 
@@ -113,7 +113,7 @@ def test_guarded_turns_a_failure_into_a_result():
 
 
 def test_summary_ratios_and_table():
-    t = timing.Timing([], seconds=2.0, waited=0.5, warmup_seconds=1.0, loss=1.5, new_graphs=0,
+    t = timing.Timing([], seconds=2.0, waited=0.5, warmup_seconds=1.0, losses=[1.5], new_graphs=0,
                       warmup_graphs=1, warmup_steps=1, median_step_ms=1000.0)  # fmt: skip
     stats = [{"num_tokens": 300, "slots": 400, "num_labelled": 90, "doc_lengths": [100, 200]}] * 2
     cfg = __import__("flex_bert.bench.train", fromlist=["flex_config"]).flex_config("tiny", None)

@@ -91,7 +91,7 @@ class Timing:
     seconds: float
     waited: float  # seconds spent in next(batches)
     warmup_seconds: float
-    loss: float
+    losses: list[float]  # of the timed steps, in order
     new_graphs: int  # graphs compiled during the timed steps (0 unless recompiling)
     warmup_graphs: int
     warmup_steps: int
@@ -119,13 +119,13 @@ def run_timed(env: Env, batches: Iterator, step: Callable, warmup: int, steps: i
     env.reset_peak()
     graphs = compiled_graphs()
     events = [env.event()]
-    seen, waited, loss = [], 0.0, None
+    seen, waited, losses = [], 0.0, []
     t0 = time.perf_counter()
     for _ in range(steps):
         t_wait = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - t_wait
-        loss = step(batch)
+        losses.append(step(batch))
         seen.append(batch)
         events.append(env.event())
     env.sync()
@@ -133,8 +133,9 @@ def run_timed(env: Env, batches: Iterator, step: Callable, warmup: int, steps: i
     step_ms = [a.elapsed_time(b) for a, b in zip(events, events[1:])] if env.cuda else []
     median_ms = float(np.median(step_ms)) if step_ms else 1e3 * seconds / steps
     new_graphs = compiled_graphs() - graphs
+    losses = [float(x) for x in losses]  # after the sync: no host sync between steps
     return Timing(
-        seen, seconds, waited, warmup_seconds, float(loss), new_graphs, warmup_graphs, warmup_steps, median_ms
+        seen, seconds, waited, warmup_seconds, losses, new_graphs, warmup_graphs, warmup_steps, median_ms
     )
 
 
