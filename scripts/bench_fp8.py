@@ -8,8 +8,9 @@ intermediate 1152; large: 57,344 tokens, 1024, 2624), timed (median ms) two ways
         per row (per token, per weight row; per input feature for Wi's gradient), cast before timing; the
         weight gradients and Wo's input gradient stay bf16 (their operands would need column scales).
 So `fp8` is the block if the kernels that write those operands (the joint's LayerNorm, the gate forward and
-backward) wrote them in FP8 as well: what such a path can save at most. `casts` times the three activation
-casts as separate passes (amax, then scale and cast), what FP8 costs without that. `fp8_bytes_gb` is what
+backward) wrote them in FP8 as well: what such a path can save at most. `torch_casts` times the three
+activation casts as PyTorch passes (amax, then scale and cast), `kernel_casts` as `fp8_rows`' one-pass kernel
+(PyTorch on the CPU): what FP8 costs without copies written by the producing kernels. `fp8_bytes_gb` is what
 writing the FP8 copies adds to those kernels (one byte an element). Accuracy: the relative (Frobenius) error of
 each FP8 product against fp32 products of the same bf16 operands.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from flex_bert.kernels.fp8_mlp import gate, gate_backward, mm_rows, quantize_rows
+from flex_bert.kernels.fp8_mlp import gate, gate_backward, mm_rows, quantize_rows, to_fp8_rows
 
 SHAPES = {"base": (98_304, 768, 1152), "large": (57_344, 1024, 2624)}  # tokens, hidden, intermediate
 
@@ -70,12 +71,21 @@ def bench(T: int, C: int, N: int, device: torch.device) -> dict:
         gate_backward(dz, h, True)
         mm_rows(dh8, wi_t8)
 
-    def casts():
+    def torch_casts():
         return quantize_rows(x), quantize_rows(z), quantize_rows(dh)
+
+    def kernel_casts():
+        return to_fp8_rows(x, True), to_fp8_rows(z, True), to_fp8_rows(dh, True)
 
     run = timer(device)
     result = {
-        name: round(run(fn), 4) for name, fn in (("bf16_ms", bf16), ("fp8_ms", fp8), ("casts_ms", casts))
+        name: round(run(fn), 4)
+        for name, fn in (
+            ("bf16_ms", bf16),
+            ("fp8_ms", fp8),
+            ("torch_casts_ms", torch_casts),
+            ("kernel_casts_ms", kernel_casts),
+        )
     }
     result["fp8_bytes_gb"] = round(T * (C + N + 2 * N) / 1e9, 3)
     for name, (a, b, a8, b8) in {

@@ -31,6 +31,7 @@ from triton.runtime.jit import JITFunction
 
 from flex_bert.kernels import (
     band_attention,
+    fp8_rows,
     fused_cross_entropy,
     fused_glu,
     fused_norm,
@@ -39,7 +40,7 @@ from flex_bert.kernels import (
     fused_rotary,
 )
 
-MODULES = (fused_norm, fused_glu, fused_rotary, fused_qkv, fused_cross_entropy, band_attention)
+MODULES = (fused_norm, fused_glu, fused_rotary, fused_qkv, fused_cross_entropy, band_attention, fp8_rows)
 # ModernBERT-base: tokens, hidden, GLU width, heads, head dim, vocabulary (masked rows)
 T, C, N, H, D, V, ROWS = 512, 768, 1152, 12, 64, 50368, 64
 
@@ -69,6 +70,8 @@ def run_ops() -> None:
     )  # fp8_mlp
     h = torch.randn(T, 2 * N, dtype=torch.bfloat16, **req)
     fused_glu.gelu_gate(h).float().sum().backward()
+    wi = torch.randn(2 * N, C, dtype=torch.bfloat16)
+    fp8_rows.quantize_rows(wi, torch.float8_e4m3fn), fp8_rows.quantize_rows(wi.t(), torch.float8_e4m3fn)
     fused_glu.forward_fp8(h.detach(), torch.float8_e4m3fn)  # fp8_mlp's gate, both ways
     fused_glu.backward_fp8(torch.randn(T, N, dtype=torch.bfloat16), h.detach(), torch.float8_e4m3fn)
     qkv = torch.randn(T, 3, H, D, dtype=torch.bfloat16, **req)

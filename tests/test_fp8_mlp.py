@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from flex_bert.kernels import fp8_mlp
 from flex_bert.kernels.fp8_mlp import FP8, FP8_MAX, quantize_rows
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from tests._fp8 import assert_fp8_rows
 from tests._parity import tiny_config
 
 
@@ -58,6 +59,32 @@ def test_quantize_rows_scales_each_row_to_e4m3s_range():
     assert torch.equal(x8[4].float(), torch.zeros(32))  # a zero row stays zero
     back = x8.float() * s
     assert ((back - x).abs() <= x.abs() * 2**-4 + s * 2**-9).all()  # e4m3: 3 mantissa bits, subnormals 2^-9
+
+
+def _check_quantize_kernel(device, exact):
+    """`fp8_rows.quantize_rows` against `quantize_rows`, on a row-major tensor and on a transposed view (Wi^T),
+    with a zero row."""
+    from flex_bert.kernels import fp8_rows
+
+    x = _inputs(T=40, C=48)[0].to(device, torch.bfloat16)
+    x[5] = 0
+    for t in (x, x.t()):
+        out8, scale = fp8_rows.quantize_rows(t, FP8)
+        assert out8.is_contiguous()
+        assert_fp8_rows(out8, scale, t, exact)
+
+
+def test_quantize_kernel_in_the_interpreter():
+    import triton
+
+    if not triton.knobs.runtime.interpret:
+        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
+    _check_quantize_kernel("cpu", exact=False)
+
+
+@pytest.mark.gpu
+def test_quantize_kernel_on_gpu():
+    _check_quantize_kernel("cuda", exact=True)
 
 
 def test_fp8_glu_matches_float64_references_forward_and_backward():

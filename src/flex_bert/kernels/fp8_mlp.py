@@ -15,7 +15,7 @@ weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row scales would lie alon
 Quantizing needs a row's amax before its first element is written, so the cast costs a pass over the tensor
 unless the kernel that writes the tensor also writes its FP8 copy: `fused_glu`'s FP8 kernels do so for z and dh
 (whole rows a program), and `fused_norm`'s for x (`ops.add_norm_fp8`, the joint before the block); the weights
-are cast here, small (`scripts/bench_fp8.py` measures what separate casts cost).
+are cast here, small, in one pass each (`fp8_rows`; `scripts/bench_fp8.py` measures what casts cost).
 
 The block is one op (`op.autograd_op`): its backward needs the FP8 copies of dh and of Wi^T, which autograd
 would not pass between separate ops. Saved for the backward: x, h, z and the weights, what the bf16 block's
@@ -37,11 +37,18 @@ MIN_CAPABILITY = 9  # torch._scaled_mm with row scales: Hopper and newer
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / s in float8_e4m3fn, s of shape (rows, 1) in fp32), s = each row's amax / 448. An all-zero row gets
-    the smallest normal fp32 scale (its FP8 values are zeros either way)."""
+    """(x / s in float8_e4m3fn, contiguous, s of shape (rows, 1) in fp32), s = each row's amax / 448, for a 2-D x.
+    An all-zero row gets the smallest normal fp32 scale (its FP8 values are zeros either way). The reference the
+    kernels that write FP8 copies are tested against (PyTorch's rounding)."""
     amax = x.abs().amax(dim=1, keepdim=True).float()
     s = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
-    return (x.float() / s).to(FP8), s
+    return (x.float() / s).to(FP8).contiguous(), s
+
+
+def to_fp8_rows(x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_rows(x)` (x 2-D, any strides): `fp8_rows`' kernel (one pass) where the policy runs it."""
+    module = policy.kernel("quantize_rows", x, enabled=fused)
+    return quantize_rows(x) if module is None else module.quantize_rows(x, FP8)
 
 
 def mm_rows(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -102,9 +109,9 @@ def _fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads.
     (x8, x_scale) is `quantize_rows(x)`."""
-    h = mm_rows((x8, x_scale), quantize_rows(wi)).to(x.dtype)
+    h = mm_rows((x8, x_scale), to_fp8_rows(wi, fused)).to(x.dtype)
     z, z_fp8 = gate_fp8(h, fused)
-    return mm_rows(z_fp8, quantize_rows(wo)).to(x.dtype), h, z
+    return mm_rows(z_fp8, to_fp8_rows(wo, fused)).to(x.dtype), h, z
 
 
 def _fwd_fake(x, wi, wo, x8, x_scale, fused):
@@ -123,7 +130,7 @@ def _bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dWi, dWo)."""
     dh, dh_fp8 = gate_backward_fp8(dy @ wo, h, fused)
-    dx = mm_rows(dh_fp8, quantize_rows(wi.t().contiguous())).to(x.dtype)
+    dx = mm_rows(dh_fp8, to_fp8_rows(wi.t(), fused)).to(x.dtype)
     return dx, dh.t() @ x, dy.t() @ z
 
 
@@ -159,5 +166,5 @@ def fp8_glu(
         )
     dtype = autocast_dtype(x_TC)
     x, wi, wo = (t.to(dtype).contiguous() for t in (x_TC, wi, wo))
-    x8, x_scale = quantize_rows(x) if x_fp8 is None else x_fp8
+    x8, x_scale = to_fp8_rows(x, fused) if x_fp8 is None else x_fp8
     return _glu(x, wi, wo, x8, x_scale, fused)[0]

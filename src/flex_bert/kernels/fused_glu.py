@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8_scale import row_scale
+from .fp8_rows import row_scale
 from .op import autograd_op
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)

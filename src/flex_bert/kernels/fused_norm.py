@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8_scale import row_scale
+from .fp8_rows import row_scale
 from .op import autocast_dtype, autograd_op
 
 _MAX_HIDDEN = 8192  # one row lives in registers: beyond this the kernels would spill
@@ -55,7 +55,7 @@ def _add_norm_fwd(
     FP8_OUT: tl.constexpr, FP8_MAX: tl.constexpr,
 ):  # fmt: skip
     """FP8_OUT: also out row-quantized as `fp8_mlp.quantize_rows` computes it, to OUT8 (whose format's largest
-    value is FP8_MAX), with the row scales to OUT_SCALE (`fp8_scale.row_scale`)."""
+    value is FP8_MAX), with the row scales to OUT_SCALE (`fp8_rows.row_scale`)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
     rmask, cmask = rows < T, cols < C

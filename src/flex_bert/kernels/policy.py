@@ -22,6 +22,7 @@ TRITON = importlib.util.find_spec("triton") is not None  # on Linux it ships wit
 if TRITON:
     from . import (
         band_attention,
+        fp8_rows,
         fused_cross_entropy,
         fused_glu,
         fused_norm,
@@ -38,6 +39,7 @@ if TRITON:
         "qkv_band_attention": fused_qkv_band,
         "cross_entropy": fused_cross_entropy,
         "band_attention": band_attention,
+        "quantize_rows": fp8_rows,
     }
 else:  # pragma: no cover
     KERNELS = {}
