@@ -58,6 +58,12 @@ def parse_args(argv=None):
         help="FlexBERT: fused_kernels (FlexBERT's Triton kernels; default on)",
     )
     ap.add_argument(
+        "--corpus",
+        choices=["random", "phrases"],
+        default="random",
+        help="documents of uniformly random ids, or of Zipf-drawn random phrases (learnable: for loss curves)",
+    )
+    ap.add_argument(
         "--fp8-mlp",
         action="store_true",
         help="FlexBERT: fp8_mlp (FP8 products in the MLP block, kernels/fp8_mlp.py; Hopper)",

@@ -24,6 +24,22 @@ def test_synthetic_documents_are_framed_in_range_and_cut_to_the_context():
     assert all(np.array_equal(a, b) for a, b in zip(docs, again)), "a seed gives the same corpus"
 
 
+def test_phrase_documents_are_made_of_few_fixed_phrases():
+    """The learnable corpus: in range and framed as the random one, but its text is a sequence of at most
+    `phrases` distinct 8-token phrases: few distinct 8-grams (the random one of the same size: nearly all)."""
+    kw = dict(seed=1, vocab_low=5, vocab_high=30_000, cls_id=1, sep_id=2, median=60, max_doc_len=10_000)
+    docs = synthetic_documents(50_000, 100_000, phrases=16, **kw)
+    assert all(d[0] == 1 and d[-1] == 2 for d in docs)
+    text = np.concatenate([d[1:-1] for d in docs])  # documents cut the phrase stream at any token
+    grams = {tuple(text[i : i + 8]) for i in range(0, len(text) - 8)}
+    assert text.min() >= 5 and text.max() <= 30_000
+    # a window is a suffix of one phrase and a prefix of the next, or crosses one of the documents' seams
+    assert len(grams) <= 16 * 16 * 8 + 7 * len(docs)
+    random_grams = {tuple(t[i : i + 8]) for t in [np.concatenate([d[1:-1] for d in synthetic_documents(
+        50_000, 100_000, **kw)])] for i in range(0, len(t) - 8)}  # fmt: skip
+    assert len(random_grams) > 5 * len(grams)
+
+
 def _documents(batch: dict) -> list[tuple[list[int], list[int]]]:
     """(ids, labels) of each document of a packed batch, cut by its document lengths."""
     out = []

@@ -86,6 +86,9 @@ def packed_lengths(n_tokens: int, seed: int, hi: int = 8192) -> list[int]:
     return lengths
 
 
+PHRASE_LEN = 8  # tokens a phrase of the learnable synthetic text
+
+
 def synthetic_documents(
     n_tokens: int,
     max_seq_len: int,
@@ -97,12 +100,20 @@ def synthetic_documents(
     sep_id: int = REAL_IDS.sep,
     max_doc_len: int = 8192,
     median: int = 600,
+    phrases: int = 0,
 ) -> list[np.ndarray]:
-    """About ``n_tokens`` tokens of random `[CLS] ... [SEP]` uint16 documents, cut to ``max_seq_len``."""
+    """About ``n_tokens`` tokens of `[CLS] ... [SEP]` uint16 documents, cut to ``max_seq_len``: uniformly random
+    ids, or with ``phrases`` > 0 a learnable text: a sequence of that many fixed random 8-token phrases drawn
+    Zipf-distributed (a masked token is predictable from its phrase), so that losses fall as training goes."""
     rng = np.random.default_rng(seed)
     lengths = document_lengths(max(1, int(n_tokens / (1.6 * median))) + 16, rng, median, hi=max_doc_len)
     lengths = lengths[: max(1, int(np.searchsorted(np.cumsum(lengths), n_tokens)) + 1)]
-    pool = rng.integers(vocab_low, vocab_high + 1, int(lengths.sum()), dtype=np.uint16)
+    if phrases:
+        table = rng.integers(vocab_low, vocab_high + 1, (phrases, PHRASE_LEN), dtype=np.uint16)
+        picks = (rng.zipf(1.2, int(lengths.sum()) // PHRASE_LEN + 1) - 1) % phrases
+        pool = table[picks].reshape(-1)
+    else:
+        pool = rng.integers(vocab_low, vocab_high + 1, int(lengths.sum()), dtype=np.uint16)
     docs, pos = [], 0
     for n in lengths.tolist():
         inner = pool[pos : pos + n - 2]
@@ -150,8 +161,11 @@ def packed_dataset(
     )
 
 
-def make_loader(bench: Bench, ids: Ids, n_batches: int, workers: int, pin: bool, seed: int = 0) -> DataLoader:
-    """The real loader over enough in-memory documents for ``n_batches`` batches after burn-in."""
+def make_loader(
+    bench: Bench, ids: Ids, n_batches: int, workers: int, pin: bool, seed: int = 0, phrases: int = 0
+) -> DataLoader:
+    """The real loader over enough in-memory documents for ``n_batches`` batches after burn-in (random ids, or
+    ``phrases``: `synthetic_documents`' learnable text)."""
     tiny = bench.size == "tiny"
     burn_in = 2 if tiny else BURN_IN_BATCHES
     n_tokens = int((n_batches + max(1, workers) * (burn_in + 2)) * bench.row_len * 1.1)
@@ -165,6 +179,7 @@ def make_loader(bench: Bench, ids: Ids, n_batches: int, workers: int, pin: bool,
         sep_id=ids.sep,
         max_doc_len=2 * bench.max_seq_len if tiny else 8192,
         median=60 if tiny else 600,
+        phrases=phrases,
     )
     dataset = packed_dataset(docs, bench.row_len, bench.max_seq_len, ids, seed, burn_in)
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin)

@@ -56,6 +56,14 @@ TINY_MODEL = dict(
 )
 
 
+PHRASES = 4096  # `--corpus phrases`: phrases of the learnable synthetic text
+
+
+def corpus_phrases(args) -> int:
+    """`make_loader`'s phrases for `--corpus`: 0 (random ids) or PHRASES."""
+    return PHRASES if args.corpus == "phrases" else 0
+
+
 def flex_config(size: str, backend: str | None, fused: bool = True, fp8_mlp: bool = False) -> FlexBertConfig:
     over = {"attention_backend": backend} if backend else {}
     over["fused_kernels"] = fused
@@ -114,7 +122,7 @@ def compile_flexbert(model: FlexBertForMaskedLM, tune: bool = False) -> str:
 def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dict]]:
     cfg = flex_config(bench.size, args.backend, args.fused, args.fp8_mlp)
     n_batches = 3 * args.warmup + args.steps + (PROFILE_STEPS if args.profile else 0) + 2
-    loader = make_loader(bench, ids, n_batches, args.workers, pin=env.cuda)
+    loader = make_loader(bench, ids, n_batches, args.workers, pin=env.cuda, phrases=corpus_phrases(args))
     torch.manual_seed(0)
     with torch.device(env.device):
         model = FlexBertForMaskedLM(cfg)
@@ -194,7 +202,7 @@ def run_hf(bench: Bench, args, env: Env, ids: Ids, flex_batches: list[dict]) -> 
     step = lambda batch: hf_step(fwd, opt, env, batch)  # noqa: E731
     n = 3 * args.hf_warmup + args.hf_steps  # warm-up may run up to 3x its steps (see warm_up)
     if len(flex_batches) < n:  # FlexBERT failed or ran few steps: the same loader, in this process
-        loader = make_loader(bench, ids, n, workers=0, pin=False)
+        loader = make_loader(bench, ids, n, workers=0, pin=False, phrases=corpus_phrases(args))
         flex_batches = flex_batches + [b for b, _ in zip(loader, range(n - len(flex_batches)))]
     rng = np.random.default_rng(0)
     padded = [padded_batch(b, bench.hf_batch, ids.pad, rng, env.cuda) for b in flex_batches[:n]]
