@@ -200,3 +200,32 @@ def test_fp8_mlp_model_with_kernels_matches_its_composition_on_gpu():
         for name, g in grads.items():
             err = (g - ref_grads[name]).abs().max().item() / (ref_grads[name].abs().max().item() + 1e-6)
             assert err < 5e-2, (compiled, name, err)
+
+
+def test_fp8_mlp_model_under_compile_layers_matches_eager():
+    """compile_layers with `fp8_mlp` (CPU: the joints' and the block's composition inside the compiled layers):
+    the same loss and gradients as eager, and no layer falls back to eager (5 graphs, as without FP8)."""
+    from torch._dynamo.utils import counters
+
+    from flex_bert.train.compilation import compile_layers
+
+    cfg = tiny_config(128, intermediate_size=96, fp8_mlp=True)
+    ids = torch.randint(5, 128, (120,), generator=torch.Generator().manual_seed(3))
+    cu = torch.tensor([0, 50, 120], dtype=torch.int32)
+    labels = torch.where(torch.arange(120) % 4 == 0, ids, torch.full_like(ids, -100))
+    runs = []
+    torch._dynamo.reset()
+    counters.clear()
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = FlexBertForMaskedLM(cfg)
+        if compiled:
+            compile_layers(model)
+        loss = model(ids, cu_seqlens=cu, max_seqlen=70, labels=labels).loss
+        loss.backward()
+        runs.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    assert counters["stats"]["unique_graphs"] == 5
+    (eager_loss, eager_grads), (loss, grads) = runs
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, eager_grads[name], rtol=1e-4, atol=1e-5, msg=name)
