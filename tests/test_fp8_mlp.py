@@ -10,6 +10,7 @@ from flex_bert.kernels import fp8_mlp
 from flex_bert.kernels.fp8_mlp import FP8, FP8_MAX, quantize_rows
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
 from tests._fp8 import assert_fp8_rows
+from tests._gpu_model import assert_close_to, loss_and_grads
 from tests._parity import tiny_config
 
 
@@ -170,36 +171,10 @@ def test_fp8_mlp_model_with_kernels_matches_its_composition_on_gpu():
     """A bf16-autocast model with `fp8_mlp`: the kernels (FP8 copies written by the joint and the gate) against
     the PyTorch composition (`fused_kernels: false`, casts by `quantize_rows`) on the same weights, eager and
     under compile_layers: the same quantization, so loss and gradients agree to bf16 tolerance."""
-    from flex_bert.train.compilation import compile_layers
-
-    cfg = FlexBertConfig(
-        vocab_size=512, num_hidden_layers=4, hidden_size=256, intermediate_size=384, num_attention_heads=4,
-        sliding_window=32, pad_token_id=3, cls_token_id=1, sep_token_id=2, mask_token_id=4,
-        attn_out_dropout_prob=0.0, fp8_mlp=True, attention_backend="varlen",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    T = 1024
-    ids = torch.randint(5, 512, (T,), device="cuda")
-    cu = torch.tensor([0, 100, 433, 900, T], dtype=torch.int32, device="cuda")
-    labels = torch.where(torch.rand(T, device="cuda") < 0.3, ids, torch.full_like(ids, -100))
-
-    def run(fused, compiled):
-        torch.manual_seed(1)
-        model = FlexBertForMaskedLM(FlexBertConfig(**{**cfg.to_dict(), "fused_kernels": fused})).cuda()
-        if compiled:
-            compile_layers(model, tune=False)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(ids, cu_seqlens=cu, max_seqlen=467, labels=labels).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.detach() for n, p in model.named_parameters()}
-
-    ref_loss, ref_grads = run(False, False)
+    ref = loss_and_grads(False, fused_kernels=False, fp8_mlp=True, attention_backend="varlen")
     for compiled in (False, True):
-        loss, grads = run(True, compiled)
-        torch.testing.assert_close(loss, ref_loss, rtol=5e-3, atol=5e-3)
-        for name, g in grads.items():
-            err = (g - ref_grads[name]).abs().max().item() / (ref_grads[name].abs().max().item() + 1e-6)
-            assert err < 5e-2, (compiled, name, err)
+        got = loss_and_grads(compiled, fused_kernels=True, fp8_mlp=True, attention_backend="varlen")
+        assert_close_to(got, ref, 5e-3, 5e-2, compiled)
 
 
 def test_fp8_mlp_model_under_compile_layers_matches_eager():
