@@ -39,20 +39,32 @@ def _load_gate(Hin, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _gate(a, g):
+    """gelu(a) * g in fp32 (exact erf GELU)."""
+    return 0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g
+
+
+@triton.jit
+def _gate_grads(DZ, a, g, z_offs, m):
+    """(da, dg) in fp32 from the output gradient at z_offs of DZ."""
+    dz = tl.load(DZ + z_offs, mask=m, other=0.0).to(tl.float32)
+    cdf = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2))
+    pdf = tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
+    return dz * g * (cdf + a * pdf), dz * a * cdf
+
+
+@triton.jit
 def _gelu_gate_fwd(Hin, Z, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     a, g, _, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
-    z = 0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g
-    tl.store(Z + z_offs, z.to(Z.dtype.element_ty), mask=m)
+    tl.store(Z + z_offs, _gate(a, g).to(Z.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _gelu_gate_bwd(DZ, Hin, DH, T, N, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     a, g, a_offs, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
-    dz = tl.load(DZ + z_offs, mask=m, other=0.0).to(tl.float32)
-    cdf = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2))
-    pdf = tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
-    tl.store(DH + a_offs, (dz * g * (cdf + a * pdf)).to(DH.dtype.element_ty), mask=m)
-    tl.store(DH + a_offs + N, (dz * a * cdf).to(DH.dtype.element_ty), mask=m)
+    da, dg = _gate_grads(DZ, a, g, z_offs, m)
+    tl.store(DH + a_offs, da.to(DH.dtype.element_ty), mask=m)
+    tl.store(DH + a_offs + N, dg.to(DH.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -61,7 +73,7 @@ def _gelu_gate_fwd_fp8(
 ):  # fmt: skip
     """`_gelu_gate_fwd` over whole rows, also writing z row-quantized to FP8 (Z8, scales ZS)."""
     a, g, _, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
-    z = (0.5 * a * (1.0 + tl.math.erf(a * _SQRT1_2)) * g).to(Z.dtype.element_ty)
+    z = _gate(a, g).to(Z.dtype.element_ty)
     tl.store(Z + z_offs, z, mask=m)
     z = z.to(tl.float32)
     s = row_scale(tl.max(tl.where(m, tl.abs(z), 0.0), axis=1), FP8_MAX)
@@ -77,11 +89,8 @@ def _gelu_gate_bwd_fp8(
     """`_gelu_gate_bwd` over whole rows, also writing dh = (da, dg) row-quantized to FP8 (DH8, scales DHS): one
     scale for both halves of a row."""
     a, g, a_offs, z_offs, m = _load_gate(Hin, T, N, BLOCK_R, BLOCK_N)
-    dz = tl.load(DZ + z_offs, mask=m, other=0.0).to(tl.float32)
-    cdf = 0.5 * (1.0 + tl.math.erf(a * _SQRT1_2))
-    pdf = tl.exp(-0.5 * a * a) * _INV_SQRT_2PI
-    da = (dz * g * (cdf + a * pdf)).to(DH.dtype.element_ty)
-    dg = (dz * a * cdf).to(DH.dtype.element_ty)
+    da, dg = _gate_grads(DZ, a, g, z_offs, m)
+    da, dg = da.to(DH.dtype.element_ty), dg.to(DH.dtype.element_ty)
     tl.store(DH + a_offs, da, mask=m)
     tl.store(DH + a_offs + N, dg, mask=m)
     da, dg = da.to(tl.float32), dg.to(tl.float32)
