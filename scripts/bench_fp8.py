@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from flex_bert.kernels.fp8_mlp import gate, gate_backward, mm_rows, quantize_rows, to_fp8_rows
+from flex_bert.kernels.fp8 import mm_rows, quantize_rows, to_fp8_rows
+from flex_bert.kernels.fp8_mlp import gate, gate_backward
 
 SHAPES = {"base": (98_304, 768, 1152), "large": (57_344, 1024, 2624)}  # tokens, hidden, intermediate
 

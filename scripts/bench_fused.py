@@ -5,11 +5,12 @@ For one micro-batch of T tokens (default 98,304: 96 x 1024 or 12 x 8192): the re
 `gelu(a) * g` (bf16) against Inductor's compiled composition, in ms (triton.testing.do_bench, median) and in
 TB/s of the bytes each pass must move (joint: 12 bytes per element forward, 16 backward; gate: 6 and 10 bytes
 per gate element); the QKV projection with rotary in its epilogue (`fused_qkv`) against cuBLAS's projection +
-the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s;
+the rotary kernel (`fused_rotary`), and against cuBLAS's projection alone, in ms and the projection's TFLOP/s,
+and `fused_qkv` on FP8 operands (`fp8_qkv`);
 a local layer's attention from its input as one op (`fused_qkv_band`) against `fused_qkv` then the band kernel.
 All forward and backward. `--sweep` also times the joint's kernels over tile shapes (rows per tile, warps,
-backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width,
-to choose the defaults.
+backward programs per SM) and `fused_qkv`'s forward over its tile configurations at ModernBERT-base's width
+(bf16 and FP8 operands), to choose the defaults.
 
 Usage (GPU): python scripts/bench_fused.py [--tokens 98304] [--sweep] [--json OUT]
 """
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flex_bert.kernels import band_attention, fused_glu, fused_norm, fused_qkv, fused_qkv_band, fused_rotary
+from flex_bert.kernels.fp8 import quantize_rows
 from flex_bert.kernels.rotary import rotary_cos_sin
 
 # the recipe's two joints: attention output (attn_out_dropout_prob 0.1) and MLP output (mlp_dropout_prob 0.0)
@@ -103,21 +105,30 @@ def qkv_inputs(T: int, C: int, H: int):
 
 
 def bench_qkv(T: int, C: int, H: int) -> dict:
-    """The projection + rotary three ways; the rates are the projection's TFLOP/s (2 T C 3C a product)."""
+    """The projection + rotary four ways; the rates are the projection's TFLOP/s (2 T C 3C a product).
+    `fused_fp8`: `fp8_qkv`'s forward, x's FP8 copy made before timing (the joint before writes it), the weight's
+    quantization timed (each call makes it); its backward is `fused`'s."""
     x, w, cos, sin = qkv_inputs(T, C, H)
+    x_fp8 = quantize_rows(x.detach())
 
     def fused(x, w):
         return fused_qkv.qkv_rotary(x, w, None, cos, sin, H)
 
+    def fused_fp8(x, w):
+        return fused_qkv.qkv_rotary(x, w, None, cos, sin, H, x_fp8)
+
     def unfused(x, w):
         return fused_rotary.rotary_qkv(F.linear(x, w).view(T, 3, H, -1), cos, sin)
 
-    fns = (("fused", fused), ("cublas+rotary", unfused), ("cublas_only", F.linear))
+    fns = (("fused", fused), ("fused_fp8", fused_fp8), ("cublas+rotary", unfused), ("cublas_only", F.linear))
     flops = 2 * T * C * 3 * C
     res = _compare(fns, (x, w), flops, 2 * flops, "TFLOPs")
     ref = [o.float() for o in unfused(x, w)]
     res["fused_vs_unfused_max_abs"] = max(
         (a.float() - b).abs().max().item() for a, b in zip(fused(x, w), ref)
+    )
+    res["fp8_vs_unfused_rel"] = max(  # FP8 rounding: a few percent for random operands
+        ((a.float() - b).norm() / b.norm()).item() for a, b in zip(fused_fp8(x, w), ref)
     )
     return res
 
@@ -151,13 +162,16 @@ QKV_SWEEP = [
 ] + [(128, 4, 32, 8, 8, 5, 2), (64, 4, 64, 8, 8, 4, 0), (128, 4, 64, 4, 8, 4, 0)]  # fmt: skip
 
 
-def sweep_qkv(T: int, C: int, H: int) -> list[dict]:
-    """`fused_qkv`'s forward over `QKV_SWEEP`; a configuration that fails to launch is listed with its error."""
+def sweep_qkv(T: int, C: int, H: int, fp8: bool = False) -> list[dict]:
+    """`fused_qkv`'s forward over `QKV_SWEEP` (FP8 operands: BLOCK_K doubled, the same bytes a box); a
+    configuration that fails to launch is listed with its error."""
     x, w, cos, sin = qkv_inputs(T, C, H)
+    x_fp8 = quantize_rows(x.detach()) if fp8 else None
+    configs = [c[:2] + (2 * c[2],) + c[3:] for c in QKV_SWEEP] if fp8 else QKV_SWEEP
     results = []
-    for config in QKV_SWEEP:
+    for config in configs:
         try:
-            ms = _bench(lambda c=config: fused_qkv.launch(x, w, None, cos, sin, H, c))
+            ms = _bench(lambda c=config: fused_qkv.launch(x, w, None, cos, sin, H, c, x_fp8))
         except Exception as e:  # out of shared memory
             results.append({"config": config, "error": f"{type(e).__name__}: {str(e)[:120]}"})
             continue
@@ -218,8 +232,10 @@ def main(argv=None) -> int:
         if args.sweep and C == 768:  # the tile defaults are chosen on ModernBERT-base
             res[f"sweep_C{C}"] = sweep = sweep_joint(T, C, 0.1)
             print(f"sweep C={C}, best 5 of {len(sweep)}: {sweep[:5]}", flush=True)
-            res[f"sweep_qkv_C{C}"] = sweep = sweep_qkv(T, C, C // 64)
-            print(f"sweep qkv C={C}, best 8 of {len(sweep)}: {sweep[:8]}", flush=True)
+            for fp8 in (False, True):
+                key = f"sweep_qkv{'_fp8' if fp8 else ''}_C{C}"
+                res[key] = sweep = sweep_qkv(T, C, C // 64, fp8)
+                print(f"{key}, best 8 of {len(sweep)}: {sweep[:8]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -16,6 +16,7 @@ steps (should be 0: warm-up runs until a step compiles nothing, up to 3x --warmu
 Usage (GPU, everything):  python scripts/bench_train.py --json $OUT/bench.json
       subset / options: --configs base@1024,large@8192 --steps 20 --warmup 5 --no-compile --backend varlen
                         --profile DIR (Chrome trace + kernel time by category of 3 FlexBERT steps) --no-hf
+                        --fp8 fp8_mlp fp8_qkv (opt-in FP8 products) --corpus phrases (a learnable text)
 CPU smoke test:       python scripts/bench_train.py --tiny --device cpu
 """
 
@@ -31,6 +32,7 @@ from flex_bert.bench.report import MFU_FORMULA, environment, markdown_table, wri
 from flex_bert.bench.timing import Env, log
 from flex_bert.bench.train import configure_compiler, run_config
 from flex_bert.model import BACKENDS
+from flex_bert.model.config import FP8_SWITCHES
 
 
 def parse_args(argv=None):
@@ -64,9 +66,12 @@ def parse_args(argv=None):
         help="documents of uniformly random ids, or of Zipf-drawn random phrases (learnable: for loss curves)",
     )
     ap.add_argument(
-        "--fp8-mlp",
-        action="store_true",
-        help="FlexBERT: fp8_mlp (FP8 products in the MLP block, kernels/fp8_mlp.py; Hopper)",
+        "--fp8",
+        nargs="+",
+        choices=FP8_SWITCHES,
+        default=(),
+        help="FlexBERT: FP8 switches to turn on (fp8_mlp: the MLP block's products, kernels/fp8_mlp.py; fp8_qkv: "
+        "the QKV projection's forward, kernels/fused_qkv.py; Hopper)",
     )
     ap.add_argument(
         "--cuda-graphs",

@@ -57,8 +57,9 @@ class Recorder:
 
 def run_ops() -> None:
     """Every kernel op forward and backward, as the model calls them (both dropouts of the joint, the joint's
-    backward with and without the residual's gradient, the joint and the gate with and without FP8 outputs, both backwards of
-    the band kernel, alone and with the projection's rotary folded in)."""
+    backward with and without the residual's gradient, the joint and the gate with and without FP8 outputs, the QKV
+    projection with bf16 and FP8 operands, both backwards of the band kernel, alone and with the projection's
+    rotary folded in)."""
     req = dict(requires_grad=True)
     for p, both in ((0.1, True), (0.0, False)):
         x, br = torch.randn(T, C, **req), torch.randn(T, C, dtype=torch.bfloat16, **req)
@@ -79,6 +80,8 @@ def run_ops() -> None:
     sum(x.float().sum() for x in fused_rotary.rotary_qkv(qkv, cos, sin)).backward()
     x, w = torch.randn(T, C, dtype=torch.bfloat16, **req), torch.randn(3 * C, C, dtype=torch.bfloat16, **req)
     sum(y.float().sum() for y in fused_qkv.qkv_rotary(x, w, None, cos, sin, H)).backward()
+    x_fp8 = (torch.randn(T, C).to(torch.float8_e4m3fn), torch.rand(T, 1))
+    fused_qkv.qkv_rotary(x.detach(), w.detach(), None, cos, sin, H, x_fp8)  # fp8_qkv (the backward is bf16's)
     logits = torch.randn(ROWS, V, dtype=torch.bfloat16, **req)
     fused_cross_entropy.cross_entropy(logits, torch.randint(0, V, (ROWS,))).backward()
     cu = torch.tensor([0, 100, 400, T], dtype=torch.int32)
@@ -87,6 +90,7 @@ def run_ops() -> None:
         q, k, v = (torch.randn(T, H, D, dtype=torch.bfloat16, **req) for _ in range(3))
         band_attention.band_attention(q, k, v, cu, 128).float().sum().backward()
         fused_qkv_band.qkv_band_attention(x, w, None, cos, sin, cu, H, 128).float().sum().backward()
+    fused_qkv_band.qkv_band_attention(x.detach(), w.detach(), None, cos, sin, cu, H, 128, x_fp8)
     torch.use_deterministic_algorithms(False)
 
 

@@ -19,10 +19,16 @@ def band_attention_reference(q, k, v, lengths, half):
     return torch.cat(outs)
 
 
-def qkv_rotary_reference(x, weight, bias, cos, sin, H):
-    """float64: x @ weight.T + bias as (T, 3, H, D); x * cos + cat(-x2, x1) * sin on q and k."""
+def qkv_rotary_reference(x, weight, bias, cos, sin, H, forward_operands=None):
+    """float64: x @ weight.T + bias as (T, 3, H, D); x * cos + cat(-x2, x1) * sin on q and k.
+    `forward_operands` (xq, wq): the product's value is xq @ wq.T (FP8's dequantized operands), its gradients
+    those of x @ weight.T (what the FP8 path's backward computes)."""
     T = x.shape[0]
-    qkv = (x @ weight.t() + (0 if bias is None else bias)).view(T, 3, H, -1)
+    product = x @ weight.t()
+    if forward_operands is not None:
+        xq, wq = forward_operands
+        product = product + (xq @ wq.t() - product).detach()
+    qkv = (product + (0 if bias is None else bias)).view(T, 3, H, -1)
 
     def rotate(z):
         z1, z2 = z.chunk(2, dim=-1)

@@ -1,8 +1,8 @@
-"""What the tests of the kernels that write FP8 copies share: their copy against `fp8_mlp.quantize_rows`."""
+"""What the tests of the kernels that write FP8 copies share: their copy against `fp8.quantize_rows`."""
 
 import torch
 
-from flex_bert.kernels.fp8_mlp import FP8, quantize_rows
+from flex_bert.kernels.fp8 import FP8, quantize_rows
 
 
 def assert_fp8_rows(out8: torch.Tensor, scale: torch.Tensor, out: torch.Tensor, exact: bool) -> None:

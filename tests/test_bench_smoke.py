@@ -91,6 +91,16 @@ def test_bench_train_tiny_cuda_graphs_flag_reports_the_graphs(tmp_path):
     assert flex["cuda_graphs"].startswith("CUDA graphs: 0 bucket(s) of [] (tokens, documents) captured in ")
 
 
+def test_bench_train_tiny_fp8_switches_reach_the_model(tmp_path):
+    """`--fp8 fp8_mlp fp8_qkv` builds the model with both (CPU: the FP8 compositions) and the JSON says so."""
+    out = tmp_path / "bench.json"
+    _run(["scripts/bench_train.py", "--tiny", "--device", "cpu", "--no-hf", "--fp8", "fp8_mlp", "fp8_qkv",
+          "--corpus", "phrases", "--json", str(out)])  # fmt: skip
+    flex = json.loads(out.read_text())["results"][0]
+    assert flex["fp8_mlp"] is True and flex["fp8_qkv"] is True
+    assert len(flex["losses"]) == flex["steps"] and all(math.isfinite(x) for x in flex["losses"])
+
+
 def test_bench_finetune_tiny(tmp_path):
     """Packed FlexBERT fine-tuning against the HF Trainer (when accelerate is installed: the Trainer needs it)
     and a plain HF loop: same weights, data and steps, so in fp32 the losses agree to float precision."""

@@ -43,7 +43,7 @@ def test_gelu_gate_matches_float64_reference_on_gpu(N):
 def _check_fp8(T, N, device, exact_fp8: bool):
     """`forward_fp8` and `backward_fp8`: their bf16 outputs those of `forward` and `backward` bitwise, their FP8
     copies `quantize_rows` of those (`assert_fp8_rows`), a zero row too."""
-    from flex_bert.kernels.fp8_mlp import FP8
+    from flex_bert.kernels.fp8 import FP8
 
     g = torch.Generator().manual_seed(0)
     h = (2 * torch.randn(T, 2 * N, generator=g)).to(device, torch.bfloat16)

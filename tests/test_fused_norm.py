@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flex_bert.kernels import add_norm, add_norm_fp8, fused_norm
-from flex_bert.kernels.fp8_mlp import FP8, quantize_rows
+from flex_bert.kernels.fp8 import FP8, quantize_rows
 from tests._fp8 import assert_fp8_rows
 
 

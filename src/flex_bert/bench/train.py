@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from flex_bert.model import FlexBertConfig, FlexBertForMaskedLM
+from flex_bert.model.config import FP8_SWITCHES
 from flex_bert.train.compilation import compile_layers
 from flex_bert.train.composer_model import model_inputs
 from flex_bert.train.cuda_graphs import pretraining_graphs
@@ -64,10 +65,17 @@ def corpus_phrases(args) -> int:
     return PHRASES if args.corpus == "phrases" else 0
 
 
-def flex_config(size: str, backend: str | None, fused: bool = True, fp8_mlp: bool = False) -> FlexBertConfig:
+def fp8_switches(cfg: FlexBertConfig) -> dict[str, bool]:
+    return {name: getattr(cfg, name) for name in FP8_SWITCHES}
+
+
+def flex_config(
+    size: str, backend: str | None, fused: bool = True, fp8: tuple[str, ...] = ()
+) -> FlexBertConfig:
+    """The benchmark's model config; `fp8`: the FP8 switches to turn on (`FP8_SWITCHES`' names)."""
     over = {"attention_backend": backend} if backend else {}
     over["fused_kernels"] = fused
-    over["fp8_mlp"] = fp8_mlp
+    over.update({name: True for name in fp8})
     if size == "tiny":
         return FlexBertConfig(**TINY_MODEL, **over)
     return FlexBertConfig.large(**over) if size == "large" else FlexBertConfig.base(**over)
@@ -120,7 +128,7 @@ def compile_flexbert(model: FlexBertForMaskedLM, tune: bool = False) -> str:
 
 
 def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dict]]:
-    cfg = flex_config(bench.size, args.backend, args.fused, args.fp8_mlp)
+    cfg = flex_config(bench.size, args.backend, args.fused, args.fp8)
     n_batches = 3 * args.warmup + args.steps + (PROFILE_STEPS if args.profile else 0) + 2
     loader = make_loader(bench, ids, n_batches, args.workers, pin=env.cuda, phrases=corpus_phrases(args))
     torch.manual_seed(0)
@@ -132,7 +140,7 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
     how += ", CUDA graphs" if graphs else ""
     log(
         f"[{bench.name}] FlexBERT-{bench.size}: {model.num_parameters():,} parameters, backend "
-        f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, fp8_mlp {cfg.fp8_mlp}, {how}, rows of "
+        f"{cfg.attention_backend}, fused_kernels {cfg.fused_kernels}, {fp8_switches(cfg)}, {how}, rows of "
         f"{bench.micro} x {bench.max_seq_len} = {bench.row_len:,} tokens, {args.workers} loader workers; warmup {args.warmup} "
         f"+ {args.steps} timed steps"
     )
@@ -151,7 +159,7 @@ def run_flexbert(bench: Bench, args, env: Env, ids: Ids) -> tuple[dict, list[dic
         result.update(
             backend=cfg.attention_backend,
             fused=cfg.fused_kernels,
-            fp8_mlp=cfg.fp8_mlp,
+            **fp8_switches(cfg),
             compile=how,
             params=model.num_parameters(),
         )

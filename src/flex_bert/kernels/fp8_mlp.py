@@ -1,21 +1,17 @@
 """The MLP block `Wo(gelu(a) * g)`, `a, g = Wi(x).chunk(2)`, with FP8 matrix products where the operands allow:
-the opt-in `fp8_mlp` path.
-
-FP8 is float8_e4m3fn scaled per row: a tensor's row r is stored as `x_r / s_r` rounded to e4m3 (round to
-nearest even), `s_r = amax(|x_r|) / 448` (e4m3's largest value) kept in fp32 (`quantize_rows`), and a product
-`a b^T` of two such tensors is `torch._scaled_mm` with the row scales of both (`mm_rows`): per token for the
-activations, per output row for the weights. Three of the block's six products run so:
+the opt-in `fp8_mlp` path. FP8 here is `fp8.py`'s: e4m3 scaled per row. Three of the block's six products run so:
 
     forward:   h = x Wi^T       (x and Wi quantized per row)
                y = z Wo^T       (z = gelu(a) * g and Wo quantized per row)
     backward:  dx = dh Wi       (dh and Wi^T quantized per row)
 
-The others stay in the dtype the block runs in (bf16 under autocast): Wo's input gradient `dz = dy Wo` and the
-weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row scales would lie along the summed dimension.
-Quantizing needs a row's amax before its first element is written, so the cast costs a pass over the tensor
-unless the kernel that writes the tensor also writes its FP8 copy: `fused_glu`'s FP8 kernels do so for z and dh
-(whole rows a program), and `fused_norm`'s for x (`ops.add_norm_fp8`, the joint before the block); the weights
-are cast here, small, in one pass each (`fp8_rows`; `scripts/bench_fp8.py` measures what casts cost).
+The others stay in the dtype the block runs in (bf16 under autocast): Wo's input gradient `dz = dy Wo` (dy comes
+from outside the block, without an FP8 copy) and the weight gradients `dWo = dy^T z`, `dWi = dh^T x`, whose row
+scales would lie along the summed dimension. Quantizing needs a row's amax before its first element is written,
+so the cast costs a pass over the tensor unless the kernel that writes the tensor also writes its FP8 copy:
+`fused_glu`'s FP8 kernels do so for z and dh (whole rows a program), and `fused_norm`'s for x
+(`ops.add_norm_fp8`, the joint before the block); the weights are cast here, small, in one pass each
+(`fp8_rows`; `scripts/bench_fp8.py` measures what casts cost).
 
 The block is one op (`op.autograd_op`): its backward needs the FP8 copies of dh and of Wi^T, which autograd
 would not pass between separate ops. Saved for the backward: x, h, z and the weights, what the bf16 block's
@@ -29,33 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import policy
+from .fp8 import FP8, check_device, mm_rows, quantize_rows, to_fp8_rows
 from .op import autocast_dtype, autograd_op
-
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
-MIN_CAPABILITY = 9  # torch._scaled_mm with row scales: Hopper and newer
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / s in float8_e4m3fn, contiguous, s of shape (rows, 1) in fp32), s = each row's amax / 448, for a 2-D x.
-    An all-zero row gets the smallest normal fp32 scale (its FP8 values are zeros either way). The reference the
-    kernels that write FP8 copies are tested against (PyTorch's rounding)."""
-    amax = x.abs().amax(dim=1, keepdim=True).float()
-    s = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
-    return (x.float() / s).to(FP8).contiguous(), s
-
-
-def to_fp8_rows(x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`quantize_rows(x)` (x 2-D, any strides): `fp8_rows`' kernel (one pass) where the policy runs it."""
-    module = policy.kernel("quantize_rows", x, enabled=fused)
-    return quantize_rows(x) if module is None else module.quantize_rows(x, FP8)
-
-
-def mm_rows(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """a b^T in bf16 from two `quantize_rows` results: (M, K) and (N, K) give (M, N)."""
-    (a8, sa), (b8, sb) = a, b
-    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
-
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -158,12 +129,8 @@ def fp8_glu(
     (C, N), no biases. Everything runs in the dtype the block runs in (autocast's: the weights are cast as a
     linear layer casts them). `x_fp8`: `quantize_rows` of x in that dtype where its producer wrote it
     (`ops.add_norm_fp8`), else computed here. `fused`: the gate's kernels where the policy allows. On CUDA, a
-    GPU of compute capability 9.0 or newer (Hopper: FP8 products with row scales)."""
-    if x_TC.is_cuda and policy.cuda_major(x_TC) < MIN_CAPABILITY:
-        raise ValueError(
-            f"fp8_mlp needs a GPU of compute capability {MIN_CAPABILITY}.0 or newer (Hopper); this one is "
-            f"{policy.cuda_major(x_TC)}.x: set model_config.fp8_mlp false"
-        )
+    GPU of compute capability 9.0 or newer (`fp8.check_device`)."""
+    check_device(x_TC)
     dtype = autocast_dtype(x_TC)
     x, wi, wo = (t.to(dtype).contiguous() for t in (x_TC, wi, wo))
     x8, x_scale = to_fp8_rows(x, fused) if x_fp8 is None else x_fp8

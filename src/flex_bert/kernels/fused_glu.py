@@ -140,7 +140,7 @@ def _row_blocks(N: int) -> tuple[int, int]:
 
 def forward_fp8(h: torch.Tensor, fp8: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z, z8, s): `forward(h)`, and z row-quantized to `fp8` with its (T, 1) fp32 scales, as
-    `fp8_mlp.quantize_rows(z)` computes them, in the same pass."""
+    `fp8.quantize_rows(z)` computes them, in the same pass."""
     T, N = h.shape[0], h.shape[1] // 2
     z = _fwd_fake(h)
     z8, zs = torch.empty_like(z, dtype=fp8), h.new_empty((T, 1), dtype=torch.float32)
@@ -154,7 +154,7 @@ def backward_fp8(
     dz: torch.Tensor, h: torch.Tensor, fp8: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dh, dh8, s): `backward(dz, h)`, and dh row-quantized to `fp8` with its (T, 1) fp32 scales (one scale for
-    the whole row of 2N), as `fp8_mlp.quantize_rows(dh)` computes them, in the same pass."""
+    the whole row of 2N), as `fp8.quantize_rows(dh)` computes them, in the same pass."""
     T, N = dz.shape
     dh = _bwd_fake(dz, h)
     dh8, dhs = torch.empty_like(dh, dtype=fp8), h.new_empty((T, 1), dtype=torch.float32)

@@ -54,7 +54,7 @@ def _add_norm_fwd(
     HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     FP8_OUT: tl.constexpr, FP8_MAX: tl.constexpr,
 ):  # fmt: skip
-    """FP8_OUT: also out row-quantized as `fp8_mlp.quantize_rows` computes it, to OUT8 (whose format's largest
+    """FP8_OUT: also out row-quantized as `fp8.quantize_rows` computes it, to OUT8 (whose format's largest
     value is FP8_MAX), with the row scales to OUT_SCALE (`fp8_rows.row_scale`)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
@@ -291,7 +291,7 @@ def add_dropout_layer_norm(
     """(x + dropout_p(branch), norm(that)) for (tokens, hidden) tensors; `p` is the dropout probability in
     effect (0 in eval). `out_dtype` defaults to the CUDA autocast dtype when autocast is on, else x's dtype.
     With `fp8_dtype`, a third element: norm(that) row-quantized, (values, (T, 1) fp32 scales), as
-    `fp8_mlp.quantize_rows` computes them (no gradient flows through it)."""
+    `fp8.quantize_rows` computes them (no gradient flows through it)."""
     if out_dtype is None:
         out_dtype = autocast_dtype(x)
     seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64) if p > 0 else None

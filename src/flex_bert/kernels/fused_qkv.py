@@ -9,11 +9,16 @@ Each tile is BLOCK_M tokens x HEADS heads, computed as two accumulators: the hea
 their second halves, so the rotation pairs elements at the same place of the two, in registers. x and the
 weight are read by TMA boxes; the weight's rows are reordered for that on each call (`_tile_rows`, a copy of
 the weight where a tile holds more than one head). The products accumulate in fp32 and are rotated in fp32
-before the one rounding to x's dtype (the unfused path rounds the projection, then the rotation). The tables hold equal halves (`rotary.rotary_cos_sin`):
-only their first D/2 columns are read, once per token and tile, for all the tile's heads.
+before the one rounding to x's dtype (the unfused path rounds the projection, then the rotation). The tables
+hold equal halves (`rotary.rotary_cos_sin`): only their first D/2 columns are read, once per token and tile, for
+all the tile's heads.
+
+FP8 forward (`fp8_qkv`; `x_fp8`, x's row-quantized copy that the joint before wrote): the weight is quantized
+per row (`fp8_rows`) before its rows are reordered, the tiles multiply e4m3 boxes (twice as deep, the same bytes)
+into the same fp32 accumulators, and the epilogue scales them per token and per weight row before rotating.
 
 Backward: `fused_rotary`'s kernel (inverse rotation of dq, dk, with dv, into the projection's gradient), then
-cuBLAS for the gradients of x, weight and bias.
+cuBLAS for the gradients of x, weight and bias, in x's dtype (with or without the FP8 forward).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import fused_rotary
+from . import fp8_rows, fused_rotary
 from .op import autograd_op
 
 
@@ -41,6 +46,8 @@ def _tile(t, T, num_n, BLOCK_M: tl.constexpr, GROUP_M: tl.constexpr):
 def _qkv_rotary_fwd(
     x_desc,
     w_desc,
+    X_SCALE,
+    W_SCALE,
     BIAS,
     COS,
     SIN,
@@ -59,10 +66,13 @@ def _qkv_rotary_fwd(
     PROGRAMS,
     SPECIALISE: tl.constexpr,
     PRECISION: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     """x_desc: (T, C) in (BLOCK_M, BLOCK_K) boxes; w_desc: the weight with its rows in tile order (`_tile_rows`),
     (3 H D, C) in (BLOCK_N, BLOCK_K) boxes. PROGRAMS: each program runs tiles pid, pid + PROGRAMS, ...
-    SPECIALISE: Triton's warp specialisation of that loop (loads, products and epilogue in separate warps)."""
+    SPECIALISE: Triton's warp specialisation of that loop (loads, products and epilogue in separate warps).
+    FP8: x and the weight are row-quantized FP8 (`fp8.quantize_rows`), their fp32 row scales in X_SCALE (T) and
+    W_SCALE (3 H D, in tile order), applied to the fp32 products before the rotation."""
     HALF: tl.constexpr = D // 2
     BLOCK_N: tl.constexpr = HEADS * HALF
     num_n: tl.constexpr = 3 * H // HEADS
@@ -81,6 +91,11 @@ def _qkv_rotary_fwd(
             acc2 = tl.dot(
                 a, w_desc.load([pid_n * 2 * BLOCK_N + BLOCK_N, k]).T, acc2, input_precision=PRECISION
             )
+        if FP8:
+            xs = tl.load(X_SCALE + m0 + r, mask=r < T - m0, other=0.0)[:, None]
+            n1 = pid_n * 2 * BLOCK_N + tl.arange(0, BLOCK_N)
+            acc1 = acc1 * xs * tl.load(W_SCALE + n1)[None, :]
+            acc2 = acc2 * xs * tl.load(W_SCALE + n1 + BLOCK_N)[None, :]
         # The epilogue sees the tile as (tokens, heads, HALF): a table row is loaded once and broadcast over the
         # tile's heads (fewer registers than a table entry per element).
         acc1 = tl.reshape(acc1, (BLOCK_M, HEADS, HALF))
@@ -120,12 +135,19 @@ def _qkv_rotary_fwd(
 
 
 # (BLOCK_M, HEADS, BLOCK_K, GROUP_M, warps, stages, programs): programs 0 one tile each, 1 one per SM (persistent),
-# 2 one per SM, warp-specialised. HEADS drops to a divisor of H where it must.
+# 2 one per SM, warp-specialised. HEADS drops to a divisor of H where it must. FP8 operands: BLOCK_K doubled where
+# C allows (`_config`), the same bytes a box.
 CONFIG = (128, 4, 64, 8, 8, 4, 0)
 
 
 MIN_CAPABILITY = 9  # TMA boxes and the tile were chosen and measured on Hopper (docs/PERFORMANCE.md)
 MAX_TILE_WIDTH = 128  # columns of each accumulator: wider tiles need more shared memory than an H100 has
+
+
+def _config(C: int, fp8: bool) -> tuple:
+    """The tile configuration for inputs of C columns: `CONFIG`, with BLOCK_K doubled for FP8 where C allows."""
+    block_k = CONFIG[2]
+    return CONFIG[:2] + (2 * block_k,) + CONFIG[3:] if fp8 and C % (2 * block_k) == 0 else CONFIG
 
 
 def _heads_per_tile(H: int, D: int, wanted: int) -> int:
@@ -137,15 +159,16 @@ def _heads_per_tile(H: int, D: int, wanted: int) -> int:
 
 
 def _tile_rows(weight: torch.Tensor, H: int, tile_heads: int) -> torch.Tensor:
-    """The weight's rows in the order the kernel's tiles read them: per tile of `tile_heads` heads, their first
-    halves (head-major), then their second halves, so that each is one box."""
+    """The weight's rows (or its rows' scales, (3 H D, 1)) in the order the kernel's tiles read them: per tile of
+    `tile_heads` heads, their first halves (head-major), then their second halves, so that each is one box."""
     C = weight.shape[1]
     D = weight.shape[0] // (3 * H)
     return weight.view(3 * H // tile_heads, tile_heads, 2, D // 2, C).transpose(1, 2).reshape(3 * H * D, C)
 
 
-def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
-    """The forward kernel with a tile configuration (`CONFIG`'s fields): (q, k, v)."""
+def launch(x, weight, bias, cos, sin, heads: int, config=None, x_fp8=None):
+    """The forward kernel with a tile configuration (`CONFIG`'s fields; default `_config`'s): (q, k, v). `x_fp8`:
+    (x8, scales), `fp8.quantize_rows` of x: the product in FP8, the weight quantized per row here (`fp8_rows`)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     T, C = x.shape
@@ -153,19 +176,24 @@ def launch(x, weight, bias, cos, sin, heads: int, config=CONFIG):
     q, k, v = _fwd_fake(x, weight, bias, cos, sin, heads)
     if T == 0:  # a TMA descriptor takes no empty tensor
         return q, k, v
-    block_m, want_heads, block_k, group_m, warps, stages, persistent = config
+    block_m, want_heads, block_k, group_m, warps, stages, persistent = config or _config(C, x_fp8 is not None)
     tile_heads = _heads_per_tile(heads, D, want_heads)
     tiles = triton.cdiv(T, block_m) * (3 * heads // tile_heads)
     programs = min(tiles, _num_sms(x.device)) if persistent else tiles
-    x_desc = TensorDescriptor.from_tensor(_aligned(x), [block_m, block_k])
+    if x_fp8 is None:
+        a, w, a_scale, w_scale = x, weight, None, None
+    else:
+        (a, a_scale), (w, w_scale) = x_fp8, fp8_rows.quantize_rows(weight, x_fp8[0].dtype)
+        w_scale = _tile_rows(w_scale, heads, tile_heads)
+    x_desc = TensorDescriptor.from_tensor(_aligned(a), [block_m, block_k])
     w_desc = TensorDescriptor.from_tensor(
-        _aligned(_tile_rows(weight, heads, tile_heads)), [tile_heads * D // 2, block_k]
+        _aligned(_tile_rows(w, heads, tile_heads)), [tile_heads * D // 2, block_k]
     )
     _qkv_rotary_fwd[(programs,)](
-        x_desc, w_desc, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
+        x_desc, w_desc, a_scale, w_scale, bias if bias is not None else weight, cos, sin, q, k, v, T, C, heads, D,
         HAS_BIAS=bias is not None, HEADS=tile_heads, BLOCK_M=block_m, BLOCK_K=block_k, GROUP_M=group_m,
         PROGRAMS=programs, SPECIALISE=persistent == 2, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=warps, num_stages=stages,
+        FP8=x_fp8 is not None, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return q, k, v
 
@@ -186,11 +214,13 @@ def _fwd(
     cos: torch.Tensor,
     sin: torch.Tensor,
     heads: int,
+    x8: torch.Tensor | None,
+    x_scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return launch(x, weight, bias, cos, sin, heads)
+    return launch(x, weight, bias, cos, sin, heads, x_fp8=None if x8 is None else (x8, x_scale))
 
 
-def _fwd_fake(x, weight, bias, cos, sin, heads):
+def _fwd_fake(x, weight, bias, cos, sin, heads, x8=None, x_scale=None):
     shape = (x.shape[0], heads, weight.shape[0] // (3 * heads))
     return tuple(x.new_empty(shape) for _ in range(3))
 
@@ -249,7 +279,10 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
     )
 
 
-def qkv_rotary(x_TC, weight, bias, cos_TD, sin_TD, heads: int):
-    """(q, k, v): the projection `x @ weight.T (+ bias)` split into heads, q and k rotated."""
+def qkv_rotary(x_TC, weight, bias, cos_TD, sin_TD, heads: int, x_fp8=None):
+    """(q, k, v): the projection `x @ weight.T (+ bias)` split into heads, q and k rotated. `x_fp8`: x
+    row-quantized (`fp8.quantize_rows`): the forward's product in FP8 (the gradients stay in x's dtype)."""
     bias = None if bias is None else bias.contiguous()
-    return _fwd(x_TC.contiguous(), weight.contiguous(), bias, cos_TD.contiguous(), sin_TD.contiguous(), heads)
+    x8, x_scale = (None, None) if x_fp8 is None else x_fp8
+    args = (x_TC.contiguous(), weight.contiguous(), bias, cos_TD.contiguous(), sin_TD.contiguous(), heads)
+    return _fwd(*args, x8, x_scale)

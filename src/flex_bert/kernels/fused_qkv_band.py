@@ -30,14 +30,17 @@ def _fwd(
     hi: torch.Tensor,
     heads: int,
     half: int,
+    x8: torch.Tensor | None,
+    x_scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, q, k, v, lse): the attention, and the rotated projection and log-sum-exp the backward needs."""
-    q, k, v = fused_qkv.launch(x, weight, bias, cos, sin, heads)
+    """(out, q, k, v, lse): the attention, and the rotated projection and log-sum-exp the backward needs.
+    (x8, x_scale): x row-quantized, for the projection in FP8 (`fused_qkv.launch`), or None."""
+    q, k, v = fused_qkv.launch(x, weight, bias, cos, sin, heads, x_fp8=None if x8 is None else (x8, x_scale))
     out, lse = band_attention.forward(q, k, v, lo, hi, half)
     return out, q, k, v, lse
 
 
-def _fwd_fake(x, weight, bias, cos, sin, lo, hi, heads, half):
+def _fwd_fake(x, weight, bias, cos, sin, lo, hi, heads, half, x8, x_scale):
     shape = (x.shape[0], heads, weight.shape[0] // (3 * heads))
     return (*(x.new_empty(shape) for _ in range(4)), x.new_empty(shape[:2], dtype=torch.float32))
 
@@ -67,7 +70,7 @@ def _bwd_fake(do, x, weight, cos, sin, q, k, v, out, lse, lo, hi, half, has_bias
 
 
 def _save(inputs, outputs):
-    x, weight, bias, cos, sin, lo, hi, heads, half = inputs
+    x, weight, bias, cos, sin, lo, hi, heads, half, _x8, _x_scale = inputs
     out, q, k, v, lse = outputs
     return (x, weight, cos, sin, q, k, v, out, lse, lo, hi), (half, bias is not None)
 
@@ -84,10 +87,12 @@ def fits(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, heads: int) -
 
 
 def qkv_band_attention(
-    x_TC, weight, bias, cos_TD, sin_TD, cu_seqlens, heads: int, window: int
+    x_TC, weight, bias, cos_TD, sin_TD, cu_seqlens, heads: int, window: int, x_fp8=None
 ) -> torch.Tensor:
-    """The band attention (total window `window`) of the projection's q, k, v, q and k rotated: (T, H, D)."""
+    """The band attention (total window `window`) of the projection's q, k, v, q and k rotated: (T, H, D).
+    `x_fp8`: x row-quantized (`fp8.quantize_rows`): the projection's forward in FP8 (`fused_qkv.qkv_rotary`)."""
     lo, hi = band_attention.document_bounds(cu_seqlens, x_TC.shape[0])
     bias = None if bias is None else bias.contiguous()
     x, weight, cos, sin = (t.contiguous() for t in (x_TC, weight, cos_TD, sin_TD))
-    return _fwd(x, weight, bias, cos, sin, lo, hi, heads, window // 2)[0]
+    x8, x_scale = (None, None) if x_fp8 is None else x_fp8
+    return _fwd(x, weight, bias, cos, sin, lo, hi, heads, window // 2, x8, x_scale)[0]

@@ -1,5 +1,6 @@
-"""`autograd_op`: the one way a kernel becomes an op that autograd, torch.compile and FakeTensorMode all see; and
-`autocast_dtype`, the dtype the kernels that stand for a matrix product's input or output write.
+"""`autograd_op`: the one way a kernel becomes an op that autograd, torch.compile and FakeTensorMode all see
+(`opaque_op` for a kernel without a gradient); and `autocast_dtype`, the dtype the kernels that stand for a
+matrix product's input or output write.
 
 A kernel module gives four functions: `forward` and `backward` (they launch the kernels; typed, as
 `torch.library.custom_op` infers each op's schema from the annotations) and their fakes (the shapes and dtypes
@@ -86,6 +87,14 @@ def autograd_op(
         return fwd(*inputs)
 
     return call, bwd
+
+
+def opaque_op(name: str, forward: Callable, forward_fake: Callable) -> Callable:
+    """`flex_bert::<name>`, an op without a gradient, opaque to torch.compile (as `autograd_op`'s are); in plain
+    eager mode `forward` itself runs (no custom-op dispatch). `forward` is typed, as for `autograd_op`."""
+    op = torch.library.custom_op(f"flex_bert::{name}", forward, mutates_args=())
+    op.register_fake(forward_fake)
+    return lambda *inputs: forward(*inputs) if _plain_eager(inputs) else op(*inputs)
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import backends, fp8_mlp, policy
+from . import backends, fp8, policy
 from .op import autocast_dtype
 from .rotary import apply_rotary
 
@@ -36,20 +36,21 @@ def add_norm(
 
 def add_norm_fp8(
     x_TC: torch.Tensor,
-    branch_TC: torch.Tensor,
+    branch_TC: torch.Tensor | None,
     norm: nn.Module,
     dropout: float | None,
     training: bool,
     fused: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """`add_norm`'s (x, norm(x)), and norm(x) row-quantized to FP8 (`fp8_mlp.quantize_rows`), the operand of
-    `fp8_glu`. Fused: `fused_norm` writes it in the same pass."""
-    kernel = policy.kernel("add_norm", x_TC, norm, enabled=fused)
+    """`add_norm`'s (x, norm(x)), and norm(x) in the dtype the next product runs in, row-quantized to FP8
+    (`fp8.quantize_rows`): the operand of an FP8 product (`fp8_glu`, the FP8 QKV projection). Fused: `fused_norm`
+    writes it in the same pass; without a branch (layer 0) nothing is added, and one pass quantizes."""
+    kernel = None if branch_TC is None else policy.kernel("add_norm", x_TC, norm, enabled=fused)
     if kernel is not None:
         p = dropout if dropout is not None and training else 0.0
-        return kernel.add_dropout_layer_norm(x_TC, branch_TC, norm, p, fp8_dtype=fp8_mlp.FP8)
+        return kernel.add_dropout_layer_norm(x_TC, branch_TC, norm, p, fp8_dtype=fp8.FP8)
     x_TC, h_TC = add_norm(x_TC, branch_TC, norm, dropout, training, fused)
-    return x_TC, h_TC, fp8_mlp.quantize_rows(h_TC.to(autocast_dtype(h_TC)))
+    return x_TC, h_TC, fp8.to_fp8_rows(h_TC.to(autocast_dtype(h_TC)), fused)
 
 
 def gelu_gate(h_TN: torch.Tensor, fused: bool) -> torch.Tensor:
@@ -81,12 +82,16 @@ def qkv_attention(
     max_seqlen: int,
     window: int | None,
     fused: bool,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The attention backend `backend` (`BACKENDS`) of the projection `proj(x)`'s q, k, v, split into `heads` heads
     of (T, H, D), q and k rotated: (T, H, D). Fused: the projection is `fused_qkv` (the rotation in its epilogue,
     in the dtype `proj` runs in, autocast's); on a local layer (a window) that the backend runs the band kernel on,
     `fused_qkv_band`: projection and attention as one op, whose backward writes the projection's gradient
-    directly."""
+    directly. `x_fp8` (`fp8_qkv`; no bias): x row-quantized (`add_norm_fp8`), and the projection's forward an FP8
+    product (in `fused_qkv`'s kernel, else `fp8.linear`); its gradients stay in the dtype it runs in."""
+    if x_fp8 is not None:
+        fp8.check_device(x_TC)
     # cast only where fused_qkv (and fused_qkv_band, of the same generation) can run: elsewhere (a GPU before
     # Hopper) the plain projection casts under autocast, and a cast here would be done twice
     operands = _projection_operands(x_TC, proj) if fused and policy.usable("qkv_rotary", x_TC) else None
@@ -95,21 +100,25 @@ def qkv_attention(
         kernel = policy.kernel("qkv_band_attention", x, weight, cos_TD, heads)
         q_like = x.new_empty((0, heads, weight.shape[0] // (3 * heads)))
         if kernel is not None and backends.runs_band(backend, q_like, window):
-            return kernel.qkv_band_attention(x, weight, bias, cos_TD, sin_TD, cu_seqlens, heads, window)
-    q, k, v = _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads, fused)
+            return kernel.qkv_band_attention(
+                x, weight, bias, cos_TD, sin_TD, cu_seqlens, heads, window, x_fp8
+            )
+    q, k, v = _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads, fused, x_fp8)
     return backends.get_backend(backend)(q, k, v, cu_seqlens, max_seqlen, window)
 
 
-def _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads: int, fused: bool):
+def _qkv_rotary(x_TC, proj, operands, cos_TD, sin_TD, heads: int, fused: bool, x_fp8):
     """(q, k, v) for `qkv_attention`: `fused_qkv` on `operands` (`_projection_operands`, None where not fused or
-    where `fused_qkv` cannot run) where it takes them, else the projection then `rotary_qkv`."""
+    where `fused_qkv` cannot run) where it takes them, else the projection (`fp8.linear` with `x_fp8`) then
+    `rotary_qkv`."""
     if operands is not None:
         x, weight, bias = operands
         kernel = policy.kernel("qkv_rotary", x, weight, cos_TD, heads)
         if kernel is not None:
-            return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads)
+            return kernel.qkv_rotary(x, weight, bias, cos_TD, sin_TD, heads, x_fp8)
     T = x_TC.shape[0]
-    return rotary_qkv(proj(x_TC).view(T, 3, heads, -1), cos_TD, sin_TD, fused)
+    qkv = proj(x_TC) if x_fp8 is None else fp8.linear(x_TC, proj.weight, fused, x_fp8)
+    return rotary_qkv(qkv.view(T, 3, heads, -1), cos_TD, sin_TD, fused)
 
 
 def _projection_operands(x_TC: torch.Tensor, proj: nn.Linear):

@@ -29,10 +29,11 @@ class Attention(nn.Module):
         self.backend_name = config.attention_backend
         self.fused = config.fused_kernels
 
-    def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int):
+    def forward(self, x_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int, x_fp8=None):
+        """`x_fp8` (`fp8_qkv`): x row-quantized to FP8 by the joint before, for the projection's FP8 forward."""
         out_THD = qkv_attention(
             x_TC, self.Wqkv, *rope, self.num_heads, self.backend_name, cu_seqlens, max_seqlen, self.window,
-            self.fused,
+            self.fused, x_fp8,
         )  # fmt: skip
         return self.Wo(out_THD.reshape(x_TC.shape[0], -1))
 

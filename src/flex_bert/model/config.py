@@ -26,6 +26,9 @@ from flex_bert.kernels import BACKENDS  # attention backends by name: a typo fai
 # ModernBERT's context length: the default training length (max_seq_len) and max_position_embeddings.
 CONTEXT_LENGTH = 8192
 
+# the opt-in FP8 products' switches (fields below)
+FP8_SWITCHES = ("fp8_mlp", "fp8_qkv")
+
 
 # key -> allowed values, for fields where upstream has several options and we implement a subset.
 _ALLOWED: dict[str, Collection] = {
@@ -118,9 +121,11 @@ class FlexBertConfig:
     # rotary of QKV, the MLM loss. false: the PyTorch composition (the same computation, another dropout mask).
     # CPU always runs the composition (kernels/policy.py). (The band attention kernel is a backend.)
     fused_kernels: bool = True
-    # FP8 (e4m3, scaled per row) for three of the MLP block's six matrix products: Wi's and Wo's forward and Wi's
-    # input gradient (kernels/fp8_mlp.py); opt-in. CUDA needs compute capability 9.0+ (Hopper).
+    # FP8 (e4m3, scaled per row; kernels/fp8.py) for some matrix products, opt-in; CUDA needs compute capability
+    # 9.0+ (Hopper). fp8_mlp: three of the MLP block's six, Wi's and Wo's forward and Wi's input gradient
+    # (kernels/fp8_mlp.py). fp8_qkv: the attention's QKV projection forward (kernels/fused_qkv.py).
     fp8_mlp: bool = False
+    fp8_qkv: bool = False
     max_position_embeddings: int = (
         CONTEXT_LENGTH  # exported to Hugging Face; rotary itself has no length limit
     )
@@ -258,11 +263,17 @@ class FlexBertConfig:
                 raise ValueError(f"{key}={getattr(self, key)} must be < vocab_size={self.vocab_size}")
         if min(self.vocab_size, self.num_hidden_layers, self.intermediate_size) <= 0:
             raise ValueError("vocab_size, num_hidden_layers and intermediate_size must be positive")
-        if self.fp8_mlp:
-            self._validate_fp8_mlp()
+        self._validate_fp8()
 
-    def _validate_fp8_mlp(self) -> None:
-        """What `fp8_mlp`'s block computes: no MLP biases or dropout, widths that FP8 products take."""
+    def _validate_fp8(self) -> None:
+        """What the FP8 products compute: no biases there (nor MLP dropout), widths that FP8 products take."""
+        if self.fp8_qkv and (self.attn_qkv_bias or self.hidden_size % 16):
+            raise ValueError(
+                f"fp8_qkv needs attn_qkv_bias false ({self.attn_qkv_bias}) and hidden_size ({self.hidden_size}) "
+                "divisible by 16 (FP8 matrix products)"
+            )
+        if not self.fp8_mlp:
+            return
         unsupported = {k: getattr(self, k) for k in ("mlp_in_bias", "mlp_out_bias", "mlp_dropout_prob")}
         if any(unsupported.values()):
             raise ValueError(

@@ -70,6 +70,7 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = layer_norm(config)
         self.mlp = GLU(config)
         self.fused = config.fused_kernels
+        self.fp8_qkv = config.fp8_qkv
 
     @property
     def is_local(self) -> bool:
@@ -78,8 +79,13 @@ class EncoderLayer(nn.Module):
     def forward(
         self, x_TC, mlp_out_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x_TC, h_TC = add_norm(x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused)
-        attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen)
+        joint = (x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused)
+        if self.fp8_qkv:  # the joint also writes the projection's FP8 operand
+            x_TC, h_TC, h_fp8 = add_norm_fp8(*joint)
+            attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen, h_fp8)
+        else:
+            x_TC, h_TC = add_norm(*joint)
+            attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen)
         joint = (x_TC, attn_TC, self.mlp_norm, self.attn_out_dropout, self.training, self.fused)
         if self.mlp.fp8:  # the joint also writes the block's FP8 operand
             x_TC, h_TC, h_fp8 = add_norm_fp8(*joint)
