@@ -130,14 +130,27 @@ def test_fp8_linear_forward_is_the_quantized_product_and_its_gradients_the_exact
         assert (got.double() - ref).abs().max() <= 1e-6 * ref.abs().max()  # fp32 sums, against the largest
 
 
-def test_quantize_rows_op_compiles_to_one_graph_and_matches_eager():
-    """`fp8_rows.quantize_rows` is an op torch.compile keeps whole (it runs outside other ops' implementations:
-    layer 0's joint), here in the interpreter: bitwise the eager result."""
+def test_quantize_rows_op_under_compile_feeds_fused_qkv_and_its_backward_in_the_interpreter():
+    """`fp8_rows.quantize_rows` is an op torch.compile keeps whole, and its outputs carry no gradient: it runs
+    outside other ops' implementations (layer 0's joint quantizes x, which requires grad, for `fused_qkv`). Traced
+    by AOT autograd (`aot_eager`: the graphs compile_layers builds, without Inductor), forward and backward give
+    eager's values; an op without that autograd fails the backward there."""
     _interpreter_only()
-    x = torch.randn(24, 40).to(torch.bfloat16)
-    fn = torch.compile(lambda t: fp8_rows.quantize_rows(t, FP8), fullgraph=True, dynamic=True)
-    for got, want in zip(fn(x), fp8_rows.quantize_rows(x, FP8)):
-        assert torch.equal(got.float(), want.float())
+    cos, sin, _, x, w, _, _, _ = _case([30, 10], 4, 16, 64, torch.float32, "cpu")
+
+    def f(x, w):
+        h = x * 2
+        qkv = fused_qkv.qkv_rotary(h, w, None, cos, sin, 4, fp8_rows.quantize_rows(h, FP8))
+        return sum(t.sum() for t in qkv)
+
+    runs = []
+    for fn in (f, torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")):
+        x.grad = w.grad = None
+        out = fn(x, w)
+        out.backward()
+        runs.append((out.detach(), x.grad, w.grad))
+    for got, want in zip(*runs):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ is tested against), and a product `a b^T` of two such tensors is `torch._scaled_
 dimensions a product does not sum over, so an operand can be FP8 only where the kernel that writes it sees
 whole rows: the joints (`fused_norm`), the GLU gate (`fused_glu`) and the weights (`fp8_rows`, one small pass).
 
-`linear(x, weight, x_fp8)`: `x weight^T` with its forward in FP8 and its gradients in x's dtype, the projection
-`fp8_qkv` runs where `fused_qkv` does not (the composition; `fused_qkv` computes the same product in its kernel).
+`linear(x, weight, fused, x_fp8)`: `x weight^T` with its forward in FP8 and its gradients in x's dtype, the
+projection `fp8_qkv` runs where `fused_qkv` does not (the composition; `fused_qkv` computes the same product in
+its kernel).
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def check_device(x: torch.Tensor) -> None:
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x / s in float8_e4m3fn, contiguous, s of shape (rows, 1) in fp32), s = each row's amax / 448, for a 2-D x.
-    An all-zero row gets the smallest normal fp32 scale (its FP8 values are zeros either way). The reference the
-    kernels that write FP8 copies are tested against (PyTorch's rounding)."""
+    """(x / s in float8_e4m3fn, contiguous, s of shape (rows, 1) in fp32), s = each row's amax / 448, for a 2-D x,
+    at least the smallest normal fp32 (an all-zero row's FP8 values are zeros, and no scale is subnormal: a
+    division that flushes subnormals to zero would make them NaN). The reference the kernels that write FP8
+    copies are tested against (PyTorch's rounding)."""
     amax = x.abs().amax(dim=1, keepdim=True).float()
-    s = amax.clamp(min=torch.finfo(torch.float32).tiny) / FP8_MAX
+    s = (amax / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
     return (x.float() / s).to(FP8).contiguous(), s
 
 
@@ -48,16 +50,23 @@ def to_fp8_rows(x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tenso
     return quantize_rows(x) if module is None else module.quantize_rows(x, FP8)
 
 
-def mm_rows(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """a b^T in bf16 from two `quantize_rows` results: (M, K) and (N, K) give (M, N)."""
+def mm_rows(
+    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], fast_accum: bool
+) -> torch.Tensor:
+    """a b^T in bf16 (what row scales allow) from two `quantize_rows` results: (M, K) and (N, K) give (M, N).
+    `fast_accum`: Hopper's FP8 accumulation without promotion to fp32 along K (faster, less exact), as Transformer
+    Engine and torchao do for forward products (and `fused_qkv`'s FP8 tiles, Triton's default); gradient
+    products promote (False)."""
     (a8, sa), (b8, sb) = a, b
-    return torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16)
+    return torch._scaled_mm(
+        a8, b8.t(), scale_a=sa, scale_b=sb.t(), out_dtype=torch.bfloat16, use_fast_accum=fast_accum
+    )
 
 
 def _linear_fwd(
     x: torch.Tensor, weight: torch.Tensor, x8: torch.Tensor, x_scale: torch.Tensor, fused: bool
 ) -> torch.Tensor:
-    return mm_rows((x8, x_scale), to_fp8_rows(weight, fused)).to(x.dtype)
+    return mm_rows((x8, x_scale), to_fp8_rows(weight, fused), fast_accum=True).to(x.dtype)
 
 
 def _linear_fwd_fake(x, weight, x8, x_scale, fused):

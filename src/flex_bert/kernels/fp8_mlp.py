@@ -80,9 +80,9 @@ def _fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, h, z): the block's output in x's dtype, and Wi's output and the gate's, which the backward reads.
     (x8, x_scale) is `quantize_rows(x)`."""
-    h = mm_rows((x8, x_scale), to_fp8_rows(wi, fused)).to(x.dtype)
+    h = mm_rows((x8, x_scale), to_fp8_rows(wi, fused), fast_accum=True).to(x.dtype)
     z, z_fp8 = gate_fp8(h, fused)
-    return mm_rows(z_fp8, to_fp8_rows(wo, fused)).to(x.dtype), h, z
+    return mm_rows(z_fp8, to_fp8_rows(wo, fused), fast_accum=True).to(x.dtype), h, z
 
 
 def _fwd_fake(x, wi, wo, x8, x_scale, fused):
@@ -101,7 +101,7 @@ def _bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dWi, dWo)."""
     dh, dh_fp8 = gate_backward_fp8(dy @ wo, h, fused)
-    dx = mm_rows(dh_fp8, to_fp8_rows(wi.t(), fused)).to(x.dtype)
+    dx = mm_rows(dh_fp8, to_fp8_rows(wi.t(), fused), fast_accum=False).to(x.dtype)
     return dx, dh.t() @ x, dy.t() @ z
 
 

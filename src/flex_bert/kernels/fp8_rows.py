@@ -3,7 +3,7 @@ copy of its output (`fused_norm`, `fused_glu`), and `quantize_rows`, one pass ov
 writes in FP8 (the weights, Wi^T read through its strides without a transposed copy).
 
 All of them compute what `fp8.quantize_rows` computes in PyTorch, bit for bit: s = amax / FP8_MAX per row
-(the smallest normal fp32 for an all-zero row), x / s rounded to nearest even, both divisions IEEE
+(at least the smallest normal fp32), x / s rounded to nearest even, both divisions IEEE
 (`tl.math.div_rn`; Triton's `/` is approximate). `fits(x)` says which tensors the kernel takes; `policy.py`
 decides where it runs.
 """
@@ -22,8 +22,8 @@ _MAX_ROW = 16384  # one row lives in registers
 
 @triton.jit
 def row_scale(amax, FP8_MAX: tl.constexpr):
-    """amax / FP8_MAX, rounded as PyTorch divides; an all-zero row gets the smallest normal fp32 scale."""
-    return tl.math.div_rn(tl.maximum(amax, _FP32_TINY), FP8_MAX)
+    """amax / FP8_MAX, rounded as PyTorch divides, at least the smallest normal fp32 (`fp8.quantize_rows`)."""
+    return tl.maximum(tl.math.div_rn(amax, FP8_MAX), _FP32_TINY)
 
 
 @triton.jit

@@ -15,7 +15,9 @@ all the tile's heads.
 
 FP8 forward (`fp8_qkv`; `x_fp8`, x's row-quantized copy that the joint before wrote): the weight is quantized
 per row (`fp8_rows`) before its rows are reordered, the tiles multiply e4m3 boxes (twice as deep, the same bytes)
-into the same fp32 accumulators, and the epilogue scales them per token and per weight row before rotating.
+into the same accumulators (on Hopper without promotion to fp32 along K, Triton's default: the fast accumulation
+of the other forward FP8 products, `fp8.mm_rows`), and the epilogue scales them per token and per weight row
+before rotating.
 
 Backward: `fused_rotary`'s kernel (inverse rotation of dq, dk, with dv, into the projection's gradient), then
 cuBLAS for the gradients of x, weight and bias, in x's dtype (with or without the FP8 forward).

@@ -90,10 +90,18 @@ def autograd_op(
 
 
 def opaque_op(name: str, forward: Callable, forward_fake: Callable) -> Callable:
-    """`flex_bert::<name>`, an op without a gradient, opaque to torch.compile (as `autograd_op`'s are); in plain
-    eager mode `forward` itself runs (no custom-op dispatch). `forward` is typed, as for `autograd_op`."""
+    """`flex_bert::<name>`, an op whose outputs carry no gradient (marked non-differentiable, so that autograd
+    never calls a backward for them, even where an input requires grad), opaque to torch.compile (as
+    `autograd_op`'s are); in plain eager mode `forward` itself runs (no custom-op dispatch). `forward` is typed,
+    as for `autograd_op`; it returns a tuple of tensors."""
     op = torch.library.custom_op(f"flex_bert::{name}", forward, mutates_args=())
     op.register_fake(forward_fake)
+
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.inputs = len(inputs)
+        ctx.mark_non_differentiable(*output)
+
+    op.register_autograd(lambda ctx, *grads: (None,) * ctx.inputs, setup_context=setup_context)
     return lambda *inputs: forward(*inputs) if _plain_eager(inputs) else op(*inputs)
 
 
