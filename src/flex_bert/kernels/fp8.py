@@ -91,6 +91,22 @@ _linear, _ = autograd_op(
 )
 
 
+def operands(
+    x_TC: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+    fused: bool,
+    x_fp8: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+    """(x, weights, x8, x_scale) for an FP8 op: x and the weights contiguous in the dtype the products run in
+    (autocast's: cast as a linear layer casts them), and `x_fp8`, `quantize_rows` of that x where its producer
+    wrote it, else computed here. Refuses a GPU without FP8 products (`check_device`)."""
+    check_device(x_TC)
+    dtype = autocast_dtype(x_TC)
+    x = x_TC.to(dtype).contiguous()
+    x8, x_scale = to_fp8_rows(x, fused) if x_fp8 is None else x_fp8
+    return x, tuple(w.to(dtype).contiguous() for w in weights), x8, x_scale
+
+
 def linear(
     x_TC: torch.Tensor,
     weight: torch.Tensor,
@@ -98,10 +114,6 @@ def linear(
     x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`x weight^T` (no bias), forward as an FP8 product of row-quantized operands, gradients in the dtype the
-    product runs in (autocast's: x and the weight are cast as a linear layer casts them). `x_fp8`:
-    `quantize_rows` of x in that dtype where its producer wrote it, else computed here."""
-    check_device(x_TC)
-    dtype = autocast_dtype(x_TC)
-    x, weight = x_TC.to(dtype).contiguous(), weight.to(dtype).contiguous()
-    x8, x_scale = to_fp8_rows(x, fused) if x_fp8 is None else x_fp8
+    product runs in (`operands`)."""
+    x, (weight,), x8, x_scale = operands(x_TC, (weight,), fused, x_fp8)
     return _linear(x, weight, x8, x_scale, fused)

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import policy
-from .fp8 import FP8, check_device, mm_rows, quantize_rows, to_fp8_rows
-from .op import autocast_dtype, autograd_op
+from .fp8 import FP8, mm_rows, operands, quantize_rows, to_fp8_rows
+from .op import autograd_op
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -126,12 +126,8 @@ def fp8_glu(
     x_fp8: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`Wo(gelu(a) * g)` for `a, g = Wi(x).chunk(2)` with FP8 products as the module says; weights (2N, C) and
-    (C, N), no biases. Everything runs in the dtype the block runs in (autocast's: the weights are cast as a
-    linear layer casts them). `x_fp8`: `quantize_rows` of x in that dtype where its producer wrote it
-    (`ops.add_norm_fp8`), else computed here. `fused`: the gate's kernels where the policy allows. On CUDA, a
-    GPU of compute capability 9.0 or newer (`fp8.check_device`)."""
-    check_device(x_TC)
-    dtype = autocast_dtype(x_TC)
-    x, wi, wo = (t.to(dtype).contiguous() for t in (x_TC, wi, wo))
-    x8, x_scale = to_fp8_rows(x, fused) if x_fp8 is None else x_fp8
+    (C, N), no biases. Everything runs in the dtype the block runs in; `x_fp8`: x's FP8 copy where its producer
+    wrote it (`ops.add_norm_fp8`), else made here (`fp8.operands`). `fused`: the gate's kernels where the policy
+    allows."""
+    x, (wi, wo), x8, x_scale = operands(x_TC, (wi, wo), fused, x_fp8)
     return _glu(x, wi, wo, x8, x_scale, fused)[0]

@@ -79,16 +79,16 @@ class EncoderLayer(nn.Module):
     def forward(
         self, x_TC, mlp_out_TC, rope: tuple[torch.Tensor, torch.Tensor], cu_seqlens, max_seqlen: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        joint = (x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused)
-        if self.fp8_qkv:  # the joint also writes the projection's FP8 operand
-            x_TC, h_TC, h_fp8 = add_norm_fp8(*joint)
-            attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen, h_fp8)
-        else:
-            x_TC, h_TC = add_norm(*joint)
-            attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen)
+        x_TC, h_TC, h_fp8 = _join(
+            self.fp8_qkv, x_TC, mlp_out_TC, self.attn_norm, None, self.training, self.fused
+        )
+        attn_TC = self.attn(h_TC, rope, cu_seqlens, max_seqlen, h_fp8)
         joint = (x_TC, attn_TC, self.mlp_norm, self.attn_out_dropout, self.training, self.fused)
-        if self.mlp.fp8:  # the joint also writes the block's FP8 operand
-            x_TC, h_TC, h_fp8 = add_norm_fp8(*joint)
-            return x_TC, self.mlp(h_TC, h_fp8)
-        x_TC, h_TC = add_norm(*joint)
-        return x_TC, self.mlp(h_TC)
+        x_TC, h_TC, h_fp8 = _join(self.mlp.fp8, *joint)
+        return x_TC, self.mlp(h_TC, h_fp8)
+
+
+def _join(fp8: bool, *joint) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """A joint (`add_norm`'s arguments): (x, norm(x), norm(x)'s FP8 copy for the FP8 product after it, written in
+    the same pass (`add_norm_fp8`), or None without FP8)."""
+    return add_norm_fp8(*joint) if fp8 else (*add_norm(*joint), None)
