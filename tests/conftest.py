@@ -16,12 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs CUDA (run on the device machine)")
+    """Skip `gpu` tests without a GPU, and `interpreter` tests where Triton's interpreter is off (set above: off
+    with a GPU, where the gpu tests run the kernels compiled)."""
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = "needs CUDA (run on the device machine)"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        skips["interpreter"] = "Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)"
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+        for marker, reason in skips.items():
+            if marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(params=[False, True], ids=["one-pass", "split"])

@@ -37,21 +37,17 @@ def _check(lengths, H, D, window, dtype, device, tol, compiled=False):
 )
 # fp16, not bf16: Triton's interpreter (3.8) multiplies bf16 tl.dot operands wrongly; bf16 runs on the GPU.
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
+@pytest.mark.interpreter
 def test_band_attention_matches_float64_reference_in_the_interpreter(
     lengths, H, D, window, dtype, tol, backward_path
 ):
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check(lengths, H, D, window, dtype, "cpu", tol)
 
 
+@pytest.mark.interpreter
 def test_band_attention_compiles_forward_and_backward_in_the_interpreter(backward_path):
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check([5, 40, 0, 1, 90, 3], 2, 16, 32, torch.float32, "cpu", 1e-4, compiled=True)
 
 

@@ -73,11 +73,9 @@ def _check_quantize_kernel(device, exact):
         assert_fp8_rows(out8, scale, t, exact)
 
 
+@pytest.mark.interpreter
 def test_quantize_kernel_in_the_interpreter():
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check_quantize_kernel("cpu", exact=False)
 
 

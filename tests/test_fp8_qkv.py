@@ -15,13 +15,6 @@ from flex_bert.model.padding import cu_seqlens_from_lengths
 from tests._parity import tiny_config
 
 
-def _interpreter_only():
-    import triton
-
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
-
-
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
@@ -74,20 +67,20 @@ def _check_qkv(lengths, H, D, C, dtype, device, tol, config=None):
     "lengths, H, D, C", [([5, 17, 1, 9], 3, 8, 64), ([40, 30], 4, 16, 128)]
 )  # BLOCK_K 64 (C allows no more) and 128 (FP8's doubled box); one and several heads a tile
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
+@pytest.mark.interpreter
 def test_fused_qkv_fp8_matches_float64_on_its_quantized_operands_in_the_interpreter(
     lengths, H, D, C, dtype, tol
 ):
     """Forward: the product of the two row-quantized operands, scaled per token and per weight row (the weight's
     scales in the tiles' row order), rotated, rounded once. Gradients: those of the unquantized projection."""
-    _interpreter_only()
     _check_qkv(lengths, H, D, C, dtype, "cpu", tol)
 
 
 @pytest.mark.parametrize(
     "config", [(16, 2, 32, 3, 4, 2, 0), (32, 1, 64, 2, 4, 3, 1)]
 )  # partial group, persistent
+@pytest.mark.interpreter
 def test_fused_qkv_fp8_forward_in_other_tiles_in_the_interpreter(config):
-    _interpreter_only()
     _check_qkv([33, 7, 60], 4, 16, 64, torch.float32, "cpu", 1e-5, config)
 
 
@@ -106,10 +99,10 @@ def _check_band(lengths, H, D, C, window, dtype, device, tol):
         assert err <= tol * ref.grad.abs().max().item()
 
 
+@pytest.mark.interpreter
 def test_qkv_band_attention_fp8_matches_float64_in_the_interpreter(backward_path):
     """The local layer's op with an FP8 projection: attention of the quantized product's q, k, v; the band
     backward at those q, k, v, then the projection's gradients on the unquantized x and weight."""
-    _interpreter_only()
     _check_band([5, 40, 1, 90, 3], 2, 16, 64, 32, torch.float32, "cpu", 1e-4)
 
 
@@ -130,12 +123,12 @@ def test_fp8_linear_forward_is_the_quantized_product_and_its_gradients_the_exact
         assert (got.double() - ref).abs().max() <= 1e-6 * ref.abs().max()  # fp32 sums, against the largest
 
 
+@pytest.mark.interpreter
 def test_quantize_rows_op_under_compile_feeds_fused_qkv_and_its_backward_in_the_interpreter():
     """`fp8_rows.quantize_rows` is an op torch.compile keeps whole, and its outputs carry no gradient: it runs
     outside other ops' implementations (layer 0's joint quantizes x, which requires grad, for `fused_qkv`). Traced
     by AOT autograd (`aot_eager`: the graphs compile_layers builds, without Inductor), forward and backward give
     eager's values; an op without that autograd fails the backward there."""
-    _interpreter_only()
     cos, sin, _, x, w, _, _, _ = _case([30, 10], 4, 16, 64, torch.float32, "cpu")
 
     def f(x, w):

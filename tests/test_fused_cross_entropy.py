@@ -36,22 +36,15 @@ def _check(N, V, dtype, device, tol):
     assert (logits.grad[labels == IGNORE] == 0).all()
 
 
-def _interpreter_only():
-    import triton
-
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
-
-
 @pytest.mark.parametrize("N, V", [(37, 5000), (3, 100)])  # a ragged last chunk; one chunk
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.interpreter
 def test_cross_entropy_matches_float64_reference_in_the_interpreter(N, V, dtype, tol):
-    _interpreter_only()
     _check(N, V, dtype, "cpu", tol)
 
 
+@pytest.mark.interpreter
 def test_cross_entropy_label_out_of_range_gives_nan_and_no_rows_gives_nan():
-    _interpreter_only()
     logits, labels = _inputs(4, 50, torch.float32, "cpu")
     labels[1] = 50  # == V: not a class
     loss = fused_cross_entropy.cross_entropy(logits.requires_grad_(True), labels, IGNORE)

@@ -26,11 +26,9 @@ def _check(T, N, dtype, device, tol):
 
 @pytest.mark.parametrize("T, N", [(37, 48), (5, 200)])  # ragged row and column tiles
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.interpreter
 def test_gelu_gate_matches_float64_reference_in_the_interpreter(T, N, dtype, tol):
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check(T, N, dtype, "cpu", tol)
 
 
@@ -57,11 +55,9 @@ def _check_fp8(T, N, device, exact_fp8: bool):
         assert_fp8_rows(out8, scale, want, exact_fp8)
 
 
+@pytest.mark.interpreter
 def test_gelu_gate_fp8_outputs_in_the_interpreter():
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check_fp8(7, 48, "cpu", exact_fp8=False)
 
 

@@ -20,6 +20,7 @@ def test_fused_model_matches_the_composition_on_gpu(backend):
 
 
 @pytest.mark.parametrize("fp8, grad_tol", [(False, 5e-3), (True, 6e-2)])
+@pytest.mark.interpreter
 def test_kernel_path_under_compile_layers_matches_eager_in_the_interpreter(monkeypatch, fp8, grad_tol):
     """The model as it runs on a Hopper GPU, on the CPU: the policy runs every kernel op where a GPU would (the
     kernels in Triton's interpreter; fp16, whose products the interpreter computes right), with the FP8 switches
@@ -28,7 +29,6 @@ def test_kernel_path_under_compile_layers_matches_eager_in_the_interpreter(monke
     kernel runs (with FP8 operands where on), loss within 1e-3, gradients within fp16 rounding, or within FP8's:
     a last-bit difference of Inductor's can flip an FP8 rounding (measured 1.6e-3 and 2.9e-2)."""
     import torch
-    import triton
     from torch._dynamo.utils import counters
 
     from flex_bert.kernels import fused_qkv, policy
@@ -36,8 +36,6 @@ def test_kernel_path_under_compile_layers_matches_eager_in_the_interpreter(monke
     from flex_bert.train.compilation import compile_layers
     from tests._parity import tiny_config
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     monkeypatch.setattr(policy, "usable", lambda name, tensor: policy.KERNELS.get(name))
     launches = []
     launch = fused_qkv.launch

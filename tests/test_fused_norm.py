@@ -18,11 +18,7 @@ from tests._fp8 import assert_fp8_rows
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    """The kernels in Triton's interpreter, on CPU tensors (tests/conftest.py turns it on without a GPU)."""
-    import triton
-
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
+    """The kernels in Triton's interpreter, on CPU tensors: for tests marked `interpreter` (tests/conftest.py)."""
     monkeypatch.setattr(fused_norm, "_bwd_programs", lambda device: 3)  # several programs, a ragged last one
 
 
@@ -104,12 +100,14 @@ CPU_TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
         (9, 24, 0.0, torch.bfloat16, torch.bfloat16, torch.bfloat16, True),  # a bf16 stream
     ],
 )
+@pytest.mark.interpreter
 def test_kernels_match_float64_reference_in_the_interpreter(
     interpreted, T, C, p, x_dtype, br_dtype, out_dtype, bias
 ):
     _check(T, C, p, x_dtype, br_dtype, out_dtype, bias, "cpu", CPU_TOL)
 
 
+@pytest.mark.interpreter
 def test_dropout_mask_is_bernoulli_and_the_same_in_both_passes(interpreted):
     """About p of the elements dropped, independently of the row; the backward uses the forward's mask
     (checked inside _check: the branch gradient is d_x_new + LN-grad masked by the forward's keep)."""
@@ -170,6 +168,7 @@ def _check_fp8(T, C, device, exact_fp8: bool):
     assert_fp8_rows(out8, scale, out, exact_fp8)
 
 
+@pytest.mark.interpreter
 def test_fp8_copy_of_the_output_in_the_interpreter(interpreted):
     _check_fp8(9, 48, "cpu", exact_fp8=False)
 

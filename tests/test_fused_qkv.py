@@ -52,25 +52,18 @@ INTERPRETER_CASES = [  # ragged token tiles, one and several heads per tile, wit
 ]
 
 
-def _interpreter_only():
-    import triton
-
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernel)")
-
-
 @pytest.mark.parametrize("lengths, H, D, C, bias", INTERPRETER_CASES)
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
+@pytest.mark.interpreter
 def test_qkv_rotary_matches_float64_reference_in_the_interpreter(lengths, H, D, C, bias, dtype, tol):
-    _interpreter_only()
     _check(lengths, H, D, C, bias, dtype, "cpu", tol)
 
 
 @pytest.mark.parametrize(
     "config", [(16, 2, 32, 3, 4, 2, 0), (32, 1, 64, 2, 4, 3, 1), (32, 2, 64, 2, 4, 3, 2)]
 )  # a partial last group of 3 token tiles, persistent, warp-specialised
+@pytest.mark.interpreter
 def test_qkv_rotary_forward_in_other_tiles_in_the_interpreter(config):
-    _interpreter_only()
     _check([33, 7, 60], 4, 16, 64, True, torch.float32, "cpu", 1e-5, config)
 
 
@@ -96,10 +89,10 @@ def test_qkv_rotary_matches_float64_reference_on_gpu(H, bias):
     _check([600, 1024, 77, 3000, 1], H, 64, 64 * H, bias, torch.bfloat16, "cuda", 2e-2)
 
 
+@pytest.mark.interpreter
 def test_awkward_inputs_in_the_interpreter():
     """A bias that is a strided view, a weight 4 bytes off the 16-byte boundary a TMA box needs (one head per
     tile, where the weight is not copied), no tokens, and an output that reaches no loss."""
-    _interpreter_only()
     g = torch.Generator().manual_seed(0)
     T, C, H, D = 37, 64, 3, 16
     cos, sin = rotary_cos_sin(torch.arange(T) % 11, D, 10000.0)

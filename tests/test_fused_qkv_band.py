@@ -49,13 +49,11 @@ def _check(lengths, H, D, C, bias, window, dtype, device, tol):
     ],
 )
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 1e-2)])
+@pytest.mark.interpreter
 def test_qkv_band_attention_matches_float64_reference_in_the_interpreter(
     lengths, H, D, C, bias, window, dtype, tol, backward_path
 ):
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check(lengths, H, D, C, bias, window, dtype, "cpu", tol)
 
 
@@ -123,12 +121,10 @@ def test_deterministic_backward_is_bitwise_reproducible_on_gpu(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.interpreter
 def test_no_tokens_backward_in_the_interpreter():
     """T = 0 forward and backward: empty outputs, zero-size input gradients, zero weight gradients."""
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     from flex_bert.kernels import fused_qkv
 
     x = torch.randn(0, 64, requires_grad=True)

@@ -38,11 +38,9 @@ def _check(lengths, H, D, dtype, device, tol):
 
 @pytest.mark.parametrize("lengths, H, D", [([5, 17, 1, 9], 3, 8), ([40], 2, 32)])  # ragged token tiles
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.interpreter
 def test_rotary_qkv_matches_float64_reference_in_the_interpreter(lengths, H, D, dtype, tol):
-    import triton
 
-    if not triton.knobs.runtime.interpret:
-        pytest.skip("Triton's interpreter is off (a GPU is present: the gpu tests run the kernels)")
     _check(lengths, H, D, dtype, "cpu", tol)
 
 
